@@ -1,0 +1,58 @@
+# llmjobs: the README's commands.
+#   make run    create .venv, install, migrate SQLite, start simulator (no key) + app
+#   make test   run the whole test suite
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+STAMP := $(VENV)/.installed-stamp
+
+# The first interpreter that runs and is Python >= 3.12 (pyenv shims may exist but fail).
+PYTHON_CANDIDATES := python3.13 python3.12 python3 python
+PYTHON_FOR_VENV := $(shell for c in $(PYTHON_CANDIDATES); do \
+	if $$c -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then \
+	echo $$c; break; fi; done)
+
+.PHONY: help install run test bench sim check-python clean
+
+help:
+	@echo "make run    - install into .venv, migrate, start the app (and the simulator when no ANTHROPIC_API_KEY)"
+	@echo "make test   - run the whole test suite"
+	@echo "make bench  - run the benchmarks (prints tables)"
+	@echo "make sim    - run the Anthropic API simulator alone on :8765"
+
+check-python:
+	@if [ -z "$(PYTHON_FOR_VENV)" ]; then \
+		echo "error: llmjobs needs Python 3.12 or newer, and none of '$(PYTHON_CANDIDATES)' is." >&2; \
+		echo "Install Python 3.12+ (for example 'pyenv install 3.12' or 'apt-get install python3.12 python3.12-venv') and run make again." >&2; \
+		exit 1; \
+	fi
+
+$(STAMP): requirements.txt requirements-dev.txt | check-python
+	@if [ -x $(PY) ] && ! $(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' 2>/dev/null; then \
+		echo "Existing $(VENV) is older than Python 3.12; recreating it."; rm -rf $(VENV); fi
+	@[ -x $(PY) ] || $(PYTHON_FOR_VENV) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+install: $(STAMP)
+
+run: install
+	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
+	DEBUG=$${DEBUG:-1} exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/simulator.py
+	$(PY) bench/engine.py
+
+sim: install
+	$(PY) -m llmjobs.simulator --host $(HOST) --port 8765
+
+clean:
+	rm -rf $(VENV) .pytest_cache db.sqlite3 db.sqlite3-wal db.sqlite3-shm

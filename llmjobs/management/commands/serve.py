@@ -1,0 +1,89 @@
+"""`manage.py serve`: the app under uvicorn (ASGI), plus what it needs locally.
+
+With no ANTHROPIC_API_KEY it also starts the embedded Anthropic simulator at
+LLMJOBS_SIMULATOR_URL (unless one already answers there). Ctrl-C stops
+everything this command started.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from llmjobs.conf import api_target
+
+# Realistic-feeling latency for demos: first token after ~0.3 s, ~60 tokens/s.
+DEFAULT_SIMULATOR_ARGS = "--ttft 0.3 --tps 60"
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError(value)
+    return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/_sim/stats?brief=1", timeout=1):
+            return True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve llmjobs under uvicorn (ASGI). Without ANTHROPIC_API_KEY it also runs "
+        "the embedded Anthropic simulator. Ctrl-C stops everything it started."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+        parser.add_argument("--port", type=_port, default=int(os.environ.get("PORT", "8000")))
+        parser.add_argument(
+            "--no-simulator",
+            action="store_true",
+            help="Do not start the embedded simulator even when no API key is set.",
+        )
+
+    def handle(self, *args, host: str, port: int, no_simulator: bool, **options) -> None:
+        import uvicorn
+
+        from llmjobs.simulator.server import SimulatorProcess
+
+        target = api_target()
+        simulator = None
+        if target.is_simulator and not no_simulator:
+            if _answers(target.base_url):
+                self.stdout.write(f"Using the simulator already running at {target.base_url}")
+            else:
+                parts = urlsplit(target.base_url)
+                extra = shlex.split(os.environ.get("LLMJOBS_SIMULATOR_ARGS", DEFAULT_SIMULATOR_ARGS))
+                simulator = SimulatorProcess(
+                    *extra, host=parts.hostname or "127.0.0.1", port=parts.port or 8765
+                )
+                try:
+                    simulator.start()
+                except Exception as exc:  # a clear one-liner, not a traceback
+                    raise CommandError(f"could not start the simulator at {target.base_url}: {exc}")
+                self.stdout.write(f"Simulator: {simulator.base_url}")
+        self.stdout.write(f"API calls go to the {target.describe()}")
+        self.stdout.write(self.style.SUCCESS(f"llmjobs is running at http://{host}:{port}/  (Ctrl-C to stop)"))
+        try:
+            uvicorn.run(
+                "project.asgi:application",
+                host=host,
+                port=port,
+                lifespan="off",
+                log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+                access_log=settings.DEBUG,
+            )
+        finally:
+            if simulator is not None:
+                simulator.stop()

@@ -1,0 +1,23 @@
+"""ASGI entry point: the app is served by uvicorn (`manage.py serve`)."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+django_application = get_asgi_application()
+
+
+def _with_static_files(app):
+    # uvicorn does not serve static files; in the embedded single-machine mode
+    # Django's own ASGI static handler serves the admin's CSS/JS from the apps.
+    from django.conf import settings
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    if settings.DEBUG or os.environ.get("LLMJOBS_SERVE_STATIC", "1") == "1":
+        return ASGIStaticFilesHandler(app)
+    return app
+
+
+application = _with_static_files(django_application)

@@ -1,0 +1,43 @@
+"""Shared fixtures.
+
+The simulator runs as a real uvicorn server in its own process, on a free
+port, once per test session. Tests talk to it with the real anthropic SDK
+over TCP. ``sim`` hands each test a freshly reset simulator with the default
+(instant, unlimited, fault-free) configuration.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from llmjobs.simulator.server import SimulatorProcess
+
+# Instant, unlimited, fault-free: tests change what they need with sim.configure().
+SIM_DEFAULTS: dict = {
+    "rpm": 0,
+    "itpm": 0,
+    "otpm": 0,
+    "burst": 60.0,
+    "capacity": 0,
+    "ttft": 0.0,
+    "tps": 0.0,
+    "fail_500": 0.0,
+    "fail_529": 0.0,
+    "hang": 0.0,
+    "drop_stream": 0.0,
+    "ping_interval": 5.0,
+}
+
+
+@pytest.fixture(scope="session")
+def simulator():
+    with SimulatorProcess() as server:
+        yield server
+
+
+@pytest.fixture
+def sim(simulator):
+    simulator.reset()
+    simulator.configure(**SIM_DEFAULTS)
+    yield simulator
+    simulator.reset()
