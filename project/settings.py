@@ -92,7 +92,12 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers (progress streams) run while the writer thread commits.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"timeout": 20, "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"}
+        {
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            # Writers take the lock up front instead of failing to upgrade a read lock.
+            "transaction_mode": "IMMEDIATE",
+        }
     )
 
 TASKS = {
@@ -137,3 +142,6 @@ LLMJOBS_MODELS = env_list(
     "LLMJOBS_MODELS", "claude-haiku-4-5,claude-sonnet-4-6,claude-opus-4-6,claude-sonnet-4-5"
 )
 LLMJOBS_HTTP_TRANSPORT = os.environ.get("LLMJOBS_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
+LLMJOBS_MAX_ITEMS = int(os.environ.get("LLMJOBS_MAX_ITEMS", "100000"))
+LLMJOBS_MAX_ITEM_CHARS = int(os.environ.get("LLMJOBS_MAX_ITEM_CHARS", "100000"))
+LLMJOBS_MAX_UPLOAD_BYTES = int(os.environ.get("LLMJOBS_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))

@@ -1,0 +1,386 @@
+"""BatchJob and Item.
+
+Style follows django-tasks-db: QuerySets carry the verbs (``.pending()``,
+``.claimable(now)``...), and state changes are model methods that save only
+the fields they touch (``save(update_fields=[...])``). Business operations
+that span rows (create, enqueue, cancel, retry, export) live in ``jobs.py``.
+"""
+
+from __future__ import annotations
+
+import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+__all__ = ["PRICES_PER_MTOK", "BatchJob", "Item", "estimate_cost"]
+
+# USD per million tokens, (input, output), for the *estimate* shown on a job.
+# This is an estimate, not a bill: it ignores prompt caching, long-context
+# pricing and the Message Batches API's 50% discount, and prices change. A
+# model id matches the longest key it starts with ("claude-sonnet-4-5-20250929"
+# -> "claude-sonnet-4-5"); an unknown model costs 0.
+PRICES_PER_MTOK: dict[str, tuple[Decimal, Decimal]] = {
+    "claude-opus-4-6": (Decimal("5"), Decimal("25")),
+    "claude-opus-4-5": (Decimal("5"), Decimal("25")),
+    "claude-opus-4-1": (Decimal("15"), Decimal("75")),
+    "claude-opus-4": (Decimal("15"), Decimal("75")),
+    "claude-sonnet-4-6": (Decimal("3"), Decimal("15")),
+    "claude-sonnet-4-5": (Decimal("3"), Decimal("15")),
+    "claude-sonnet-4": (Decimal("3"), Decimal("15")),
+    "claude-3-7-sonnet": (Decimal("3"), Decimal("15")),
+    "claude-haiku-4-5": (Decimal("1"), Decimal("5")),
+    "claude-3-5-haiku": (Decimal("0.80"), Decimal("4")),
+    "claude-3-haiku": (Decimal("0.25"), Decimal("1.25")),
+}
+_MILLION = Decimal(1_000_000)
+_COST_QUANTUM = Decimal("0.000001")
+
+
+def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
+    """Estimated USD cost of the tokens on ``model`` (see ``PRICES_PER_MTOK``)."""
+    best = max((key for key in PRICES_PER_MTOK if model.startswith(key)), key=len, default=None)
+    if best is None:
+        return Decimal(0).quantize(_COST_QUANTUM)
+    price_in, price_out = PRICES_PER_MTOK[best]
+    cost = (price_in * input_tokens + price_out * output_tokens) / _MILLION
+    return cost.quantize(_COST_QUANTUM)
+
+
+# --- BatchJob ------------------------------------------------------------------------
+
+
+class BatchJobQuerySet(models.QuerySet["BatchJob"]):
+    def active(self) -> BatchJobQuerySet:
+        """Queued or running."""
+        return self.filter(status__in=BatchJob.ACTIVE_STATUSES)
+
+    def finished(self) -> BatchJobQuerySet:
+        return self.filter(status__in=BatchJob.FINISHED_STATUSES)
+
+    def for_user(self, user: Any) -> BatchJobQuerySet:
+        """The jobs ``user`` may see: staff see every job, others their own."""
+        if user is None or not getattr(user, "is_authenticated", False):
+            return self.none()
+        if user.is_staff or user.is_superuser:
+            return self.all()
+        return self.filter(owner=user)
+
+
+class BatchJob(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        PARTIALLY_FAILED = "partially_failed", "Partially failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
+    FINISHED_STATUSES = (
+        Status.SUCCEEDED,
+        Status.FAILED,
+        Status.PARTIALLY_FAILED,
+        Status.CANCELLED,
+    )
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="llm_jobs",
+        help_text="Empty for jobs made from the command line.",
+    )
+    name = models.CharField(max_length=200)
+    model = models.CharField(max_length=100)
+    system_prompt = models.TextField(blank=True)
+    prompt_template = models.TextField(
+        blank=True,
+        help_text="{placeholders} are filled from each item's fields; "
+        "without any, the item's text is appended.",
+    )
+    max_tokens = models.PositiveIntegerField(default=1024)
+    stop_sequences = models.JSONField(default=list, blank=True)
+    concurrency = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Ceiling on requests in flight; empty means automatic."
+    )
+    rate_limit_rpm = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Optional requests-per-minute limit for this job."
+    )
+
+    status = models.CharField(
+        max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True
+    )
+    total = models.PositiveIntegerField(default=0)
+    succeeded_count = models.PositiveIntegerField(default=0)
+    failed_count = models.PositiveIntegerField(default=0)
+    cancelled_count = models.PositiveIntegerField(default=0)
+    input_tokens = models.PositiveBigIntegerField(default=0)
+    output_tokens = models.PositiveBigIntegerField(default=0)
+    cost_estimate = models.DecimalField(
+        max_digits=12, decimal_places=6, default=Decimal(0), help_text="USD, estimated."
+    )
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    task_id = models.CharField(
+        max_length=64, blank=True, help_text="Id of the django.tasks result that runs the job."
+    )
+
+    objects = BatchJobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "batch job"
+        constraints = [
+            models.CheckConstraint(condition=Q(max_tokens__gte=1), name="llmjobs_job_max_tokens_gte_1"),
+            models.CheckConstraint(
+                condition=Q(concurrency__isnull=True) | Q(concurrency__gte=1),
+                name="llmjobs_job_concurrency_gte_1",
+            ),
+            models.CheckConstraint(
+                condition=Q(rate_limit_rpm__isnull=True) | Q(rate_limit_rpm__gte=1),
+                name="llmjobs_job_rate_limit_gte_1",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name}"
+
+    # --- derived -----------------------------------------------------------------------
+
+    @property
+    def done_count(self) -> int:
+        return self.succeeded_count + self.failed_count + self.cancelled_count
+
+    @property
+    def remaining_count(self) -> int:
+        """Items not done yet (pending or running)."""
+        return max(self.total - self.done_count, 0)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of items done, 0..1 (a job with no items counts as done)."""
+        if self.total <= 0:
+            return 1.0
+        return min(self.done_count / self.total, 1.0)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in self.ACTIVE_STATUSES
+
+    # --- state changes -------------------------------------------------------------------
+
+    def mark_queued(self, task_id: str = "") -> None:
+        self.status = self.Status.QUEUED
+        self.task_id = str(task_id or "")
+        self.finished_at = None
+        self.last_error = ""
+        self.save(update_fields=["status", "task_id", "finished_at", "last_error"])
+
+    def mark_running(self) -> None:
+        """Running now; ``started_at`` is kept across resumes of an unfinished run."""
+        now = timezone.now()
+        if self.started_at is None or self.finished_at is not None:
+            self.started_at = now
+        self.status = self.Status.RUNNING
+        self.finished_at = None
+        self.save(update_fields=["status", "started_at", "finished_at"])
+
+    def mark_finished(self, *, recount: bool = True) -> None:
+        """Finish the job, deriving its status from the item counters.
+
+        Call it when no item is pending or running any more. With ``recount``
+        the counters are first recomputed from the items. A job cancelled in the
+        meantime (by another process) stays cancelled; otherwise: all succeeded
+        -> succeeded, none succeeded -> failed, some of each -> partially_failed,
+        any cancelled item -> cancelled.
+        """
+        if recount:
+            self._recount()
+        current = type(self).objects.filter(pk=self.pk).values_list("status", flat=True).first()
+        if current == self.Status.CANCELLED or self.status == self.Status.CANCELLED or self.cancelled_count:
+            self.status = self.Status.CANCELLED
+        elif self.failed_count == 0 and self.succeeded_count >= self.total:
+            self.status = self.Status.SUCCEEDED
+        elif self.succeeded_count == 0:
+            self.status = self.Status.FAILED
+        else:
+            self.status = self.Status.PARTIALLY_FAILED
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "finished_at", *self.COUNTER_FIELDS])
+
+    def mark_cancelled(self) -> None:
+        self.status = self.Status.CANCELLED
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "finished_at"])
+
+    def mark_failed(self, error: str) -> None:
+        """The job as a whole failed (bad key, unknown model...): record why."""
+        self.status = self.Status.FAILED
+        self.last_error = error
+        self.finished_at = timezone.now()
+        self.save(update_fields=["status", "last_error", "finished_at"])
+
+    def mark_draft(self) -> None:
+        """Back to draft (after a retry), ready to be enqueued again."""
+        self.status = self.Status.DRAFT
+        self.finished_at = None
+        self.last_error = ""
+        self.save(update_fields=["status", "finished_at", "last_error"])
+
+    COUNTER_FIELDS = (
+        "total",
+        "succeeded_count",
+        "failed_count",
+        "cancelled_count",
+        "input_tokens",
+        "output_tokens",
+        "cost_estimate",
+    )
+
+    def _recount(self) -> None:
+        Status = Item.Status
+        counts = Item.objects.filter(job_id=self.pk).aggregate(
+            total=Count("pk"),
+            succeeded=Count("pk", filter=Q(status=Status.SUCCEEDED)),
+            failed=Count("pk", filter=Q(status=Status.FAILED)),
+            cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
+            input_tokens=Coalesce(Sum("input_tokens"), 0),
+            output_tokens=Coalesce(Sum("output_tokens"), 0),
+        )
+        self.total = counts["total"]
+        self.succeeded_count = counts["succeeded"]
+        self.failed_count = counts["failed"]
+        self.cancelled_count = counts["cancelled"]
+        self.input_tokens = int(counts["input_tokens"])
+        self.output_tokens = int(counts["output_tokens"])
+        self.cost_estimate = estimate_cost(self.model, self.input_tokens, self.output_tokens)
+
+    def refresh_counters(self) -> None:
+        """Recount items by status and sum their tokens (one aggregate query), then save."""
+        self._recount()
+        self.save(update_fields=list(self.COUNTER_FIELDS))
+
+
+# --- Item ----------------------------------------------------------------------------
+
+
+class ItemQuerySet(models.QuerySet["Item"]):
+    def pending(self) -> ItemQuerySet:
+        """Pending items in position order."""
+        return self.filter(status=Item.Status.PENDING).order_by("job_id", "position")
+
+    def running(self) -> ItemQuerySet:
+        return self.filter(status=Item.Status.RUNNING)
+
+    def succeeded(self) -> ItemQuerySet:
+        return self.filter(status=Item.Status.SUCCEEDED)
+
+    def failed(self) -> ItemQuerySet:
+        return self.filter(status=Item.Status.FAILED)
+
+    def cancelled(self) -> ItemQuerySet:
+        return self.filter(status=Item.Status.CANCELLED)
+
+    def stale(self, now: datetime.datetime | None = None) -> ItemQuerySet:
+        """Running items whose lease has expired (or that never had one): their runner is gone."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True),
+            status=Item.Status.RUNNING,
+        )
+
+    def claimable(self, now: datetime.datetime | None = None) -> ItemQuerySet:
+        """Items a runner may take: pending, or running with an expired lease. Position order."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(status=Item.Status.PENDING)
+            | Q(status=Item.Status.RUNNING, lease_expires_at__lt=now)
+            | Q(status=Item.Status.RUNNING, lease_expires_at__isnull=True)
+        ).order_by("job_id", "position")
+
+    def release(self) -> int:
+        """Put running items back to pending (a runner stopping cleanly); returns the count."""
+        return self.filter(status=Item.Status.RUNNING).update(
+            status=Item.Status.PENDING, lease_expires_at=None
+        )
+
+
+class Item(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # No index of its own: the (job, position) unique index serves lookups by job.
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="items", db_index=False)
+    position = models.PositiveIntegerField(help_text="0-based place in the input.")
+    input = models.JSONField(help_text='Fields for the template; a plain text is {"text": ...}.')
+    custom_id = models.CharField(max_length=255, blank=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    output = models.TextField(blank=True)
+    stop_reason = models.CharField(max_length=32, blank=True)
+    error_type = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first token.")
+
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ItemQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["job_id", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "position"], name="llmjobs_item_unique_position"),
+        ]
+        indexes = [
+            # The pending items of a job in position order; counts by status.
+            models.Index(fields=["job", "status", "position"], name="llmjobs_item_job_status_pos"),
+            # Running items with an expired lease, across jobs (recovery).
+            models.Index(fields=["status", "lease_expires_at"], name="llmjobs_item_status_lease"),
+        ]
+
+    def __str__(self) -> str:
+        return f"item {self.position} of job {self.job_id}"
+
+    @property
+    def text(self) -> str:
+        value = self.input.get("text", "") if isinstance(self.input, dict) else self.input
+        return value if isinstance(value, str) else str(value)
+
+    def render_prompt(self, job: BatchJob | None = None) -> str:
+        """The user message for this item (``job`` saves a query when given)."""
+        from .prompts import render
+
+        job = job or self.job
+        return render(job.prompt_template, self.input)
+
+    def build_params(self, job: BatchJob | None = None) -> dict[str, Any]:
+        """Messages API parameters for this item."""
+        from .prompts import build_params
+
+        return build_params(job or self.job, self)

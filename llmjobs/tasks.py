@@ -1,0 +1,21 @@
+"""Background tasks on Django's task framework (``django.tasks``).
+
+Thin on purpose: a task loads ids and calls a service. The default backend is
+django-tasks-db (``manage.py db_worker``); any other ``django.tasks`` backend
+works without a code change. Enqueue through ``jobs.job_enqueue``, which does
+it after the transaction commits.
+"""
+
+from __future__ import annotations
+
+from django.tasks import task
+
+__all__ = ["process_job_task"]
+
+
+@task()
+def process_job_task(job_id: int) -> None:
+    """Process the pending items of job ``job_id`` (resumable; see ``runner``)."""
+    from llmjobs.runner import process_job  # imported lazily: the runner pulls in the engine
+
+    process_job(job_id)
