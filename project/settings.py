@@ -128,6 +128,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # The SDK's HTTP client logs every request at INFO: far too much for a batch.
+    "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpx2", "httpcore", "httpcore2")},
 }
 
 # --- llmjobs -----------------------------------------------------------------
@@ -142,6 +144,9 @@ LLMJOBS_MODELS = env_list(
     "LLMJOBS_MODELS", "claude-haiku-4-5,claude-sonnet-4-6,claude-opus-4-6,claude-sonnet-4-5"
 )
 LLMJOBS_HTTP_TRANSPORT = os.environ.get("LLMJOBS_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
+# Seconds an item stays claimed without renewal: how soon a crashed runner's
+# items can be taken over by a new run.
+LLMJOBS_LEASE_SECONDS = float(os.environ.get("LLMJOBS_LEASE_SECONDS", "30"))
 LLMJOBS_MAX_ITEMS = int(os.environ.get("LLMJOBS_MAX_ITEMS", "100000"))
 LLMJOBS_MAX_ITEM_CHARS = int(os.environ.get("LLMJOBS_MAX_ITEM_CHARS", "100000"))
 LLMJOBS_MAX_UPLOAD_BYTES = int(os.environ.get("LLMJOBS_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))

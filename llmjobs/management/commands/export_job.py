@@ -1,0 +1,30 @@
+"""`manage.py export_job ID --format csv|jsonl [-o FILE]`: results in input order."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from llmjobs.jobs import job_export
+
+from ._common import get_job
+
+
+class Command(BaseCommand):
+    help = "Export a job's items in input order, errors included, as CSV or JSONL."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("job_id", type=int)
+        parser.add_argument("--format", dest="fmt", choices=["csv", "jsonl"], default="csv")
+        parser.add_argument("-o", "--output", help="File to write (default: stdout)")
+
+    def handle(self, *args, job_id: int, fmt: str, output: str | None, **opts) -> None:
+        job = get_job(job_id)
+        if output:
+            try:
+                with open(output, "w", encoding="utf-8", newline="") as out:
+                    count = job_export(job=job, fmt=fmt, out=out)
+            except OSError as exc:
+                raise CommandError(f"{output}: {exc.strerror}") from None
+            self.stderr.write(f"wrote {count} item(s) to {output}")
+        else:
+            job_export(job=job, fmt=fmt, out=self.stdout._out)

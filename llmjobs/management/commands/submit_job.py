@@ -1,0 +1,70 @@
+"""`manage.py submit_job FILE --template ...`: create a job from a file, print its id."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from llmjobs.jobs import JobInputError, job_create
+
+from ._common import positive_int
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a job from a CSV, JSONL or TXT file (one item per line; '-' reads stdin as TXT) "
+        "and print its id. With --run, also process it now."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("file", help="CSV, JSONL or TXT file, or '-' for lines on stdin")
+        parser.add_argument(
+            "--template", required=True, help="Prompt template, e.g. 'Summarize: {text}'"
+        )
+        parser.add_argument("--column", help="CSV: the column that holds the text")
+        parser.add_argument("--field", help="JSONL: the field that holds the text")
+        parser.add_argument("--format", dest="fmt", choices=["csv", "jsonl", "txt"], help="Override the extension")
+        parser.add_argument("--name", help="Job name (default: the file name)")
+        parser.add_argument("--model", default=settings.LLMJOBS_DEFAULT_MODEL)
+        parser.add_argument("--system", default="", help="System prompt")
+        parser.add_argument("--max-tokens", type=positive_int, default=1024)
+        parser.add_argument("--stop", action="append", default=[], help="Stop sequence (repeatable)")
+        parser.add_argument(
+            "--concurrency", type=positive_int, default=None, help="In-flight ceiling (default: automatic)"
+        )
+        parser.add_argument("--rpm", type=positive_int, default=None, help="Requests-per-minute cap for this job")
+        parser.add_argument("--run", action="store_true", help="Process the job now, with a progress bar")
+
+    def handle(self, *args, file: str, **opts) -> None:
+        if file == "-":
+            name, data, fmt = "stdin.txt", sys.stdin.buffer.read(), opts["fmt"] or "txt"
+        else:
+            path = Path(file)
+            if not path.is_file():
+                raise CommandError(f"{file}: no such file")
+            name, data, fmt = path.name, path.read_bytes(), opts["fmt"]
+        try:
+            job = job_create(
+                name=opts["name"] or name,
+                template=opts["template"],
+                model=opts["model"],
+                system=opts["system"],
+                max_tokens=opts["max_tokens"],
+                stop_sequences=opts["stop"],
+                concurrency=opts["concurrency"],
+                rate_limit_rpm=opts["rpm"],
+                file_name=name,
+                file_data=data,
+                column=opts["column"],
+                field=opts["field"],
+                fmt=fmt,
+            )
+        except JobInputError as exc:
+            raise CommandError(f"{name}: {exc}") from None
+        self.stdout.write(str(job.pk))
+        if opts["run"]:
+            call_command("process_job", job.pk, stdout=self.stdout, stderr=self.stderr)

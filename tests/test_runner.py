@@ -1,0 +1,181 @@
+"""The runner: pending items -> engine -> persisted outcomes, against the real simulator.
+
+These tests run the runner in-process (the writer thread has its own database
+connection, hence ``transaction=True``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from llmjobs.jobs import job_cancel, job_create
+from llmjobs.models import BatchJob, Item
+from llmjobs.runner import JobRunner, preview_job, process_job
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def api(sim, settings):
+    settings.ANTHROPIC_API_KEY = ""
+    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+    return sim
+
+
+def make_job(n: int = 20, **kw) -> BatchJob:
+    texts = [f"Doc {i:04d}: the quick brown fox number {i} jumps over the lazy dog." for i in range(n)]
+    return job_create(
+        name="t", template=kw.pop("template", "Summarize: {text}"), model="claude-haiku-4-5", texts=texts, **kw
+    )
+
+
+def test_process_job_runs_every_item_and_keeps_counters_right(api):
+    job = make_job(50, max_tokens=64)
+    report = process_job(job.pk)  # the sync entry point, through async_to_sync
+    job.refresh_from_db()
+    assert report.status == job.status == BatchJob.Status.SUCCEEDED
+    assert (job.succeeded_count, job.failed_count, job.cancelled_count, job.total) == (50, 0, 0, 50)
+    items = list(job.items.order_by("position"))
+    assert all(i.status == Item.Status.SUCCEEDED and i.output for i in items)
+    assert [i.position for i in items] == list(range(50))
+    assert items[7].output.startswith("Doc 0007")  # the answer belongs to its own input
+    assert job.input_tokens == sum(i.input_tokens for i in items) > 0
+    assert job.output_tokens == sum(i.output_tokens for i in items) > 0
+    assert job.cost_estimate > 0
+    assert not job.items.filter(lease_expires_at__isnull=False).exists()
+    stats = api.stats()
+    assert stats["by_status"] == {"200": 50}
+    assert stats["prompts"]["requested_more_than_once"] == 0
+
+
+def test_orm_writes_run_on_one_writer_thread_off_the_loop(api):
+    job = make_job(30)
+    loop_threads: set[int] = set()
+    runner = JobRunner(job.pk, on_progress=lambda r: loop_threads.add(threading.get_ident()), claim_chunk=7)
+    async_to_sync(runner.run)()
+    assert len(loop_threads) == 1
+    assert len(runner.writer_thread_ids) == 1
+    assert not (runner.writer_thread_ids & loop_threads)
+    assert threading.get_ident() not in runner.writer_thread_ids
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED
+
+
+def test_bad_requests_fail_with_a_reason_and_the_rest_succeed(api):
+    job = make_job(10)
+    # Two requests answered 400-style by the API: items fail with the API's reason, others go on.
+    api.inject("500", "500")
+    report = process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED  # 500s are retried
+    assert report.succeeded == 10
+    assert job.items.filter(attempts__gte=2).count() == 2
+
+
+def test_unknown_model_fails_items_with_the_api_error(api):
+    job = job_create(name="t", template="{text}", model="claude-nonexistent-9", texts=["a", "b"])
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.FAILED
+    errors = set(job.items.values_list("error_type", flat=True))
+    assert errors == {"not_found_error"}
+    assert all("claude-nonexistent-9" in m for m in job.items.values_list("error_message", flat=True))
+
+
+def test_authentication_error_stops_the_job_and_leaves_items_pending(api):
+    api.configure(api_key="the-right-key")
+    job = make_job(10)
+    report = process_job(job.pk)
+    job.refresh_from_db()
+    assert report.aborted.startswith("authentication_error")
+    assert job.status == BatchJob.Status.FAILED
+    assert "authentication_error" in job.last_error
+    assert job.items.filter(status=Item.Status.PENDING).count() == 10  # undone, not failed
+    # With the key fixed, the same job resumes and finishes.
+    api.configure(api_key="")
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED
+
+
+def test_cancel_while_running_cancels_the_rest(api):
+    api.configure(ttft=0.3)
+    job = make_job(200)
+    cancelled = threading.Event()
+
+    def cancel_after_some(runner: JobRunner) -> None:
+        if runner.report.succeeded >= 5 and not cancelled.is_set():
+            cancelled.set()
+            threading.Thread(target=lambda: job_cancel(job=BatchJob.objects.get(pk=job.pk))).start()
+
+    report = async_to_sync(JobRunner(job.pk, on_progress=cancel_after_some).run)()
+    job.refresh_from_db()
+    assert report.status == BatchJob.Status.CANCELLED == job.status
+    counts = {s: job.items.filter(status=s).count() for s in Item.Status.values}
+    assert counts["pending"] == counts["running"] == 0
+    assert counts["succeeded"] >= 5 and counts["cancelled"] > 0
+    assert counts["succeeded"] + counts["cancelled"] + counts["failed"] == 200
+    assert job.succeeded_count == counts["succeeded"] and job.cancelled_count == counts["cancelled"]
+
+
+def test_stop_request_puts_in_flight_items_back_to_pending_and_a_rerun_resumes(api):
+    api.configure(ttft=0.2)
+    job = make_job(120)
+    runner = JobRunner(job.pk)
+    runner._on_progress = lambda r: r.request_stop() if r.report.succeeded >= 10 else None
+    report = async_to_sync(runner.run)()
+    job.refresh_from_db()
+    assert report.interrupted
+    assert job.status == BatchJob.Status.DRAFT and "resume" in job.last_error
+    done_first = set(job.items.filter(status=Item.Status.SUCCEEDED).values_list("pk", flat=True))
+    assert len(done_first) >= 10
+    assert not job.items.filter(status=Item.Status.RUNNING).exists()
+    assert job.items.filter(status=Item.Status.PENDING).count() == 120 - len(done_first)
+    api.reset()
+    api.configure(ttft=0.0)
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED
+    # The rerun asked only for what was left.
+    assert api.stats()["requests"] == 120 - len(done_first)
+
+
+def test_expired_leases_of_a_dead_runner_are_taken_over(api):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = make_job(20)
+    # A runner died holding items 0-9: running, lease expired a moment ago.
+    Item.objects.filter(job=job, position__lt=10).update(
+        status=Item.Status.RUNNING, lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    BatchJob.objects.filter(pk=job.pk).update(status=BatchJob.Status.RUNNING)
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED and job.succeeded_count == 20
+
+
+def test_preview_runs_five_items_saves_them_and_leaves_the_job_as_it_was(api):
+    job = make_job(40, template="Classify as one of: positive, negative, neutral. Text: {text}")
+    results = preview_job(job.pk, count=5)
+    assert [item.position for item, _ in results] == [0, 1, 2, 3, 4] or len(results) == 5
+    assert all(o.status == "succeeded" and o.text in {"positive", "negative", "neutral"} for _, o in results)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.DRAFT
+    assert job.succeeded_count == 5
+    # Running the job afterwards does not pay for the previewed items again.
+    process_job(job.pk)
+    stats = api.stats()
+    assert stats["requests"] == 40
+    assert stats["prompts"]["paid_more_than_once"] == 0
+
+
+def test_a_finished_job_is_not_run_again(api):
+    job = make_job(5)
+    process_job(job.pk)
+    process_job(job.pk)
+    assert api.stats()["requests"] == 5
