@@ -16,13 +16,14 @@ PYTHON_FOR_VENV := $(shell for c in $(PYTHON_CANDIDATES); do \
 	if $$c -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then \
 	echo $$c; break; fi; done)
 
-.PHONY: help install run test bench sim check-python clean
+.PHONY: help install run test bench sim worker check-python clean
 
 help:
 	@echo "make run    - install into .venv, migrate, start the app (and the simulator when no ANTHROPIC_API_KEY)"
 	@echo "make test   - run the whole test suite"
 	@echo "make bench  - run the benchmarks (prints tables)"
 	@echo "make sim    - run the Anthropic API simulator alone on :8765"
+	@echo "make worker - run a background worker (recover_jobs, then db_worker)"
 
 check-python:
 	@if [ -z "$(PYTHON_FOR_VENV)" ]; then \
@@ -50,6 +51,11 @@ test: install
 bench: install
 	$(PY) bench/simulator.py
 	$(PY) bench/engine.py
+	$(PY) bench/runner.py
+
+worker: install
+	$(PY) manage.py recover_jobs
+	exec $(PY) manage.py db_worker --no-reload
 
 sim: install
 	$(PY) -m llmjobs.simulator --host $(HOST) --port 8765

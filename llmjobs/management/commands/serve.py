@@ -1,19 +1,23 @@
 """`manage.py serve`: the app under uvicorn (ASGI), plus what it needs locally.
 
-With no ANTHROPIC_API_KEY it also starts the embedded Anthropic simulator at
-LLMJOBS_SIMULATOR_URL (unless one already answers there). Ctrl-C stops
-everything this command started.
+It also starts a background worker (`recover_jobs`, then django-tasks-db's
+`db_worker`) unless --no-worker, and with no ANTHROPIC_API_KEY the embedded
+Anthropic simulator at LLMJOBS_SIMULATOR_URL (unless one already answers
+there). Ctrl-C stops everything this command started.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from llmjobs.conf import api_target
@@ -51,8 +55,11 @@ class Command(BaseCommand):
             action="store_true",
             help="Do not start the embedded simulator even when no API key is set.",
         )
+        parser.add_argument(
+            "--no-worker", action="store_true", help="Do not start a background worker (db_worker)."
+        )
 
-    def handle(self, *args, host: str, port: int, no_simulator: bool, **options) -> None:
+    def handle(self, *args, host: str, port: int, no_simulator: bool, no_worker: bool, **options) -> None:
         import uvicorn
 
         from llmjobs.simulator.server import SimulatorProcess
@@ -73,6 +80,14 @@ class Command(BaseCommand):
                 except Exception as exc:  # a clear one-liner, not a traceback
                     raise CommandError(f"could not start the simulator at {target.base_url}: {exc}")
                 self.stdout.write(f"Simulator: {simulator.base_url}")
+        worker = None
+        if not no_worker:
+            call_command("recover_jobs", stdout=self.stdout)
+            worker = subprocess.Popen(
+                [sys.executable, "manage.py", "db_worker", "--no-reload", "--no-startup-delay"],
+                cwd=settings.BASE_DIR,
+            )
+            self.stdout.write(f"Worker: db_worker (pid {worker.pid})")
         self.stdout.write(f"API calls go to the {target.describe()}")
         self.stdout.write(self.style.SUCCESS(f"llmjobs is running at http://{host}:{port}/  (Ctrl-C to stop)"))
         try:
@@ -85,5 +100,11 @@ class Command(BaseCommand):
                 access_log=settings.DEBUG,
             )
         finally:
+            if worker is not None:
+                worker.terminate()
+                try:
+                    worker.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
             if simulator is not None:
                 simulator.stop()

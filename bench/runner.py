@@ -1,0 +1,235 @@
+"""Benchmark: what the Django runner costs on top of the bare engine.
+
+Prints one table with
+  (1) wall time and CPU per item of process_job (runner + SQLite writes) against
+      the bare engine on the same items and the same simulator profile;
+  (2) event-loop lag (p50/p99) during a 2,000-item job on SQLite;
+  (3) peak RSS of a process that runs a 1,000-item and a 100,000-item job.
+
+Goals (issue 4): (1) <= 1.10x the wall time and <= 1.5x the CPU of the bare
+engine; (2) p99 lag <= 20 ms; (3) RSS(100k) <= 1.5x RSS(1k).
+
+Usage: .venv/bin/python bench/runner.py [--n 2000] [--big 100000] [--skip-rss]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Latency-bound profile (a) of bench/engine.py, and an RPM-bound one (b).
+PROFILES = {
+    "a latency-bound": ["--capacity", "200", "--ttft", "0.4", "--tps", "300"],
+    "b rpm-bound": ["--rpm", "600", "--burst", "5", "--ttft", "0.4", "--tps", "300"],
+}
+
+
+def texts(n: int) -> list[str]:
+    words = "the quick brown fox jumps over the lazy dog while a cat watches".split()
+    return [f"Doc {i:06d}: " + " ".join(words[(i + k) % len(words)] for k in range(10 + i % 60)) for i in range(n)]
+
+
+def setup_django(db_path: str, sim_url: str) -> None:
+    os.environ.update(
+        DJANGO_SETTINGS_MODULE="project.settings",
+        SECRET_KEY=os.environ.get("SECRET_KEY", "bench-only-secret"),
+        DATABASE_URL=f"sqlite:///{db_path}",
+        LLMJOBS_SIMULATOR_URL=sim_url,
+        LOG_LEVEL="WARNING",
+    )
+    os.environ.pop("ANTHROPIC_API_KEY", None)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", "--noinput", verbosity=0)
+
+
+def cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def make_job(n: int) -> int:
+    from llmjobs.jobs import job_create
+
+    return job_create(
+        name=f"bench {n}", template="Summarize: {text}", model="claude-haiku-4-5", max_tokens=64, texts=texts(n)
+    ).pk
+
+
+async def run_bare_engine(n: int, sim_url: str) -> None:
+    from llmjobs.engine import Call, Engine
+    from llmjobs.prompts import build_params
+
+    class J:  # the same params the runner builds
+        model, max_tokens, prompt_template, system_prompt, stop_sequences = (
+            "claude-haiku-4-5", 64, "Summarize: {text}", "", [])
+
+    calls = [Call(key=i, params=build_params(J, {"text": t})) for i, t in enumerate(texts(n))]
+    async with Engine(base_url=sim_url, api_key="bench") as engine:
+        outcomes = await engine.run_ordered(calls)
+    assert all(o.status == "succeeded" for o in outcomes), "bare engine run had failures"
+
+
+async def run_with_lag(job_id: int) -> tuple[list[float], object]:
+    from llmjobs.runner import JobRunner
+
+    lags: list[float] = []
+    loop = asyncio.get_running_loop()
+    done = False
+
+    async def monitor() -> None:
+        interval = 0.01
+        while not done:
+            start = loop.time()
+            await asyncio.sleep(interval)
+            lags.append(max(0.0, loop.time() - start - interval))
+
+    task = asyncio.create_task(monitor())
+    report = await JobRunner(job_id).run()
+    done = True
+    await task
+    return lags, report
+
+
+def sim_stats(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/_sim/stats?brief=1") as r:
+        return json.loads(r.read())
+
+
+def sim_reset(url: str) -> None:
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(url + "/_sim/reset", method="POST", data=b"")).close()
+
+
+def compare(n: int, profile: str, args: list[str]) -> dict:
+    from asgiref.sync import async_to_sync
+
+    from llmjobs.models import BatchJob
+    from llmjobs.simulator.server import SimulatorProcess
+
+    with SimulatorProcess(*args) as sim:
+        os.environ["LLMJOBS_SIMULATOR_URL"] = sim.base_url
+        from django.conf import settings
+
+        settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+        # bare engine
+        c0, t0 = cpu(), time.perf_counter()
+        asyncio.run(run_bare_engine(n, sim.base_url))
+        engine_wall, engine_cpu = time.perf_counter() - t0, cpu() - c0
+        time.sleep(6 if "rpm" in profile else 0.5)  # let the simulator's buckets refill
+        sim_reset(sim.base_url)
+        # the runner, on SQLite, same items
+        job_id = make_job(n)
+        c0, t0 = cpu(), time.perf_counter()
+        lags, report = async_to_sync(run_with_lag)(job_id)
+        runner_wall, runner_cpu = time.perf_counter() - t0, cpu() - c0
+        job = BatchJob.objects.get(pk=job_id)
+        assert job.succeeded_count == n, f"runner: {job.succeeded_count}/{n} succeeded ({job.status})"
+        stats = sim_stats(sim.base_url)
+    lags.sort()
+    return {
+        "profile": profile,
+        "n": n,
+        "engine_wall": engine_wall,
+        "runner_wall": runner_wall,
+        "engine_cpu_ms": 1000 * engine_cpu / n,
+        "runner_cpu_ms": 1000 * runner_cpu / n,
+        "lag_p50": 1000 * lags[len(lags) // 2] if lags else 0.0,
+        "lag_p99": 1000 * lags[int(len(lags) * 0.99)] if lags else 0.0,
+        "lag_max": 1000 * lags[-1] if lags else 0.0,
+        "paid_twice": stats["prompts"]["paid_more_than_once"],
+    }
+
+
+RSS_CHILD = r"""
+import os, sys, resource, asyncio
+sys.path.insert(0, {root!r})
+os.environ.update(DJANGO_SETTINGS_MODULE="project.settings", DATABASE_URL="sqlite:///{db}",
+                  LLMJOBS_SIMULATOR_URL={url!r}, SECRET_KEY="bench", LOG_LEVEL="WARNING")
+os.environ.pop("ANTHROPIC_API_KEY", None)
+import django; django.setup()
+from llmjobs.runner import process_job
+report = process_job({job_id})
+print(report.succeeded, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def rss(n: int, tmp: str) -> tuple[float, float]:
+    """Peak RSS (MiB) of a fresh process that runs an n-item job, and its wall time."""
+    from llmjobs.simulator.server import SimulatorProcess
+
+    db = os.path.join(tmp, f"rss{n}.sqlite3")
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{db}", DJANGO_SETTINGS_MODULE="project.settings",
+               SECRET_KEY="bench")
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+    make = (f"from bench.runner import make_job; print(make_job({n}))")
+    job_id = int(subprocess.run([sys.executable, "manage.py", "shell", "-c", make], cwd=ROOT, env=env,
+                                check=True, capture_output=True, text=True).stdout.split()[-1])
+    with SimulatorProcess() as sim:
+        code = RSS_CHILD.format(root=str(ROOT), db=db, url=sim.base_url, job_id=job_id)
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    succeeded, maxrss_kb = out.stdout.split()[-2:]
+    assert int(succeeded) == n, out.stdout
+    return int(maxrss_kb) / 1024, wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=2000, help="items per comparison run (default 2000)")
+    parser.add_argument("--big", type=int, default=100_000, help="items of the large RSS run (default 100000)")
+    parser.add_argument("--skip-rss", action="store_true", help="skip the RSS runs (3)")
+    parser.add_argument("--profiles", default=",".join(k.split()[0] for k in PROFILES), help="a,b")
+    opts = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        setup_django(os.path.join(tmp, "bench.sqlite3"), "http://127.0.0.1:1")
+        wanted = set(opts.profiles.split(","))
+        rows = [compare(opts.n, name, args) for name, args in PROFILES.items() if name.split()[0] in wanted]
+        print()
+        print(f"(1) process_job vs bare engine, {opts.n} items; (2) event-loop lag during the process_job run")
+        header = ("profile", "engine s", "runner s", "wall x", "engine CPU ms/item", "runner CPU ms/item",
+                  "CPU x", "lag p50 ms", "lag p99 ms", "lag max ms", "paid twice")
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for r in rows:
+            print(
+                f"| {r['profile']} | {r['engine_wall']:.2f} | {r['runner_wall']:.2f} | "
+                f"{r['runner_wall'] / r['engine_wall']:.3f} | {r['engine_cpu_ms']:.2f} | {r['runner_cpu_ms']:.2f} | "
+                f"{r['runner_cpu_ms'] / r['engine_cpu_ms']:.2f} | {r['lag_p50']:.1f} | {r['lag_p99']:.1f} | "
+                f"{r['lag_max']:.1f} | {r['paid_twice']} |"
+            )
+        print("goals: wall x <= 1.10, CPU x <= 1.5, lag p99 <= 20 ms")
+        if not opts.skip_rss:
+            small, small_wall = rss(1000, tmp)
+            big, big_wall = rss(opts.big, tmp)
+            print()
+            print("(3) peak RSS of a process running a whole job (zero-latency simulator)")
+            print("| items | peak RSS MiB | wall s |")
+            print("|---|---|---|")
+            print(f"| 1,000 | {small:.1f} | {small_wall:.1f} |")
+            print(f"| {opts.big:,} | {big:.1f} | {big_wall:.1f} |")
+            print(f"ratio {big / small:.2f} (goal <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
