@@ -48,7 +48,7 @@ LEASE_SECONDS = 30.0  # a crashed runner's items are claimable again after this
 CLAIM_CHUNK = 500  # items claimed per query
 FLUSH_BATCH = 200  # outcomes per write
 FLUSH_EVERY = 0.25  # seconds: the most a kill -9 can lose of received answers
-CANCEL_POLL = 1.0  # seconds between checks that the job was cancelled elsewhere
+CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
 
 _ITEM_FIELDS = [
     "status",

@@ -26,6 +26,11 @@ SIM_DEFAULTS: dict = {
     "hang": 0.0,
     "drop_stream": 0.0,
     "ping_interval": 5.0,
+    "api_key": None,
+    "answer_tokens": 0,
+    "seed": 0,
+    "max_body": 32 * 1024 * 1024,
+    "batch_seconds": 0.0,
 }
 
 

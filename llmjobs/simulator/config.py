@@ -1,0 +1,159 @@
+"""Simulator settings: one dataclass shared by the CLI, the ASGI app and /_sim/config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SimConfig", "CLI_DEFAULTS", "FIELD_HELP", "ConfigError", "cli_flag"]
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A setting has an unknown name or an invalid value."""
+
+
+@dataclass
+class SimConfig:
+    """Every knob of the simulator. The dataclass defaults are *instant*
+    (no latency, no limits, no faults), which is what tests want; the CLI uses
+    :data:`CLI_DEFAULTS`, which add realistic latency."""
+
+    rpm: int = 0
+    itpm: int = 0
+    otpm: int = 0
+    burst: float = 60.0
+    capacity: int = 0
+    ttft: float = 0.0
+    tps: float = 0.0
+    fail_500: float = 0.0
+    fail_529: float = 0.0
+    hang: float = 0.0
+    drop_stream: float = 0.0
+    ping_interval: float = 5.0
+    api_key: str | None = None
+    seed: int = 0
+    answer_tokens: int = 0
+    max_body: int = 32 * MiB
+    batch_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def update(self, changes: dict[str, Any]) -> set[str]:
+        """Validate and apply ``changes``; return the names that changed.
+        Nothing is applied if any value is invalid."""
+        clean: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in _COERCE:
+                raise ConfigError(f"unknown setting: {name!r}")
+            try:
+                clean[name] = _COERCE[name](value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+        changed = {n for n, v in clean.items() if getattr(self, n) != v}
+        for name, value in clean.items():
+            setattr(self, name, value)
+        return changed
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("must be an integer")
+    number = int(value)
+    if number != float(value):
+        raise ValueError("must be an integer")
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("must be a number")
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a finite number >= 0")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    number = _non_negative_float(value)
+    if number == 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def _probability(value: Any) -> float:
+    number = _non_negative_float(value)
+    if number > 1:
+        raise ValueError("must be a probability between 0 and 1")
+    return number
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise TypeError("must be a string or null")
+    return value
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("must be an integer")
+    return int(value)
+
+
+_COERCE = {
+    "rpm": _non_negative_int,
+    "itpm": _non_negative_int,
+    "otpm": _non_negative_int,
+    "burst": _positive_float,
+    "capacity": _non_negative_int,
+    "ttft": _non_negative_float,
+    "tps": _non_negative_float,
+    "fail_500": _probability,
+    "fail_529": _probability,
+    "hang": _probability,
+    "drop_stream": _probability,
+    "ping_interval": _positive_float,
+    "api_key": _optional_str,
+    "seed": _int,
+    "answer_tokens": _non_negative_int,
+    "max_body": _non_negative_int,
+    "batch_seconds": _non_negative_float,
+}
+assert set(_COERCE) == {f.name for f in dataclasses.fields(SimConfig)}
+
+#: Defaults of ``python -m llmjobs.simulator``: unlimited, fault-free, but with
+#: the latency of a real model (about 0.4 s to the first token, 60 tokens/s).
+CLI_DEFAULTS: dict[str, Any] = {**SimConfig().as_dict(), "ttft": 0.4, "tps": 60.0, "batch_seconds": 2.0}
+
+FIELD_HELP: dict[str, str] = {
+    "rpm": "requests per minute (token bucket, refills continuously); 0 = unlimited",
+    "itpm": "uncached input tokens per minute (input_tokens + cache_creation_input_tokens); 0 = unlimited",
+    "otpm": "output tokens per minute; max_tokens is reserved at admission and corrected "
+    "to the real output at the end; 0 = unlimited",
+    "burst": "seconds of refill each bucket holds: capacity = limit * burst / 60 "
+    "(60 = a full minute's worth, as Anthropic does)",
+    "capacity": "maximum requests in flight; beyond it requests get 529 overloaded_error at once; 0 = unlimited",
+    "ttft": "seconds to the first token (jittered +/-50%%); non-streaming requests wait ttft + output_tokens/tps",
+    "tps": "output tokens per second after the first token; 0 = instant",
+    "fail_500": "probability that an admitted request fails with 500 api_error (after ~ttft)",
+    "fail_529": "probability that an admitted request fails with 529 overloaded_error",
+    "hang": "probability that an admitted request never answers (a stream sends only pings)",
+    "drop_stream": "probability that a stream is cut mid-way with an `event: error`",
+    "ping_interval": "seconds between `ping` events while a stream waits or stalls",
+    "api_key": "accept only this API key (x-api-key or Authorization: Bearer); default: any non-empty key",
+    "seed": "seed for the fault and jitter random generators",
+    "answer_tokens": "approximate length of generic answers in tokens; 0 = natural length (20-120 tokens)",
+    "max_body": "largest request body in bytes; larger ones get 413 request_too_large",
+    "batch_seconds": "seconds a Message Batch stays in_progress before it ends with results",
+}
+
+
+def cli_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
