@@ -16,7 +16,7 @@ PYTHON_FOR_VENV := $(shell for c in $(PYTHON_CANDIDATES); do \
 	if $$c -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then \
 	echo $$c; break; fi; done)
 
-.PHONY: help install run test bench sim worker check-python clean
+.PHONY: help install run test test-postgres bench sim worker check-python clean
 
 help:
 	@echo "make run    - install into .venv, migrate, start the app (and the simulator when no ANTHROPIC_API_KEY)"
@@ -47,6 +47,11 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+# The database-facing tests again on PostgreSQL (what a multi-machine team runs).
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+test-postgres: install
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py
 
 bench: install
 	$(PY) bench/simulator.py

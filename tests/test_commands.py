@@ -159,7 +159,7 @@ def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(site, tmp_path,
 
 def test_ctrl_c_in_process_job_stops_cleanly_and_a_rerun_resumes(site):
     site.sim.configure(ttft=0.5)
-    job_id = site.submit(400)
+    job_id = site.submit(400, "--concurrency", "20")  # ~40 items/s: slow enough to interrupt
     proc = site.popen("process_job", str(job_id))
     site.wait_for_successes(job_id, 20, proc)
     proc.send_signal(signal.SIGINT)
@@ -182,7 +182,7 @@ def test_ctrl_c_in_process_job_stops_cleanly_and_a_rerun_resumes(site):
 
 def test_kill_9_mid_job_then_resume_never_requests_a_succeeded_item_twice(site):
     site.sim.configure(ttft=0.5)
-    job_id = site.submit(400)
+    job_id = site.submit(400, "--concurrency", "20")  # ~40 items/s: slow enough to kill mid-job
     proc = site.popen("process_job", str(job_id))
     site.wait_for_successes(job_id, 30, proc)
     proc.send_signal(signal.SIGKILL)
