@@ -124,6 +124,12 @@ class BatchJob(models.Model):
     cancelled_count = models.PositiveIntegerField(default=0)
     input_tokens = models.PositiveBigIntegerField(default=0)
     output_tokens = models.PositiveBigIntegerField(default=0)
+    rate_limited_count = models.PositiveIntegerField(
+        default=0, help_text="429 responses received while running the job (not item failures)."
+    )
+    retries_count = models.PositiveIntegerField(
+        default=0, help_text="Requests beyond one per item: 429s, 529s, timeouts and other retried errors."
+    )
     cost_estimate = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal(0), help_text="USD, estimated."
     )

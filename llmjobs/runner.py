@@ -129,6 +129,8 @@ class JobRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._closing = False
+        self._written_rate_limited = 0
+        self._written_retries = 0
         self._interrupted = False
         self._job_cancelled = False
 
@@ -335,12 +337,19 @@ class JobRunner:
             await self._flush()
 
     async def _flush(self) -> None:
-        if not self._buffer:
+        rate_limited = retries = 0
+        stats = self.stats
+        if stats is not None:  # engine counters since the last write
+            rate_limited = stats.rate_limited - self._written_rate_limited
+            retries = stats.retries - self._written_retries
+        if not self._buffer and not rate_limited and not retries:
             return
         batch, self._buffer = self._buffer, []
-        await self._db(self._write)(batch)
+        self._written_rate_limited += rate_limited
+        self._written_retries += retries
+        await self._db(self._write)(batch, rate_limited, retries)
 
-    def _write(self, batch: list[Outcome]) -> None:
+    def _write(self, batch: list[Outcome], rate_limited: int = 0, retries: int = 0) -> None:
         now = timezone.now()
         items: list[Item] = []
         released: list[int] = []
@@ -377,12 +386,15 @@ class JobRunner:
         with transaction.atomic():
             if items:
                 Item.objects.bulk_update(items, _ITEM_FIELDS, batch_size=500)
+            if items or rate_limited or retries:
                 BatchJob.objects.filter(pk=self.job_id).update(
                     succeeded_count=F("succeeded_count") + succeeded,
                     failed_count=F("failed_count") + failed,
                     cancelled_count=F("cancelled_count") + cancelled,
                     input_tokens=F("input_tokens") + tokens_in,
                     output_tokens=F("output_tokens") + tokens_out,
+                    rate_limited_count=F("rate_limited_count") + rate_limited,
+                    retries_count=F("retries_count") + retries,
                 )
             if released:
                 self._release(released)

@@ -20,4 +20,7 @@ def _with_static_files(app):
     return app
 
 
-application = _with_static_files(django_application)
+from llmjobs.playground import with_lifespan  # noqa: E402  (after Django is set up)
+
+# Lifespan: server shutdown closes the playground's shared AsyncAnthropic client.
+application = with_lifespan(_with_static_files(django_application))

@@ -179,3 +179,13 @@ def test_a_finished_job_is_not_run_again(api):
     process_job(job.pk)
     process_job(job.pk)
     assert api.stats()["requests"] == 5
+
+
+def test_429s_and_retries_are_counted_on_the_job_not_as_failures(api):
+    job = make_job(10)
+    api.inject("429", "529")
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED and job.failed_count == 0
+    assert job.rate_limited_count == 1
+    assert job.retries_count >= 2

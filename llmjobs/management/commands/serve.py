@@ -95,7 +95,7 @@ class Command(BaseCommand):
                 "project.asgi:application",
                 host=host,
                 port=port,
-                lifespan="off",
+                lifespan="on",
                 log_level=os.environ.get("LOG_LEVEL", "info").lower(),
                 access_log=settings.DEBUG,
             )

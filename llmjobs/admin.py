@@ -1,0 +1,283 @@
+"""The admin: jobs with progress and sync actions over the services; items read-only.
+
+Actions are thin: they call ``jobs.py`` (enqueue, cancel, retry, export) or
+``runner.preview_job`` (which reaches the async engine through
+``async_to_sync``). A job's change page links to its items instead of
+rendering them inline, so a 100,000-item job opens instantly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+from django.utils.text import Truncator
+
+from .jobs import (
+    JobStateError,
+    job_cancel,
+    job_enqueue,
+    job_export_lines,
+    job_retry_failed,
+)
+from .models import BatchJob, Item
+
+PREVIEW_COUNT = 5
+
+
+def _progress_bar(job: BatchJob) -> str:
+    percent = round(job.progress * 100)
+    return format_html(
+        '<div title="{} of {}" style="width:110px;background:#eef1f7;border-radius:4px;height:10px;'
+        'display:inline-block;vertical-align:middle;overflow:hidden">'
+        '<div style="width:{}%;background:#3b5bdb;height:10px"></div></div> {}%',
+        job.done_count,
+        job.total,
+        percent,
+        percent,
+    )
+
+
+@admin.register(BatchJob)
+class BatchJobAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "name",
+        "owner",
+        "model",
+        "status",
+        "progress_display",
+        "counts",
+        "tokens",
+        "cost_estimate",
+        "created_at",
+    )
+    list_display_links = ("id", "name")
+    list_filter = ("status", "model", "owner")
+    search_fields = ("name",)
+    list_select_related = ("owner",)
+    date_hierarchy = "created_at"
+    list_per_page = 50
+    actions = ("run_in_background", "cancel_jobs", "retry_failed", "export_csv", "export_jsonl", "preview")
+    readonly_fields = (
+        "status",
+        "progress_display",
+        "items_link",
+        "total",
+        "succeeded_count",
+        "failed_count",
+        "cancelled_count",
+        "input_tokens",
+        "output_tokens",
+        "cost_estimate",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "last_error",
+        "task_id",
+    )
+    fieldsets = (
+        (None, {"fields": ("name", "owner", "model", "status", "progress_display", "items_link")}),
+        (
+            "Prompt",
+            {"fields": ("system_prompt", "prompt_template", "max_tokens", "stop_sequences")},
+        ),
+        ("Speed", {"fields": ("concurrency", "rate_limit_rpm")}),
+        (
+            "Counters",
+            {
+                "fields": (
+                    "total",
+                    "succeeded_count",
+                    "failed_count",
+                    "cancelled_count",
+                    "input_tokens",
+                    "output_tokens",
+                    "cost_estimate",
+                )
+            },
+        ),
+        ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error")}),
+    )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # jobs come with items: create them with the web form or `manage.py submit_job`
+
+    @admin.display(description="progress")
+    def progress_display(self, job: BatchJob) -> str:
+        return _progress_bar(job)
+
+    @admin.display(description="done / failed / total")
+    def counts(self, job: BatchJob) -> str:
+        return f"{job.done_count:,} / {job.failed_count:,} / {job.total:,}"
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, job: BatchJob) -> str:
+        return f"{job.input_tokens:,} / {job.output_tokens:,}"
+
+    @admin.display(description="items")
+    def items_link(self, job: BatchJob) -> str:
+        url = reverse("admin:llmjobs_item_changelist") + "?" + urlencode({"job__id__exact": job.pk})
+        page = reverse("llmjobs:job_detail", args=[job.pk])
+        return format_html(
+            '<a href="{}">View the {} items</a> · <a href="{}">job page with live progress</a>',
+            url,
+            f"{job.total:,}",
+            page,
+        )
+
+    # --- actions ---------------------------------------------------------------------
+
+    @admin.action(description="Run in background")
+    def run_in_background(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        queued = 0
+        for job in queryset:
+            try:
+                job_enqueue(job=job)
+            except JobStateError as exc:
+                self.message_user(request, f"#{job.pk}: {exc}", messages.ERROR)
+            else:
+                queued += 1
+        if queued:
+            self.message_user(request, f"{queued} job(s) queued for the workers.", messages.SUCCESS)
+
+    @admin.action(description="Cancel")
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        cancelled = 0
+        for job in queryset:
+            try:
+                job_cancel(job=job)
+            except JobStateError as exc:
+                self.message_user(request, f"#{job.pk}: {exc}", messages.ERROR)
+            else:
+                cancelled += 1
+        if cancelled:
+            self.message_user(request, f"{cancelled} job(s) cancelled.", messages.SUCCESS)
+
+    @admin.action(description="Retry failed items")
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        for job in queryset:
+            try:
+                count = job_retry_failed(job=job)
+            except JobStateError as exc:
+                self.message_user(request, f"#{job.pk}: {exc}", messages.ERROR)
+                continue
+            if not count:
+                self.message_user(request, f"#{job.pk}: no failed items.", messages.INFO)
+                continue
+            try:
+                job_enqueue(job=job)
+            except JobStateError as exc:
+                self.message_user(request, f"#{job.pk}: {count} item(s) reset, but: {exc}", messages.WARNING)
+            else:
+                self.message_user(request, f"#{job.pk}: {count} failed item(s) queued again.", messages.SUCCESS)
+
+    def _export(self, request: HttpRequest, queryset: QuerySet[BatchJob], fmt: str) -> HttpResponse | None:
+        jobs = list(queryset[:2])
+        if len(jobs) != 1:
+            self.message_user(request, "Select exactly one job to export.", messages.WARNING)
+            return None
+        job = jobs[0]
+        content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson; charset=utf-8"
+        response = StreamingHttpResponse(job_export_lines(job, fmt), content_type=content_type)  # type: ignore[arg-type]
+        response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.{fmt}"'
+        return response
+
+    @admin.action(description="Export results as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
+        return self._export(request, queryset, "csv")
+
+    @admin.action(description="Export results as JSONL")
+    def export_jsonl(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
+        return self._export(request, queryset, "jsonl")
+
+    @admin.action(description=f"Preview: run the first {PREVIEW_COUNT} pending items now")
+    def preview(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        from .runner import preview_job  # sync -> async_to_sync -> the engine
+        from .views import preview_lines
+
+        for job in queryset[:10]:
+            try:
+                results = preview_job(job.pk, count=PREVIEW_COUNT)
+            except Exception as exc:  # show the operator what went wrong
+                self.message_user(request, f"#{job.pk}: preview failed: {type(exc).__name__}: {exc}", messages.ERROR)
+                continue
+            if not results:
+                self.message_user(request, f"#{job.pk}: no pending items to preview.", messages.WARNING)
+                continue
+            for line in preview_lines(results):
+                # Plain text: the admin's message template escapes it.
+                self.message_user(request, f"#{job.pk} {job.name}: {line}", messages.INFO)
+
+
+class JobFilter(admin.SimpleListFilter):
+    """By job: the 20 newest jobs are listed; any job id works in the URL."""
+
+    title = "job"
+    parameter_name = "job__id__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        jobs = BatchJob.objects.order_by("-created_at", "-id").values_list("pk", "name")[:20]
+        return [(str(pk), f"#{pk} {Truncator(name).chars(40)}") for pk, name in jobs]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Item]) -> QuerySet[Item]:
+        value = self.value()
+        if value and value.isdigit():
+            return queryset.filter(job_id=int(value))
+        return queryset
+
+
+@admin.register(Item)
+class ItemAdmin(admin.ModelAdmin):
+    """Read-only: items change only through jobs (runner, retry, cancel)."""
+
+    list_display = ("id", "job", "position", "status", "short_input", "short_output", "error_type", "attempts",
+                    "latency_ms", "ttft_ms")
+    list_filter = (JobFilter, "status")
+    search_fields = ("custom_id",)
+    list_select_related = ("job",)
+    list_per_page = 100
+    show_full_result_count = False  # no COUNT(*) over millions of items
+    ordering = ("job_id", "position")
+    fields = (
+        "job",
+        "position",
+        "custom_id",
+        "status",
+        "input",
+        "output",
+        "stop_reason",
+        "error_type",
+        "error_message",
+        "attempts",
+        "input_tokens",
+        "output_tokens",
+        "latency_ms",
+        "ttft_ms",
+        "started_at",
+        "finished_at",
+        "lease_expires_at",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="input")
+    def short_input(self, item: Item) -> str:
+        return Truncator(item.text).chars(80)  # plain text: escaped by the admin
+
+    @admin.display(description="output")
+    def short_output(self, item: Item) -> str:
+        return Truncator(item.output).chars(120)  # plain text: escaped by the admin

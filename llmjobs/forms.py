@@ -1,0 +1,166 @@
+"""Forms: they validate what people type; services (``jobs.py``) do the work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+
+from .parsing import JobInputError, detect_format, max_upload_bytes
+from .prompts import compile_template
+
+__all__ = ["JobForm", "PlaygroundForm", "model_choices"]
+
+MAX_TOKENS_LIMIT = 64_000
+CONCURRENCY_LIMIT = 512
+
+
+def model_choices() -> list[tuple[str, str]]:
+    models = list(getattr(settings, "LLMJOBS_MODELS", []) or [])
+    default = getattr(settings, "LLMJOBS_DEFAULT_MODEL", "")
+    if default and default not in models:
+        models.insert(0, default)
+    return [(m, m) for m in models]
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+class JobForm(forms.Form):
+    SOURCE_PASTE = "paste"
+    SOURCE_FILE = "file"
+
+    name = forms.CharField(max_length=200, required=False, help_text="Empty: the file's name.")
+    source = forms.ChoiceField(
+        choices=[(SOURCE_PASTE, "Paste lines of text"), (SOURCE_FILE, "Upload a CSV, JSONL or TXT file")],
+        initial=SOURCE_PASTE,
+        widget=forms.RadioSelect,
+    )
+    texts = forms.CharField(
+        label="Items",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "placeholder": "One item per line"}),
+        help_text="One item per line; blank lines are skipped.",
+    )
+    file = forms.FileField(required=False, help_text="CSV (with a header row), JSONL or TXT (one item per line).")
+    column = forms.CharField(
+        label="CSV column / JSONL field",
+        max_length=200,
+        required=False,
+        help_text="Which column or field is the item's {text}. Empty: every column is a {placeholder}.",
+    )
+    prompt_template = forms.CharField(
+        label="Prompt template",
+        required=False,
+        initial="Summarize in one sentence:\n\n{text}",
+        widget=forms.Textarea(attrs={"rows": 4}),
+        help_text="{placeholders} are filled from each item's fields ({text} for pasted lines). "
+        "Without any, the item's text is appended. Write {{ and }} for literal braces.",
+    )
+    system_prompt = forms.CharField(label="System prompt", required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    model = forms.ChoiceField(choices=[])
+    max_tokens = forms.IntegerField(min_value=1, max_value=MAX_TOKENS_LIMIT, initial=1024)
+    concurrency = forms.IntegerField(
+        min_value=1,
+        max_value=CONCURRENCY_LIMIT,
+        required=False,
+        help_text="Empty (recommended): automatic, adapted to your rate limits as the job runs.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = model_choices()
+        self.fields["model"].choices = choices
+        self.fields["model"].initial = getattr(settings, "LLMJOBS_DEFAULT_MODEL", "") or (
+            choices[0][0] if choices else ""
+        )
+
+    def clean_prompt_template(self) -> str:
+        template = self.cleaned_data.get("prompt_template") or ""
+        try:
+            compile_template(template)
+        except JobInputError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return template
+
+    def clean_file(self) -> Any:
+        upload = self.cleaned_data.get("file")
+        if upload is None:
+            return None
+        limit = max_upload_bytes()
+        if upload.size > limit:
+            raise forms.ValidationError(
+                f"The file is {_size(upload.size)}, over the {_size(limit)} limit (LLMJOBS_MAX_UPLOAD_BYTES)."
+            )
+        try:
+            detect_format(upload.name)
+        except JobInputError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return upload
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        source = data.get("source")
+        if source == self.SOURCE_PASTE and not (data.get("texts") or "").strip():
+            self.add_error("texts", "Paste at least one line, or choose a file instead.")
+        if source == self.SOURCE_FILE and not data.get("file") and "file" not in self.errors:
+            self.add_error("file", "Choose a file to upload, or paste lines instead.")
+        return data
+
+    def service_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``jobs.job_create`` (after ``is_valid()``)."""
+        data = self.cleaned_data
+        kwargs: dict[str, Any] = {
+            "name": data.get("name") or "",
+            "template": data.get("prompt_template") or "",
+            "system": data.get("system_prompt") or "",
+            "model": data["model"],
+            "max_tokens": data["max_tokens"],
+            "concurrency": data.get("concurrency"),
+        }
+        if data["source"] == self.SOURCE_FILE:
+            upload = data["file"]
+            upload.seek(0)
+            # The upload object itself: parsing reads it line by line (no full copy).
+            kwargs.update(file_name=upload.name, file_data=upload)
+            kwargs["column"] = (data.get("column") or "").strip() or None
+        else:
+            kwargs["texts"] = data["texts"]
+            if not kwargs["name"]:
+                first = data["texts"].strip().splitlines()[0].strip()
+                kwargs["name"] = (first[:60] + "…") if len(first) > 60 else first
+        return kwargs
+
+
+class PlaygroundForm(forms.Form):
+    prompt = forms.CharField(max_length=100_000, widget=forms.Textarea(attrs={"rows": 5}))
+    system = forms.CharField(label="System prompt", max_length=20_000, required=False,
+                             widget=forms.Textarea(attrs={"rows": 2}))
+    model = forms.ChoiceField(choices=[])
+    max_tokens = forms.IntegerField(min_value=1, max_value=8192, initial=512)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = model_choices()
+        self.fields["model"].choices = choices
+        self.fields["model"].initial = getattr(settings, "LLMJOBS_DEFAULT_MODEL", "") or (
+            choices[0][0] if choices else ""
+        )
+
+    def params(self) -> dict[str, Any]:
+        """Messages API parameters (after ``is_valid()``)."""
+        data = self.cleaned_data
+        params: dict[str, Any] = {
+            "model": data["model"],
+            "max_tokens": data["max_tokens"],
+            "messages": [{"role": "user", "content": data["prompt"]}],
+        }
+        if data.get("system"):
+            params["system"] = data["system"]
+        return params

@@ -1,0 +1,237 @@
+"""Live progress of a job: the SSE event stream and the throughput series.
+
+``progress_events(job_id)`` is the async generator behind the job page's
+``EventSource``. It reads with the async ORM only (``afirst``, ``aaggregate``,
+``async for``), one small query per tick, plus a query for the last errors
+when the failure count moves and a retries aggregate at most every
+``RETRIES_EVERY`` seconds. Items/s comes from the counters' recent history
+(no query). The stream ends with a ``done`` event when the job is not queued
+or running any more; after ``max_seconds`` it simply ends and the browser's
+``EventSource`` reconnects (the ``retry:`` hint says when).
+
+``throughput(job)`` buckets finished items over the run with one aggregate
+query, for the server-side SVG plot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, F, Sum
+from django.db.models.functions import TruncHour, TruncMinute, TruncSecond
+from django.utils import timezone
+
+from . import sse
+from .models import BatchJob, Item
+
+__all__ = ["Bucket", "progress_events", "snapshot_payload", "throughput"]
+
+TICK = 0.5  # seconds between reads of the job's counters
+RATE_WINDOW = 10.0  # seconds of history behind items/s
+RETRIES_EVERY = 30.0  # seconds between retries aggregates while running (a scan of the job's items)
+HEARTBEAT = 15.0  # seconds of silence before a keep-alive comment
+MAX_STREAM_SECONDS = 300.0  # then the stream ends and EventSource reconnects
+RECONNECT_MS = 1500
+LAST_ERRORS = 3
+
+_JOB_FIELDS = (
+    "status",
+    "total",
+    "succeeded_count",
+    "failed_count",
+    "cancelled_count",
+    "input_tokens",
+    "output_tokens",
+    "cost_estimate",
+    "started_at",
+    "finished_at",
+    "last_error",
+)
+# A per-job count of 429 responses, if the model has one (see the report on runner hooks).
+_RATE_LIMITED_FIELD = "rate_limited_count"
+if any(f.name == _RATE_LIMITED_FIELD for f in BatchJob._meta.get_fields()):
+    _JOB_FIELDS = (*_JOB_FIELDS, _RATE_LIMITED_FIELD)
+
+_STATUS_LABELS = dict(BatchJob.Status.choices)
+
+
+def _active(status: str) -> bool:
+    return status in BatchJob.ACTIVE_STATUSES
+
+
+async def _last_errors(job_id: int) -> list[dict[str, Any]]:
+    rows = (
+        Item.objects.filter(job_id=job_id, status=Item.Status.FAILED)
+        .order_by(F("finished_at").desc(nulls_last=True), "-position")
+        .values("position", "error_type", "error_message")[:LAST_ERRORS]
+    )
+    return [
+        {"position": r["position"], "type": r["error_type"], "message": (r["error_message"] or "")[:300]}
+        async for r in rows
+    ]
+
+
+async def _retries(job_id: int) -> int:
+    """Extra requests beyond one per finished item: 429s, 529s and transient errors."""
+    agg = await Item.objects.filter(job_id=job_id, attempts__gt=1).aaggregate(
+        n=Count("pk"), attempts=Sum("attempts")
+    )
+    return int(agg["attempts"] or 0) - int(agg["n"] or 0)
+
+
+def snapshot_payload(
+    row: dict[str, Any],
+    *,
+    items_per_s: float | None,
+    retries: int | None,
+    errors: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The JSON sent to the page for one reading of the job's row."""
+    done = row["succeeded_count"] + row["failed_count"] + row["cancelled_count"]
+    total = row["total"]
+    remaining = max(total - done, 0)
+    eta = None
+    if _active(row["status"]) and items_per_s and items_per_s > 0 and remaining:
+        eta = round(remaining / items_per_s, 1)
+    return {
+        "status": row["status"],
+        "status_label": _STATUS_LABELS.get(row["status"], row["status"]),
+        "active": _active(row["status"]),
+        "total": total,
+        "done": done,
+        "succeeded": row["succeeded_count"],
+        "failed": row["failed_count"],
+        "cancelled": row["cancelled_count"],
+        "remaining": remaining,
+        "percent": round(100.0 * done / total, 1) if total else 100.0,
+        "items_per_s": None if items_per_s is None else round(items_per_s, 2),
+        "eta_s": eta,
+        "retries": retries,
+        "rate_limited": row.get(_RATE_LIMITED_FIELD),
+        "input_tokens": row["input_tokens"],
+        "output_tokens": row["output_tokens"],
+        "cost": str(row["cost_estimate"]),
+        "last_error": row["last_error"],
+        "errors": errors,
+    }
+
+
+async def progress_events(
+    job_id: int,
+    *,
+    tick: float | None = None,
+    max_seconds: float | None = None,
+) -> AsyncIterator[bytes]:
+    """SSE events for one job: ``progress`` whenever something changed, then ``done``."""
+    tick = TICK if tick is None else tick
+    max_seconds = MAX_STREAM_SECONDS if max_seconds is None else max_seconds
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    yield sse.retry(RECONNECT_MS)
+    history: deque[tuple[float, int]] = deque()
+    last_payload: dict[str, Any] | None = None
+    last_sent = started
+    seen_failed: int | None = None
+    errors: list[dict[str, Any]] = []
+    retries: int | None = None
+    retries_at = -math.inf
+    retries_done: int | None = None
+    queryset = BatchJob.objects.filter(pk=job_id).values(*_JOB_FIELDS)
+    while True:
+        row = await queryset.afirst()
+        if row is None:  # deleted while watched
+            yield sse.event("done", {"status": "deleted", "active": False})
+            return
+        now = loop.time()
+        done = row["succeeded_count"] + row["failed_count"] + row["cancelled_count"]
+        active = _active(row["status"])
+
+        # items/s over the last RATE_WINDOW seconds of counter readings
+        history.append((now, done))
+        while len(history) > 2 and now - history[1][0] >= RATE_WINDOW:
+            history.popleft()
+        items_per_s = None
+        if row["status"] == BatchJob.Status.RUNNING and now - history[0][0] >= 0.9:
+            items_per_s = max(done - history[0][1], 0) / (now - history[0][0])
+
+        if row["failed_count"] != seen_failed:
+            seen_failed = row["failed_count"]
+            errors = await _last_errors(job_id) if seen_failed else []
+        if retries is None or (done != retries_done and (not active or now - retries_at >= RETRIES_EVERY)):
+            retries, retries_at, retries_done = await _retries(job_id), now, done
+
+        payload = snapshot_payload(row, items_per_s=items_per_s, retries=retries, errors=errors)
+        if payload != last_payload or now - last_sent >= HEARTBEAT:
+            yield sse.event("progress", payload)
+            last_payload, last_sent = payload, now
+        if not active:
+            yield sse.event("done", payload)
+            return
+        if now - started >= max_seconds:
+            return  # the client reconnects; a fresh stream picks up from the database
+        await asyncio.sleep(tick)
+
+
+# --- throughput over time ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    start: float  # seconds since the run started
+    width: float  # seconds
+    items: int
+    retries: int
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.width
+
+    @property
+    def retries_per_s(self) -> float:
+        return self.retries / self.width
+
+
+MAX_BUCKETS = 60
+
+
+def throughput(job: BatchJob, *, now: dt.datetime | None = None, max_buckets: int = MAX_BUCKETS) -> list[Bucket]:
+    """Items finished (and retries) per time bucket since the job started; one query.
+
+    The database groups by second, minute or hour (whatever keeps the rows
+    few for the run's length); the rows are then folded into at most
+    ``max_buckets`` equal buckets.
+    """
+    if job.started_at is None:
+        return []
+    start = job.started_at
+    end = job.finished_at or now or timezone.now()
+    span = max((end - start).total_seconds(), 1.0)
+    if span <= 15 * 60:
+        trunc, grain = TruncSecond, 1
+    elif span <= 15 * 3600:
+        trunc, grain = TruncMinute, 60
+    else:
+        trunc, grain = TruncHour, 3600
+    width = max(float(grain), math.ceil(span / max_buckets / grain) * grain)
+    count = max(1, math.ceil(span / width))
+    items = [0] * count
+    retries = [0] * count
+    rows = (
+        Item.objects.filter(job_id=job.pk, finished_at__gte=start)
+        .annotate(t=trunc("finished_at"))
+        .values("t")
+        .annotate(n=Count("pk"), attempts=Sum("attempts"))
+        .order_by("t")
+    )
+    for row in rows:
+        offset = (row["t"] - start).total_seconds()
+        index = min(max(int(offset // width), 0), count - 1)
+        items[index] += row["n"]
+        retries[index] += max(int(row["attempts"] or 0) - row["n"], 0)
+    return [Bucket(start=i * width, width=width, items=items[i], retries=retries[i]) for i in range(count)]
