@@ -57,6 +57,7 @@ bench: install
 	$(PY) bench/simulator.py
 	$(PY) bench/engine.py
 	$(PY) bench/runner.py
+	$(PY) bench/web.py
 
 worker: install
 	$(PY) manage.py recover_jobs
