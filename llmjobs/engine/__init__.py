@@ -1,0 +1,41 @@
+"""The async engine: pure asyncio (no Django), one shared ``AsyncAnthropic`` per run.
+
+``Engine`` runs a (possibly endless, possibly async) stream of :class:`Call`
+through a :class:`Governor` that paces requests and tokens per minute, adapts
+the in-flight ceiling, pauses on 429/529 and retries what is worth retrying.
+"""
+
+from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
+from .bucket import Bucket
+from .client import make_client
+from .governor import Governor, Ticket
+from .retry import AttemptTimeout, RetryPolicy, StreamError, Verdict, classify
+from .run import Engine, run_calls
+from .stats import EngineStats
+from .stream import TextStream, stream_text
+from .tokens import estimate_input_tokens
+
+__all__ = [
+    "AttemptTimeout",
+    "Bucket",
+    "CANCELLED",
+    "Call",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "FAILED",
+    "Governor",
+    "Outcome",
+    "RetryPolicy",
+    "RunAborted",
+    "SUCCEEDED",
+    "StreamError",
+    "TextStream",
+    "Ticket",
+    "Verdict",
+    "classify",
+    "estimate_input_tokens",
+    "make_client",
+    "run_calls",
+    "stream_text",
+]

@@ -1,0 +1,39 @@
+"""One shared ``AsyncAnthropic`` per run, with the SDK's own retries off."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import anthropic
+import httpx2
+
+__all__ = ["make_client"]
+
+# Keep every connection alive: the engine may hold hundreds in flight.
+_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=1000, keepalive_expiry=30.0)
+
+
+def make_client(
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    transport: Literal["aiohttp", "httpx"] = "aiohttp",
+    **kwargs,
+) -> anthropic.AsyncAnthropic:
+    """An ``AsyncAnthropic`` for the engine: ``max_retries=0`` (the governor retries).
+
+    ``transport="aiohttp"`` (default) uses the SDK's aiohttp client, which costs
+    about half the CPU per call of httpx. With no key given and none in the
+    environment, pass the simulator's ``base_url``; a placeholder key is used.
+    """
+    if api_key is None:
+        api_key = os.environ.get("ANTHROPIC_API_KEY") or ("sk-simulator" if base_url else None)
+    if transport == "aiohttp":
+        http_client = anthropic.DefaultAioHttpClient(limits=_LIMITS)
+    elif transport == "httpx":
+        http_client = anthropic.DefaultAsyncHttpxClient(limits=_LIMITS)
+    else:
+        raise ValueError(f"unknown transport {transport!r}")
+    kwargs.setdefault("max_retries", 0)
+    return anthropic.AsyncAnthropic(api_key=api_key, base_url=base_url, http_client=http_client, **kwargs)

@@ -1,0 +1,375 @@
+"""The governor: when may the next call go out, and how many may be in flight.
+
+It combines three things, all driven by one monotonic clock (the event loop's
+by default, any callable in tests):
+
+* three :class:`Bucket` budgets (requests, input tokens, output tokens per
+  minute), configured or learned from ``anthropic-ratelimit-*`` headers and
+  corrected from ``-remaining`` / ``-reset``. Output tokens are reserved at
+  ``max_tokens`` and refunded to the actual usage, as the API does;
+* an adaptive in-flight ceiling between 1 and ``max_concurrency``: slow start
+  (x4 per round trip: a capacity 529 comes back at once, so overshoot is cheap),
+  multiplicative decrease on 429 (x0.7) and on 529 (x0.9), at most once per
+  round trip, then a quick return to just below the level that overloaded and a
+  slow probe above it. A 529 counts as a capacity signal only when most calls
+  sent above every concurrency that worked lately get one, or when 529s are far
+  above chance (>= 1 in 8 lately): random overloads (a few percent at any level)
+  never collapse the ceiling;
+* a run-wide pause after a 429 or 529, until ``retry-after`` or a jittered
+  backoff that starts short (50 ms) and doubles while 529s keep coming without
+  a success in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+from .bucket import Bucket
+
+__all__ = ["Governor", "Ticket"]
+
+_HEADERS = (
+    ("anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+    (
+        "anthropic-ratelimit-input-tokens-limit",
+        "anthropic-ratelimit-input-tokens-remaining",
+        "anthropic-ratelimit-input-tokens-reset",
+    ),
+    (
+        "anthropic-ratelimit-output-tokens-limit",
+        "anthropic-ratelimit-output-tokens-remaining",
+        "anthropic-ratelimit-output-tokens-reset",
+    ),
+)
+
+_SLOW_START_GAIN = 3.0  # ceiling += this per success in slow start (x4 per round trip; a 529 comes back at once)
+_PROBE_MIN = 4.0  # per round trip below the last overload level (less a margin): at least this, or the gap
+_PROBE_SLOW = 0.5  # per round trip near or above it
+_DECREASE_529 = 0.9
+_DECREASE_429 = 0.7
+
+
+def _parse_reset(value: str | None, wall: float) -> tuple[float | None, bool]:
+    """Seconds from now until ``value`` (RFC 3339), and whether it is rounded to whole seconds."""
+    if not value:
+        return None, False
+    try:
+        return datetime.fromisoformat(value).timestamp() - wall, "." not in value
+    except ValueError:
+        try:
+            return float(value), False
+        except ValueError:
+            return None, False
+
+
+class Ticket:
+    """What the governor remembers about one dispatched request."""
+
+    __slots__ = ("seq", "sent_at", "level", "epoch", "in_cost", "out_cost", "snap_req", "snap_in", "snap_out", "open",
+                 "probe")
+
+    def __init__(self, seq: int, sent_at: float, level: int, epoch: int, in_cost: float, out_cost: float,
+                 snap_req: float, snap_in: float, snap_out: float, probe: bool = False) -> None:
+        self.seq = seq
+        self.sent_at = sent_at
+        self.level = level
+        self.epoch = epoch
+        self.in_cost = in_cost
+        self.out_cost = out_cost
+        self.snap_req = snap_req
+        self.snap_in = snap_in
+        self.snap_out = snap_out
+        self.open = True
+        self.probe = probe  # sent at a concurrency above any that worked lately
+
+
+class Governor:
+    """Paces dispatch for one account. Share one per API key (it may serve many runs)."""
+
+    __slots__ = (
+        "requests", "input_tokens", "output_tokens", "max_concurrency", "ceiling", "ssthresh", "w_max",
+        "in_flight", "peak_in_flight", "paused_until", "input_factor", "_clock", "_rng", "_seq", "_epoch",
+        "_succ_level", "_streak", "_pause_base", "_pause_max", "learn", "_pause_seq", "_probes", "_probe_529s", "_win", "_win_529s",
+    )
+
+    def __init__(
+        self,
+        *,
+        rpm: float | None = None,
+        itpm: float | None = None,
+        otpm: float | None = None,
+        max_concurrency: int = 512,
+        initial_concurrency: int = 32,
+        pause_base: float = 0.05,
+        pause_max: float = 30.0,
+        learn: bool = True,
+        clock: Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._clock = clock
+        now = self.now()
+        self.requests = Bucket(rpm, now=now)
+        self.input_tokens = Bucket(itpm, now=now)
+        self.output_tokens = Bucket(otpm, now=now)
+        self.max_concurrency = max_concurrency
+        self.ceiling = float(max(1, min(initial_concurrency, max_concurrency)))
+        self.ssthresh = float(max_concurrency)
+        self.w_max = 0.0
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.paused_until = 0.0
+        self.input_factor = 1.0
+        self._rng = rng or random.Random()
+        self._seq = 0
+        self._epoch = 0
+        self._succ_level = 0.0
+        self._streak = 0
+        self._pause_seq = -1
+        self._probes = 0  # probe calls resolved since the last cut (success or 529)
+        self._probe_529s = 0
+        self._win = 0  # all calls resolved lately (success or 529), and the 529s among them
+        self._win_529s = 0
+        self._pause_base = pause_base
+        self._pause_max = pause_max
+        self.learn = learn
+
+    # -- clock -----------------------------------------------------------
+    def now(self) -> float:
+        """The governor's clock: the injected one, else the running loop's (monotonic)."""
+        clock = self._clock
+        if clock is not None:
+            return clock()
+        try:
+            return asyncio.get_running_loop().time()
+        except RuntimeError:
+            return time.monotonic()
+
+    # -- dispatch --------------------------------------------------------
+    def free_slots(self) -> int:
+        return int(self.ceiling) - self.in_flight
+
+    def estimate_input(self, raw: float) -> float:
+        return raw * self.input_factor
+
+    def delay(self, in_cost: float, out_cost: float, now: float | None = None) -> float:
+        """Seconds until a call of this cost may go out (pause and budgets; not the ceiling)."""
+        if now is None:
+            now = self.now()
+        wait = self.paused_until - now
+        w = self.requests.wait_time(1.0, now)
+        if w > wait:
+            wait = w
+        if in_cost:
+            w = self.input_tokens.wait_time(in_cost, now)
+            if w > wait:
+                wait = w
+        if out_cost:
+            w = self.output_tokens.wait_time(out_cost, now)
+            if w > wait:
+                wait = w
+        return wait if wait > 0 else 0.0
+
+    def acquire(self, in_cost: float, out_cost: float, now: float | None = None) -> Ticket:
+        """Record a dispatch now: debit the budgets and count it in flight."""
+        if now is None:
+            now = self.now()
+        cap = self.output_tokens.capacity
+        if out_cost > cap > 0.0:
+            out_cost = cap  # the API reserves at most the bucket's capacity
+        self.requests.debit(1.0, now)
+        self.input_tokens.debit(in_cost, now)
+        self.output_tokens.debit(out_cost, now)
+        self.in_flight = level = self.in_flight + 1
+        if level > self.peak_in_flight:
+            self.peak_in_flight = level
+        self._seq += 1
+        return Ticket(self._seq, now, level, self._epoch, in_cost, out_cost,
+                      self.requests.debited, self.input_tokens.debited, self.output_tokens.debited,
+                      level > self._succ_level)
+
+    # -- feedback --------------------------------------------------------
+    def observe(self, ticket: Ticket, headers: Mapping[str, str] | None, now: float | None = None,
+                force: bool = False) -> None:
+        """Learn limits and correct the levels from a response's rate-limit headers."""
+        if not headers or not self.learn:
+            return
+        if now is None:
+            now = self.now()
+        wall = time.time()
+        snaps = (ticket.snap_req, ticket.snap_in, ticket.snap_out)
+        for i, bucket in enumerate((self.requests, self.input_tokens, self.output_tokens)):
+            lim_h, rem_h, reset_h = _HEADERS[i]
+            limit = headers.get(lim_h)
+            if limit is None:
+                continue
+            remaining = headers.get(rem_h)
+            if remaining is None:
+                continue
+            try:
+                limit_f = float(limit)
+                remaining_f = float(remaining)
+            except ValueError:
+                continue
+            reset_in, coarse = _parse_reset(headers.get(reset_h), wall)
+            bucket.observe(limit=limit_f, remaining=remaining_f, reset_in=reset_in, coarse=coarse,
+                           sent_at=ticket.sent_at, snapshot=snaps[i], seq=ticket.seq, now=now, force=force)
+
+    def _close(self, ticket: Ticket) -> bool:
+        if not ticket.open:
+            return False
+        ticket.open = False
+        self.in_flight -= 1
+        return True
+
+    def on_success(self, ticket: Ticket, input_tokens: int | None = None, output_tokens: int | None = None,
+                   headers: Mapping[str, str] | None = None, now: float | None = None) -> None:
+        """A call succeeded: correct from headers, refund unused output, grow the ceiling."""
+        if now is None:
+            now = self.now()
+        if not self._close(ticket):
+            return
+        if output_tokens is not None:
+            refund = ticket.out_cost - output_tokens
+            if refund:
+                self.output_tokens.credit(refund, now)
+        if input_tokens is not None and ticket.in_cost > 0:
+            # the server counted the real input: keep the ledger honest, and learn
+            # how our local estimate compares with its count
+            self.input_tokens.credit(ticket.in_cost - input_tokens, now)
+            ratio = input_tokens * self.input_factor / ticket.in_cost
+            self.input_factor += 0.05 * (ratio - self.input_factor)
+        self.observe(ticket, headers, now)
+        self._streak = 0
+        level = ticket.level
+        if ticket.probe:
+            self._count_probe(False)
+        self._count_window(False)
+        succ = self._succ_level - 0.01
+        self._succ_level = level if level > succ else succ
+        ceiling = self.ceiling
+        if self.in_flight + 1 >= 0.8 * ceiling:  # grow only while the ceiling is actually in use
+            if ceiling < self.ssthresh:
+                ceiling += _SLOW_START_GAIN
+            else:
+                w_max = self.w_max
+                target = w_max - (0.02 * w_max if w_max > 50.0 else 1.0)
+                if ceiling < target:
+                    gain = target - ceiling  # back near the last overload level within a round trip
+                    if gain < _PROBE_MIN:
+                        gain = _PROBE_MIN
+                else:
+                    gain = _PROBE_SLOW
+                ceiling += gain / ceiling
+            self.ceiling = ceiling if ceiling < self.max_concurrency else float(self.max_concurrency)
+
+    def on_failure(self, ticket: Ticket, now: float | None = None) -> None:
+        """A call failed for a reason that says nothing about load (500, timeout, 4xx...)."""
+        if now is None:
+            now = self.now()
+        if not self._close(ticket):
+            return
+        if ticket.out_cost:
+            self.output_tokens.credit(ticket.out_cost, now)
+
+    def _refund_all(self, ticket: Ticket, now: float) -> None:
+        self.requests.credit(1.0, now)
+        if ticket.in_cost:
+            self.input_tokens.credit(ticket.in_cost, now)
+        if ticket.out_cost:
+            self.output_tokens.credit(ticket.out_cost, now)
+
+    def _pause(self, ticket: Ticket, retry_after: float | None, now: float) -> float:
+        # calls sent before the current pause began are one event, not a streak
+        if ticket.seq > self._pause_seq:
+            self._streak += 1
+            self._pause_seq = self._seq
+        if retry_after is not None and retry_after > 0:
+            pause = retry_after
+        else:
+            pause = self._pause_base * (2 ** min(self._streak - 1, 16))
+            if pause > self._pause_max:
+                pause = self._pause_max
+            pause *= 0.5 + 0.5 * self._rng.random()
+        until = now + pause
+        if until > self.paused_until:
+            self.paused_until = until
+        return pause
+
+    def on_rate_limited(self, ticket: Ticket, retry_after: float | None = None,
+                        headers: Mapping[str, str] | None = None, now: float | None = None) -> float:
+        """429: the server did not admit the call. Pause the run, lower the ceiling. Returns the pause."""
+        if now is None:
+            now = self.now()
+        if not self._close(ticket):
+            return 0.0
+        self._refund_all(ticket, now)
+        if headers:
+            # `remaining` on a 429 does not include this call (refunded above)
+            ticket.snap_req -= 1.0
+            ticket.snap_in -= ticket.in_cost
+            ticket.snap_out -= ticket.out_cost
+            self.observe(ticket, headers, now, force=True)
+        if ticket.epoch == self._epoch:
+            self._epoch += 1
+            base = min(self.ceiling, float(ticket.level))
+            self.ceiling = max(1.0, base * _DECREASE_429)
+            self.ssthresh = self.ceiling
+        return self._pause(ticket, retry_after, now)
+
+    def on_overloaded(self, ticket: Ticket, retry_after: float | None = None, now: float | None = None) -> float:
+        """529: pause briefly; lower the ceiling if this concurrency was never seen to work lately."""
+        if now is None:
+            now = self.now()
+        if not self._close(ticket):
+            return 0.0
+        self._refund_all(ticket, now)
+        level = ticket.level
+        # A 529 means "too many in flight" only if it came above every concurrency that
+        # worked lately, and most calls sent up there get one (at a capacity wall all of
+        # them do; random overloads hit a few percent at any level).
+        wall = False
+        if ticket.probe and level > self._succ_level:
+            self._count_probe(True)
+            wall = self._probe_529s >= 3 and 2 * self._probe_529s >= self._probes
+        self._count_window(True)
+        # ... or, at any level, when 529s are far more frequent than chance (>= 1 in 8 lately)
+        wall = wall or (self._win_529s >= 8 and 8 * self._win_529s >= self._win)
+        if wall and ticket.epoch == self._epoch:
+            self._epoch += 1
+            self._probes = self._probe_529s = self._win = self._win_529s = 0
+            self.w_max = float(level)
+            self.ceiling = max(1.0, min(self.ceiling, float(level)) * _DECREASE_529)
+            self.ssthresh = self.ceiling
+        return self._pause(ticket, retry_after, now)
+
+    def _count_window(self, overloaded: bool) -> None:
+        self._win += 1
+        if overloaded:
+            self._win_529s += 1
+        if self._win >= 128:
+            self._win //= 2
+            self._win_529s //= 2
+
+    def _count_probe(self, overloaded: bool) -> None:
+        self._probes += 1
+        if overloaded:
+            self._probe_529s += 1
+        if self._probes >= 64:  # a sliding-ish window
+            self._probes //= 2
+            self._probe_529s //= 2
+
+    def release(self, ticket: Ticket, now: float | None = None) -> None:
+        """The call was cancelled: just give back its slot and reservation."""
+        self.on_failure(ticket, now)
+
+    # -- introspection -----------------------------------------------------
+    def limits(self) -> dict:
+        return {
+            "rpm": self.requests.limit,
+            "itpm": self.input_tokens.limit,
+            "otpm": self.output_tokens.limit,
+        }

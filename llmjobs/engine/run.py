@@ -1,0 +1,566 @@
+"""The engine: run a stream of calls through one client, paced by the governor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import inspect
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import httpx2
+
+from ._json import loads
+from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
+from .client import make_client
+from .governor import Governor, Ticket
+from .retry import (
+    ABORT, FAIL, OVERLOADED, RATE_LIMITED, AttemptTimeout, RetryPolicy, StreamError, Verdict, classify,
+)
+from .stats import EngineStats
+from .stream import StreamState, iter_sse, open_stream
+from .tokens import estimate_input_tokens
+
+__all__ = ["Engine", "run_calls"]
+
+_RUNNING, _CANCELLING, _ABORTING = 0, 1, 2
+_PATH = "/v1/messages"
+
+
+class _Job:
+    __slots__ = ("call", "index", "in_raw", "out_cost", "attempts", "failures", "timeouts", "started",
+                 "last_error", "params")
+
+    def __init__(self, call: Call, index: int) -> None:
+        self.call = call
+        self.index = index
+        params = call.params
+        if type(params) is not dict or "stream" in params:
+            params = dict(params)
+            params.pop("stream", None)
+        self.params = params
+        self.in_raw = estimate_input_tokens(params)
+        mt = params.get("max_tokens")
+        self.out_cost = float(mt) if isinstance(mt, (int, float)) else 0.0
+        self.attempts = 0
+        self.failures = 0
+        self.timeouts = 0
+        self.started: float | None = None
+        self.last_error: Verdict | None = None
+
+
+class _Latency:
+    """A rolling window of attempt latencies, for the adaptive timeout."""
+
+    __slots__ = ("window", "pos", "count", "p99")
+
+    def __init__(self, size: int = 256) -> None:
+        self.window = [0.0] * size
+        self.pos = 0
+        self.count = 0
+        self.p99: float | None = None
+
+    def add(self, value: float) -> None:
+        w = self.window
+        w[self.pos] = value
+        self.pos = (self.pos + 1) % len(w)
+        self.count += 1
+        if self.count >= 20 and (self.count % 32 == 0 or self.count == 20):
+            n = min(self.count, len(w))
+            data = sorted(w[:n])
+            self.p99 = data[min(n - 1, int(n * 0.99))]
+
+
+class Engine:
+    """Runs calls concurrently through one ``AsyncAnthropic``, paced by a :class:`Governor`.
+
+    ``async with Engine() as engine: async for outcome in engine.run(calls): ...``.
+    The engine makes (and closes) its own client when none is given; it never
+    closes a caller's client. The governor, and what it learned about the
+    account, is kept across runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: Any = None,
+        config: EngineConfig | None = None,
+        governor: Governor | None = None,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        transport: str = "aiohttp",
+    ) -> None:
+        self.config = config = config or EngineConfig()
+        self._client = client
+        self._own_client = False
+        self._api_key = api_key
+        self._base_url = base_url
+        self._transport = transport
+        self.governor = governor or Governor(
+            rpm=config.rpm, itpm=config.itpm, otpm=config.otpm, max_concurrency=config.max_concurrency,
+            initial_concurrency=config.initial_concurrency, pause_base=config.pause_base,
+            pause_max=config.pause_max, learn=config.learn_limits,
+        )
+        self.policy = RetryPolicy(max_attempts=config.max_attempts, base=config.backoff_base,
+                                  cap=config.backoff_max, deadline=config.item_deadline)
+        self.stats = EngineStats(self.governor)
+        self._latency = _Latency()
+        self._runs: set[_Run] = set()
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    async def __aenter__(self) -> Engine:
+        if self._client is None:
+            self._client = make_client(api_key=self._api_key, base_url=self._base_url,
+                                       transport=self._transport)  # type: ignore[arg-type]
+            self._own_client = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the client if the engine made it."""
+        if self._own_client and self._client is not None:
+            client, self._client, self._own_client = self._client, None, False
+            await client.close()
+
+    def cancel(self) -> None:
+        """Stop dispatching and cancel in-flight calls; each is reported ``cancelled``."""
+        for r in list(self._runs):
+            r.cancel()
+
+    async def run(self, calls: Iterable[Call] | AsyncIterable[Call]) -> AsyncIterator[Outcome]:
+        """Yield an :class:`Outcome` for every call taken from ``calls``, as they complete.
+
+        ``calls`` is pulled lazily. Raises :class:`RunAborted` on 401/403. If the
+        consumer stops early or is cancelled, in-flight calls are cancelled.
+        """
+        async with self._client_scope():
+            r = _Run(self, calls)
+            async for _index, outcome in r.outcomes():
+                yield outcome
+
+    async def run_ordered(self, calls: Iterable[Call] | AsyncIterable[Call]) -> list[Outcome]:
+        """All outcomes in input order (like ``asyncio.gather``)."""
+        results: dict[int, Outcome] = {}
+        async with self._client_scope():
+            r = _Run(self, calls)
+            async for index, outcome in r.outcomes():
+                results[index] = outcome
+        return [results[i] for i in range(len(results))]
+
+    @contextlib.asynccontextmanager
+    async def _client_scope(self):
+        if self._client is not None:
+            yield
+            return
+        await self.__aenter__()
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    # -- timeouts ------------------------------------------------------------
+    def _attempt_timeout(self, job: _Job) -> float:
+        cfg = self.config
+        if cfg.attempt_timeout is not None:
+            t = cfg.attempt_timeout
+        else:
+            prior = 30.0 + job.out_cost / 20.0
+            p99 = self._latency.p99
+            t = prior if p99 is None else min(prior, 4.0 * p99)
+            if t < cfg.min_attempt_timeout:
+                t = cfg.min_attempt_timeout
+        if job.timeouts:
+            t *= 2 ** job.timeouts
+        return t if t < cfg.max_attempt_timeout else cfg.max_attempt_timeout
+
+
+class _Run:
+    """One pass over an input: the dispatcher, the attempts and the outcome buffer."""
+
+    __slots__ = ("engine", "gov", "policy", "stats", "client", "cfg", "loop", "_source", "_is_async", "_exhausted",
+                 "_index", "_heap", "_hseq", "_tasks", "_live", "_out", "_out_limit", "_waiter", "_out_waiter",
+                 "_state", "_abort", "_held", "_finished", "_dispatcher")
+
+    def __init__(self, engine: Engine, calls: Iterable[Call] | AsyncIterable[Call]) -> None:
+        self.engine = engine
+        self.gov = engine.governor
+        self.policy = engine.policy
+        self.cfg = engine.config
+        self.client = engine.client
+        if isinstance(calls, AsyncIterable):
+            self._source: Any = aiter(calls)
+            self._is_async = True
+        else:
+            self._source = iter(calls)
+            self._is_async = False
+        self._exhausted = False
+        self._index = 0
+        self._heap: list = []
+        self._hseq = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._live: dict[int, _Job] = {}
+        self._out: deque = deque()
+        self._out_limit = max(64, 2 * self.cfg.max_concurrency)
+        self._waiter: asyncio.Future | None = None
+        self._out_waiter: asyncio.Future | None = None
+        self._state = _RUNNING
+        self._abort: Verdict | None = None
+        self._held: _Job | None = None
+        self._finished = False
+        self._dispatcher: asyncio.Task | None = None
+
+    # -- outcomes ------------------------------------------------------------
+    def _emit(self, job: _Job, outcome: Outcome) -> None:
+        self._live.pop(job.index, None)
+        st = self.stats
+        if outcome.status == SUCCEEDED:
+            st.succeeded += 1
+        elif outcome.status == FAILED:
+            st.failed += 1
+        else:
+            st.cancelled += 1
+        self._out.append((job.index, outcome))
+        w = self._out_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _emit_cancelled(self, job: _Job) -> None:
+        self._emit(job, Outcome(job.call.key, CANCELLED, attempts=job.attempts, error_type="cancelled",
+                                error_message="the run was cancelled"))
+
+    async def outcomes(self) -> AsyncIterator[tuple[int, Outcome]]:
+        self.loop = asyncio.get_running_loop()
+        self.stats = st = self.engine.stats = EngineStats(self.gov)
+        st.started_at = self.gov.now()
+        self.engine._runs.add(self)
+        task = self._dispatcher = self.loop.create_task(self._dispatch())
+        task.add_done_callback(self._dispatcher_done)
+        out = self._out
+        try:
+            while True:
+                while out:
+                    item = out.popleft()
+                    if len(out) < self._out_limit:
+                        self._wake()
+                    yield item
+                if task.done():
+                    if not out:
+                        break
+                    continue
+                fut = self._out_waiter = self.loop.create_future()
+                await fut
+                self._out_waiter = None
+            st.finished_at = self.gov.now()
+            task.result()
+            if self._abort is not None:
+                raise RunAborted(self._abort.error_type, self._abort.message, self._undone_keys)
+        finally:
+            self.engine._runs.discard(self)
+            if not task.done():
+                self.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(task)
+            if st.finished_at is None:
+                st.finished_at = self.gov.now()
+
+    def _dispatcher_done(self, _task: asyncio.Task) -> None:
+        w = self._out_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def cancel(self) -> None:
+        if self._state == _RUNNING:
+            self._state = _CANCELLING
+            self._stop_everything()
+
+    def _stop_everything(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        self._wake()
+
+    # -- dispatch ------------------------------------------------------------
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        fut = self._waiter = self.loop.create_future()
+        handle = self.loop.call_later(timeout, _resolve, fut) if timeout is not None else None
+        try:
+            await fut
+        finally:
+            self._waiter = None
+            if handle is not None:
+                handle.cancel()
+
+    async def _pull(self) -> _Job | None:
+        try:
+            if self._is_async:
+                call = await anext(self._source)
+            else:
+                call = next(self._source)
+        except (StopIteration, StopAsyncIteration):
+            self._exhausted = True
+            return None
+        if not isinstance(call, Call):
+            raise TypeError(f"expected Call, got {type(call).__name__}")
+        job = _Job(call, self._index)
+        self._index += 1
+        self._live[job.index] = job
+        self.stats.pulled += 1
+        return job
+
+    async def _dispatch(self) -> None:
+        gov = self.gov
+        heap = self._heap
+        try:
+            while self._state == _RUNNING:
+                own = self._tasks
+                if gov.in_flight >= int(gov.ceiling) or len(self._out) >= self._out_limit:
+                    await self._sleep(None if own else 0.05)
+                    continue
+                job = self._held
+                self._held = None
+                now = gov.now()
+                if job is None:
+                    if heap and heap[0][0] <= now:
+                        job = heapq.heappop(heap)[2]
+                    elif not self._exhausted:
+                        job = await self._pull()
+                        if self._state != _RUNNING:
+                            self._held = job
+                            break
+                        now = gov.now()
+                    if job is None:
+                        if heap:
+                            await self._sleep(heap[0][0] - now)
+                        elif own:
+                            await self._sleep(None)
+                        else:
+                            return
+                        continue
+                in_cost = job.in_raw * gov.input_factor
+                d = gov.delay(in_cost, job.out_cost, now)
+                if d > 0:
+                    self._held = job
+                    await self._sleep(d)
+                    continue
+                self._launch(job, in_cost, now)
+        finally:
+            if self._state != _RUNNING or self._tasks:
+                await self._wind_down()
+
+    async def _wind_down(self) -> None:
+        """Cancel what is in flight, wait for it, and report what never finished."""
+        if self._state == _RUNNING:
+            self._state = _CANCELLING
+        self._stop_everything()
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+        leftovers = [entry[2] for entry in self._heap]
+        self._heap.clear()
+        if self._held is not None:
+            leftovers.append(self._held)
+            self._held = None
+        if self._state == _CANCELLING:
+            for job in leftovers:
+                self._emit_cancelled(job)
+
+    @property
+    def _undone_keys(self) -> list:
+        return [job.call.key for _, job in sorted(self._live.items())]
+
+    def _launch(self, job: _Job, in_cost: float, now: float) -> None:
+        ticket = self.gov.acquire(in_cost, job.out_cost, now)
+        if job.started is None:
+            job.started = now
+        job.attempts += 1
+        self.stats.requests += 1
+        task = self.loop.create_task(self._attempt(job, ticket))
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        self._wake()
+
+    # -- one attempt -----------------------------------------------------------
+    async def _attempt(self, job: _Job, ticket: Ticket) -> None:
+        gov = self.gov
+        try:
+            if job.call.stream:
+                outcome, headers = await self._stream_attempt(job, ticket)
+            else:
+                outcome, headers = await self._plain_attempt(job, ticket)
+        except asyncio.CancelledError:
+            gov.release(ticket)
+            if self._state == _RUNNING:
+                raise
+            if self._state == _CANCELLING:
+                self._emit_cancelled(job)
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure is classified
+            self._failed_attempt(job, ticket, classify(exc))
+            return
+        usage = outcome.usage or {}
+        out_tokens = usage.get("output_tokens")
+        in_tokens = usage.get("input_tokens")
+        if in_tokens is not None:
+            in_tokens += usage.get("cache_creation_input_tokens") or 0
+        gov.on_success(ticket, in_tokens, out_tokens, headers)
+        st = self.stats
+        st.ok += 1
+        st.input_tokens += usage.get("input_tokens") or 0
+        st.output_tokens += out_tokens or 0
+        st.cache_creation_input_tokens += usage.get("cache_creation_input_tokens") or 0
+        st.cache_read_input_tokens += usage.get("cache_read_input_tokens") or 0
+        self._emit(job, outcome)  # a finished call is reported even while cancelling or aborting
+
+    async def _plain_attempt(self, job: _Job, ticket: Ticket) -> tuple[Outcome, Any]:
+        timeout = self.engine._attempt_timeout(job)
+        t0 = self.loop.time()
+        try:
+            async with asyncio.timeout(timeout):
+                response = await self.client.post(_PATH, body=job.params, cast_to=httpx2.Response)
+        except TimeoutError:
+            raise AttemptTimeout(f"no response within {timeout:g}s") from None
+        latency = self.loop.time() - t0
+        self.engine._latency.add(latency)
+        data = loads(response.content)
+        parts = [b.get("text", "") for b in data.get("content") or () if b.get("type") == "text"]
+        outcome = Outcome(job.call.key, SUCCEEDED, "".join(parts), data.get("stop_reason"), data.get("usage"),
+                          job.attempts, latency, None, None, None, data.get("id"))
+        return outcome, response.headers
+
+    async def _stream_attempt(self, job: _Job, ticket: Ticket) -> tuple[Outcome, Any]:
+        cfg = self.cfg
+        loop = self.loop
+        t0 = loop.time()
+        first, idle = cfg.first_token_timeout, cfg.idle_timeout
+        hard = t0 + (cfg.max_attempt_timeout * (2 ** job.timeouts))
+        state = StreamState(t0)
+        response = None
+        try:
+            async with asyncio.timeout_at(min(t0 + first, hard)) as cm:
+                response = await open_stream(self.client, job.params)
+                async with contextlib.aclosing(iter_sse(response)) as events:
+                    async for event, data in events:
+                        if event == "ping":
+                            continue
+                        now = loop.time()
+                        state.feed(event, data, now)
+                        if state.finished:
+                            break
+                        if state.ttft is not None:
+                            cm.reschedule(min(now + idle, hard))
+        except TimeoutError:
+            if state.ttft is None:
+                raise AttemptTimeout(f"stream stalled: no first token within {first:g}s") from None
+            raise AttemptTimeout(f"stream stalled: idle for {idle:g}s") from None
+        finally:
+            if response is not None:
+                await response.aclose()
+        if not state.finished:
+            raise StreamError("connection_error", "stream ended before message_stop")
+        latency = loop.time() - t0
+        outcome = Outcome(job.call.key, SUCCEEDED, state.text, state.stop_reason, state.usage, job.attempts,
+                          latency, state.ttft, None, None, state.message_id)
+        return outcome, response.headers  # type: ignore[union-attr]
+
+    def _failed_attempt(self, job: _Job, ticket: Ticket, verdict: Verdict) -> None:
+        gov = self.gov
+        st = self.stats
+        now = gov.now()
+        kind = verdict.kind
+        if kind == RATE_LIMITED:
+            st.rate_limited += 1
+            gov.on_rate_limited(ticket, verdict.retry_after, verdict.headers, now)
+        elif kind == OVERLOADED:
+            st.overloaded += 1
+            job.failures += 1
+            gov.on_overloaded(ticket, verdict.retry_after, now)
+        else:
+            st.errors += 1
+            if verdict.error_type == "timeout":
+                st.timeouts += 1
+                job.timeouts += 1
+            if verdict.action != FAIL:
+                job.failures += 1
+            gov.on_failure(ticket, now)
+        job.last_error = verdict
+        if self._state != _RUNNING:
+            if self._state == _CANCELLING:
+                self._emit_cancelled(job)
+            return
+        if verdict.action == ABORT:
+            self._abort = verdict
+            self._state = _ABORTING
+            self._stop_everything()
+            return
+        if kind == RATE_LIMITED or kind == OVERLOADED:
+            retry_at = now  # the governor's pause holds the whole run back
+        else:
+            retry_at = now + self.policy.backoff(job.failures)
+        if self.policy.allows(verdict, job.failures, job.started or now, retry_at):
+            st.retries += 1
+            self._hseq += 1
+            heapq.heappush(self._heap, (retry_at, self._hseq, job))
+            self._wake()
+            return
+        self._emit(job, Outcome(job.call.key, FAILED, attempts=job.attempts, error_type=verdict.error_type,
+                                error_message=verdict.message))
+
+
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def run_calls(
+    calls: Iterable[Call] | AsyncIterable[Call],
+    *,
+    client: Any = None,
+    config: EngineConfig | None = None,
+    on_outcome: Callable[[Outcome], Awaitable[None] | None] | None = None,
+    engine: Engine | None = None,
+) -> EngineStats:
+    """Run ``calls`` and hand each outcome to ``on_outcome`` (sync or async). Returns the stats.
+
+    If the task running this is cancelled, in-flight calls are cancelled and
+    still reported to ``on_outcome`` as ``cancelled`` before the cancellation
+    propagates.
+    """
+    own = engine is None
+    if engine is None:
+        engine = Engine(client=client, config=config)
+    is_async = on_outcome is not None and inspect.iscoroutinefunction(on_outcome)
+    try:
+        async with engine._client_scope():
+            r = _Run(engine, calls)
+            gen = r.outcomes()
+            try:
+                async for _i, outcome in gen:
+                    if on_outcome is not None:
+                        res = on_outcome(outcome)
+                        if is_async or inspect.isawaitable(res):
+                            await res  # type: ignore[misc]
+            except asyncio.CancelledError:
+                await gen.aclose()
+                if on_outcome is not None:
+                    while r._out:
+                        res = on_outcome(r._out.popleft()[1])
+                        if is_async or inspect.isawaitable(res):
+                            await res  # type: ignore[misc]
+                raise
+    finally:
+        if own:
+            await engine.aclose()
+    return engine.stats

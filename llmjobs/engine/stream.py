@@ -1,0 +1,254 @@
+"""Streaming: a small SSE reader and a text-delta iterator for one call.
+
+``TextStream`` is what the playground and the CLI use: an async iterator of
+text deltas with a first-token timeout and an idle timeout between content
+events (``ping`` events do not count as activity, so a stalled stream that
+only pings times out). It records the time to first token and, at the end,
+the stop reason, usage and message id. Leaving it early closes the HTTP
+response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx2
+
+from ._json import loads
+from .retry import AttemptTimeout, StreamError
+
+__all__ = ["TextStream", "stream_text", "iter_sse", "open_stream"]
+
+
+async def iter_sse(response: httpx2.Response) -> AsyncIterator[tuple[str | None, bytes]]:
+    """Yield ``(event, data)`` for each server-sent event of ``response`` (pings included)."""
+    buf = b""
+    async for chunk in response.aiter_bytes():
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf = buf + chunk if buf else chunk
+        start = 0
+        while True:
+            end = buf.find(b"\n\n", start)
+            if end < 0:
+                break
+            block = buf[start:end]
+            start = end + 2
+            event = None
+            data = b""
+            for line in block.split(b"\n"):
+                if line.startswith(b"data:"):
+                    part = line[5:]
+                    if part[:1] == b" ":
+                        part = part[1:]
+                    data = data + b"\n" + part if data else part
+                elif line.startswith(b"event:"):
+                    event = line[6:].strip().decode()
+            if event is not None or data:
+                yield event, data
+        buf = buf[start:] if start else buf
+
+
+async def open_stream(client: Any, params: Mapping[str, Any]) -> httpx2.Response:
+    """POST a streaming Messages request; returns the open response (status errors raise typed SDK errors)."""
+    body = dict(params)
+    body["stream"] = True
+    return await client.post("/v1/messages", body=body, cast_to=httpx2.Response, stream=True)
+
+
+def _stream_error(data: bytes) -> StreamError:
+    try:
+        err = loads(data).get("error") or {}
+        return StreamError(str(err.get("type") or "api_error"), str(err.get("message") or data[:200]))
+    except Exception:
+        return StreamError("api_error", data[:200].decode(errors="replace"))
+
+
+class StreamState:
+    """What a stream told us so far (shared by the engine and :class:`TextStream`)."""
+
+    __slots__ = ("message_id", "model", "parts", "stop_reason", "usage", "started", "ttft", "finished")
+
+    def __init__(self, started: float) -> None:
+        self.message_id: str | None = None
+        self.model: str | None = None
+        self.parts: list[str] = []
+        self.stop_reason: str | None = None
+        self.usage: dict | None = None
+        self.started = started
+        self.ttft: float | None = None
+        self.finished = False
+
+    def feed(self, event: str | None, data: bytes, now: float) -> str | None:
+        """Apply one non-ping event; returns a text delta if it carried one."""
+        if event == "content_block_delta":
+            d = loads(data).get("delta") or {}
+            text = d.get("text")
+            if text is not None:
+                if self.ttft is None:
+                    self.ttft = now - self.started
+                self.parts.append(text)
+                return text
+            if self.ttft is None:
+                self.ttft = now - self.started
+            return None
+        if event == "message_start":
+            msg = loads(data).get("message") or {}
+            self.message_id = msg.get("id")
+            self.model = msg.get("model")
+            self.usage = dict(msg.get("usage") or {})
+        elif event == "message_delta":
+            obj = loads(data)
+            delta = obj.get("delta") or {}
+            if "stop_reason" in delta:
+                self.stop_reason = delta.get("stop_reason")
+            usage = obj.get("usage")
+            if usage:
+                if self.usage is None:
+                    self.usage = {}
+                for k, v in usage.items():
+                    if v is not None:
+                        self.usage[k] = v
+        elif event == "message_stop":
+            self.finished = True
+        elif event == "error":
+            raise _stream_error(data)
+        return None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class TextStream:
+    """Async iterator of the text deltas of one streamed call.
+
+    Use as ``async with TextStream(client, params) as s: async for delta in s: ...``
+    (or ``stream_text``). ``first_token_timeout`` bounds the wait for the first
+    text; ``idle_timeout`` the wait between content events; ``total_timeout``
+    the whole call. A timeout raises :class:`AttemptTimeout`; an ``error`` event
+    raises :class:`StreamError`; HTTP errors raise the SDK's typed errors.
+    """
+
+    __slots__ = ("_client", "_params", "_first", "_idle", "_total", "_response", "_events", "_state", "_loop",
+                 "_deadline")
+
+    def __init__(self, client: Any, params: Mapping[str, Any], *, first_token_timeout: float = 60.0,
+                 idle_timeout: float = 30.0, total_timeout: float | None = None) -> None:
+        self._client = client
+        self._params = params
+        self._first = first_token_timeout
+        self._idle = idle_timeout
+        self._total = total_timeout
+        self._response: httpx2.Response | None = None
+        self._events: AsyncIterator[tuple[str | None, bytes]] | None = None
+        self._state: StreamState | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadline = float("inf")
+
+    # results ---------------------------------------------------------------
+    @property
+    def ttft(self) -> float | None:
+        return self._state.ttft if self._state else None
+
+    @property
+    def text(self) -> str:
+        return self._state.text if self._state else ""
+
+    @property
+    def usage(self) -> dict | None:
+        return self._state.usage if self._state else None
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._state.stop_reason if self._state else None
+
+    @property
+    def message_id(self) -> str | None:
+        return self._state.message_id if self._state else None
+
+    @property
+    def finished(self) -> bool:
+        return bool(self._state and self._state.finished)
+
+    # protocol ----------------------------------------------------------------
+    async def __aenter__(self) -> TextStream:
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> TextStream:
+        return self
+
+    def _limit(self, now: float) -> float:
+        wait = self._first if self._state is None or self._state.ttft is None else self._idle
+        limit = now + wait
+        return limit if limit < self._deadline else self._deadline
+
+    async def _open(self) -> None:
+        if self._state is not None:
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._state = StreamState(now)
+        if self._total is not None:
+            self._deadline = now + self._total
+        try:
+            async with asyncio.timeout_at(self._limit(now)):
+                self._response = await open_stream(self._client, self._params)
+        except TimeoutError:
+            raise AttemptTimeout(f"no response within {self._first:g}s") from None
+        self._events = iter_sse(self._response)
+
+    async def __anext__(self) -> str:
+        if self._state is None:
+            await self._open()
+        state = self._state
+        assert state is not None and self._loop is not None
+        if self._events is None or state.finished:
+            raise StopAsyncIteration
+        loop = self._loop
+        try:
+            async with asyncio.timeout_at(self._limit(loop.time())) as cm:
+                async for event, data in self._events:  # type: ignore[union-attr]
+                    if event == "ping":
+                        continue
+                    now = loop.time()
+                    text = state.feed(event, data, now)
+                    if text is not None:
+                        return text
+                    if state.finished:
+                        break
+                    cm.reschedule(self._limit(now))
+        except TimeoutError:
+            await self.aclose()
+            what = "first token" if state.ttft is None else "next event"
+            raise AttemptTimeout(f"stream stalled: no {what} within "
+                                 f"{self._first if state.ttft is None else self._idle:g}s") from None
+        except BaseException:
+            await self.aclose()
+            raise
+        await self.aclose()
+        if not state.finished:
+            raise StreamError("connection_error", "stream ended before message_stop")
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """Stop reading and close the HTTP response (safe to call twice)."""
+        events, self._events = self._events, None
+        if events is not None:
+            await events.aclose()  # type: ignore[attr-defined]
+        response, self._response = self._response, None
+        if response is not None:
+            await response.aclose()
+
+
+def stream_text(client: Any, params: Mapping[str, Any], *, first_token_timeout: float = 60.0,
+                idle_timeout: float = 30.0, total_timeout: float | None = None) -> TextStream:
+    """Stream one call's text: ``async with stream_text(client, params) as s: async for delta in s``."""
+    return TextStream(client, params, first_token_timeout=first_token_timeout, idle_timeout=idle_timeout,
+                      total_timeout=total_timeout)
