@@ -251,7 +251,13 @@ class Governor:
         succ = self._succ_level - 0.01
         self._succ_level = level if level > succ else succ
         ceiling = self.ceiling
-        if self.in_flight + 1 >= 0.8 * ceiling:  # grow only while the ceiling is actually in use
+        # Grow only while the ceiling is actually in use. All int(ceiling) slots
+        # in use counts too: with a small fractional ceiling (say 2.9, two slots),
+        # 80% of it could never be reached and the ceiling would stick there.
+        in_use = 0.8 * ceiling
+        if in_use > int(ceiling):
+            in_use = int(ceiling)
+        if self.in_flight + 1 >= in_use:
             if ceiling < self.ssthresh:
                 ceiling += _SLOW_START_GAIN
             else:

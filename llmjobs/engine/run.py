@@ -29,6 +29,9 @@ _RUNNING, _CANCELLING, _ABORTING = 0, 1, 2
 _PATH = "/v1/messages"
 
 
+_LAUNCH_BURST = 8  # requests started per event-loop turn at most
+
+
 class _Job:
     __slots__ = ("call", "index", "in_raw", "out_cost", "attempts", "failures", "timeouts", "started",
                  "last_error", "params")
@@ -321,6 +324,7 @@ class _Run:
     async def _dispatch(self) -> None:
         gov = self.gov
         heap = self._heap
+        launched = 0
         try:
             while self._state == _RUNNING:
                 own = self._tasks
@@ -354,6 +358,11 @@ class _Run:
                     await self._sleep(d)
                     continue
                 self._launch(job, in_cost, now)
+                launched += 1
+                if launched % _LAUNCH_BURST == 0:
+                    # Let the new requests (and timers) run before launching more:
+                    # starting hundreds of tasks in one loop turn stalls the loop.
+                    await asyncio.sleep(0)
         finally:
             if self._state != _RUNNING or self._tasks:
                 await self._wind_down()

@@ -327,3 +327,18 @@ def test_default_clock_is_the_running_loop():
         assert abs(g.now() - loop.time()) < 1.0
 
     asyncio.run(main())
+
+
+def test_a_small_fractional_ceiling_still_grows_when_every_slot_is_used():
+    """Regression: at ceiling 2.9 (two slots), 80% of 2.9 was never reached."""
+    from llmjobs.engine import Governor
+
+    now = [0.0]
+    gov = Governor(initial_concurrency=2, clock=lambda: now[0])
+    gov.ceiling = gov.ssthresh = 2.9
+    for _ in range(20):
+        tickets = [gov.acquire(0, 0, now[0]) for _ in range(int(gov.ceiling))]
+        now[0] += 0.5
+        for t in tickets:
+            gov.on_success(t, now=now[0])
+    assert gov.ceiling > 5
