@@ -133,31 +133,26 @@ class BatchJobAdmin(admin.ModelAdmin):
 
     # --- actions ---------------------------------------------------------------------
 
-    @admin.action(description="Run in background")
-    def run_in_background(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
-        queued = 0
+    def _for_each(self, request: HttpRequest, queryset: QuerySet[BatchJob], service, done: str) -> None:
+        """Call ``service(job=...)`` on each selected job; report refusals per job, successes once."""
+        count = 0
         for job in queryset:
             try:
-                job_enqueue(job=job)
+                service(job=job)
             except JobStateError as exc:
                 self.message_user(request, f"#{job.pk}: {exc}", messages.ERROR)
             else:
-                queued += 1
-        if queued:
-            self.message_user(request, f"{queued} job(s) queued for the workers.", messages.SUCCESS)
+                count += 1
+        if count:
+            self.message_user(request, done.format(count=count), messages.SUCCESS)
+
+    @admin.action(description="Run in background")
+    def run_in_background(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        self._for_each(request, queryset, job_enqueue, "{count} job(s) queued for the workers.")
 
     @admin.action(description="Cancel")
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
-        cancelled = 0
-        for job in queryset:
-            try:
-                job_cancel(job=job)
-            except JobStateError as exc:
-                self.message_user(request, f"#{job.pk}: {exc}", messages.ERROR)
-            else:
-                cancelled += 1
-        if cancelled:
-            self.message_user(request, f"{cancelled} job(s) cancelled.", messages.SUCCESS)
+        self._for_each(request, queryset, job_cancel, "{count} job(s) cancelled.")
 
     @admin.action(description="Retry failed items")
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
