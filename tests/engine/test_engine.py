@@ -109,8 +109,11 @@ async def test_tight_rpm_is_learned_and_paced(sim):
     assert all(o.status == "succeeded" for o in outcomes)
     assert stats.limits["rpm"] == 1200
     assert engine.governor.requests.capacity <= 12  # learned that the bucket is far below the limit
-    # only the first, blind wave (before any header was seen) can overrun the small bucket
-    assert all(seq <= 16 for seq in limited), repr(limited)
+    # Only the first, blind wave (before any header was seen) should overrun the small
+    # bucket. On a loaded machine a late response can still let one or two more slip
+    # through; an unpaced run of 60 calls would get dozens.
+    late = [seq for seq in limited if seq > 16]
+    assert len(late) <= 2, repr(limited)
 
 
 @pytest.mark.asyncio
