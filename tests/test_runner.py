@@ -10,6 +10,7 @@ import threading
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.db import connection
 
 from llmjobs.jobs import job_cancel, job_create
 from llmjobs.models import BatchJob, Item
@@ -109,7 +110,13 @@ def test_cancel_while_running_cancels_the_rest(api):
     def cancel_after_some(runner: JobRunner) -> None:
         if runner.report.succeeded >= 5 and not cancelled.is_set():
             cancelled.set()
-            threading.Thread(target=lambda: job_cancel(job=BatchJob.objects.get(pk=job.pk))).start()
+            threading.Thread(target=cancel_from_another_thread).start()
+
+    def cancel_from_another_thread() -> None:  # as a web request or the admin would
+        try:
+            job_cancel(job=BatchJob.objects.get(pk=job.pk))
+        finally:
+            connection.close()  # this thread's own connection
 
     report = async_to_sync(JobRunner(job.pk, on_progress=cancel_after_some).run)()
     job.refresh_from_db()
