@@ -52,11 +52,8 @@ _JOB_FIELDS = (
     "started_at",
     "finished_at",
     "last_error",
+    "rate_limited_count",
 )
-# A per-job count of 429 responses, if the model has one (see the report on runner hooks).
-_RATE_LIMITED_FIELD = "rate_limited_count"
-if any(f.name == _RATE_LIMITED_FIELD for f in BatchJob._meta.get_fields()):
-    _JOB_FIELDS = (*_JOB_FIELDS, _RATE_LIMITED_FIELD)
 
 _STATUS_LABELS = dict(BatchJob.Status.choices)
 
@@ -113,7 +110,7 @@ def snapshot_payload(
         "items_per_s": None if items_per_s is None else round(items_per_s, 2),
         "eta_s": eta,
         "retries": retries,
-        "rate_limited": row.get(_RATE_LIMITED_FIELD),
+        "rate_limited": row["rate_limited_count"],
         "input_tokens": row["input_tokens"],
         "output_tokens": row["output_tokens"],
         "cost": str(row["cost_estimate"]),

@@ -407,9 +407,7 @@ class JobRunner:
         self._held.difference_update(o.key for o in batch)
 
     def _release(self, ids: list[int]) -> int:
-        count = Item.objects.filter(pk__in=ids, status=Item.Status.RUNNING).update(
-            status=Item.Status.PENDING, lease_expires_at=None
-        )
+        count = Item.objects.filter(pk__in=ids).release()
         self.report.released += count
         return count
 

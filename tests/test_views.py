@@ -511,7 +511,8 @@ async def test_a_long_stream_ends_without_done_so_the_browser_reconnects(monkeyp
 
 def test_snapshot_payload_computes_eta():
     row = {"status": "running", "total": 100, "succeeded_count": 40, "failed_count": 5, "cancelled_count": 5,
-           "input_tokens": 1, "output_tokens": 2, "cost_estimate": "0.1", "last_error": ""}
+           "input_tokens": 1, "output_tokens": 2, "cost_estimate": "0.1", "last_error": "",
+           "rate_limited_count": 0}
     data = progress.snapshot_payload(row, items_per_s=10.0, retries=3, errors=[])
     assert (data["done"], data["remaining"], data["percent"], data["eta_s"]) == (50, 50, 50.0, 5.0)
     assert progress.snapshot_payload({**row, "status": "succeeded"}, items_per_s=10.0, retries=0, errors=[])["eta_s"] is None

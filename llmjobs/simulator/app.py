@@ -623,22 +623,7 @@ class SimulatorApp:
                     continue
             text = make_answer(prompt.system_text, prompt.user_text, prompt.prefill, cfg.answer_tokens)
             text, stop_reason, stop_sequence, output_tokens = finish(text, prompt.max_tokens, prompt.stop_sequences)
-            message = {
-                "id": "msg_01" + request_id[8:],
-                "type": "message",
-                "role": "assistant",
-                "model": prompt.model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": stop_reason,
-                "stop_sequence": stop_sequence,
-                "usage": {
-                    "input_tokens": prompt.input_tokens,
-                    "cache_creation_input_tokens": prompt.cache_creation,
-                    "cache_read_input_tokens": prompt.cache_read,
-                    "output_tokens": output_tokens,
-                    "service_tier": "batch",
-                },
-            }
+            message = _message(request_id, prompt, text, stop_reason, stop_sequence, output_tokens, "batch")
             results.append({"type": "succeeded", "message": message})
             bills.append((prompt, stat, output_tokens))
         items = [{"custom_id": r["custom_id"], "result": res} for r, res in zip(requests, results)]
@@ -817,22 +802,7 @@ class SimulatorApp:
         self._bill(prompt, stat, output_tokens)
         request_id = self._request_id()
         body = orjson.dumps(
-            {
-                "id": "msg_01" + request_id[8:],
-                "type": "message",
-                "role": "assistant",
-                "model": prompt.model,
-                "content": [{"type": "text", "text": text}],
-                "stop_reason": stop_reason,
-                "stop_sequence": stop_sequence,
-                "usage": {
-                    "input_tokens": prompt.input_tokens,
-                    "cache_creation_input_tokens": prompt.cache_creation,
-                    "cache_read_input_tokens": prompt.cache_read,
-                    "output_tokens": output_tokens,
-                    "service_tier": "standard",
-                },
-            }
+            _message(request_id, prompt, text, stop_reason, stop_sequence, output_tokens, "standard")
         )
         headers = [_CT_JSON, (b"content-length", b"%d" % len(body)), (b"request-id", request_id.encode())]
         if limiter._active:
@@ -1003,6 +973,34 @@ class SimulatorApp:
 
 
 _ADMITTED = Admission(True)
+
+
+def _message(
+    request_id: str,
+    prompt: _Prompt,
+    text: str,
+    stop_reason: str,
+    stop_sequence: str | None,
+    output_tokens: int,
+    service_tier: str,
+) -> dict[str, Any]:
+    """A complete Message object, as a plain answer or a batch result carries it."""
+    return {
+        "id": "msg_01" + request_id[8:],
+        "type": "message",
+        "role": "assistant",
+        "model": prompt.model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence,
+        "usage": {
+            "input_tokens": prompt.input_tokens,
+            "cache_creation_input_tokens": prompt.cache_creation,
+            "cache_read_input_tokens": prompt.cache_read,
+            "output_tokens": output_tokens,
+            "service_tier": service_tier,
+        },
+    }
 
 
 def _errored(kind: str, message: str, request_id: str) -> dict[str, Any]:
