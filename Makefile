@@ -16,11 +16,12 @@ PYTHON_FOR_VENV := $(shell for c in $(PYTHON_CANDIDATES); do \
 	if $$c -c 'import sys; sys.exit(0 if sys.version_info >= (3, 12) else 1)' >/dev/null 2>&1; then \
 	echo $$c; break; fi; done)
 
-.PHONY: help install run test test-postgres bench sim worker check-python clean
+.PHONY: help install run test test-postgres lint bench sim worker check-python clean
 
 help:
 	@echo "make run    - install into .venv, migrate, start the app (and the simulator when no ANTHROPIC_API_KEY)"
 	@echo "make test   - run the whole test suite"
+	@echo "make lint   - ruff check, ruff format --check, mypy"
 	@echo "make bench  - run the benchmarks (prints tables)"
 	@echo "make sim    - run the Anthropic API simulator alone on :8765"
 	@echo "make worker - run a background worker (recover_jobs, then db_worker)"
@@ -47,6 +48,11 @@ run: install
 
 test: install
 	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy llmjobs project
 
 # The database-facing tests again on PostgreSQL (what a multi-machine team runs).
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test

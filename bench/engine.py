@@ -34,18 +34,54 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import anthropic  # noqa: E402
+import anthropic
 
-from llmjobs.engine import Call, Engine, Governor, make_client  # noqa: E402
-from llmjobs.simulator.server import SimulatorProcess  # noqa: E402
+from llmjobs.engine import Call, Engine, Governor, make_client
+from llmjobs.simulator.server import SimulatorProcess
 
 MODEL = "claude-sonnet-5-5"
 MAX_TOKENS = 128
 ARTICLE_TIMEOUT = 30.0
 
-_WORDS = ("the report shows revenue grew while costs fell across most regions and the team expects "
-          "further gains next quarter despite supply issues customers praised support but asked for "
-          "faster delivery and clearer pricing on the new plans").split()
+_WORDS = [
+    "the",
+    "report",
+    "shows",
+    "revenue",
+    "grew",
+    "while",
+    "costs",
+    "fell",
+    "across",
+    "most",
+    "regions",
+    "and",
+    "the",
+    "team",
+    "expects",
+    "further",
+    "gains",
+    "next",
+    "quarter",
+    "despite",
+    "supply",
+    "issues",
+    "customers",
+    "praised",
+    "support",
+    "but",
+    "asked",
+    "for",
+    "faster",
+    "delivery",
+    "and",
+    "clearer",
+    "pricing",
+    "on",
+    "the",
+    "new",
+    "plans",
+]
 
 
 def make_items(n: int, seed: int = 7) -> list[dict]:
@@ -54,11 +90,13 @@ def make_items(n: int, seed: int = 7) -> list[dict]:
     for i in range(n):
         words = rng.randint(10, 400)
         text = " ".join(rng.choice(_WORDS) for _ in range(words))
-        items.append({
-            "model": MODEL,
-            "max_tokens": MAX_TOKENS,
-            "messages": [{"role": "user", "content": f"Summarize document #{i} in two sentences:\n\n{text}."}],
-        })
+        items.append(
+            {
+                "model": MODEL,
+                "max_tokens": MAX_TOKENS,
+                "messages": [{"role": "user", "content": f"Summarize document #{i} in two sentences:\n\n{text}."}],
+            }
+        )
     return items
 
 
@@ -81,19 +119,47 @@ class Profile:
 
 LAT = {"ttft": 0.5, "tps": 100}
 PROFILES = {
-    "a": Profile("a", "latency-bound: no rate limits, --capacity 200", {**LAT, "capacity": 200}, 6000, 800,
-                 {"sequential": 5, "sem5": 60, "sem10": 120}),
-    "b": Profile("b", "RPM-bound: --rpm 600 --burst 5", {**LAT, "rpm": 600, "burst": 5}, 400, 150,
-                 {"sequential": 5, "sem5": 60, "sem10": 200}),
-    "c": Profile("c", "OTPM-bound: --otpm 60000 --burst 10", {**LAT, "otpm": 60000, "burst": 10}, 500, 200,
-                 {"sequential": 5, "sem5": 60, "sem10": 120}),
-    "d": Profile("d", "faults: --fail-500 0.05 --fail-529 0.02 --hang 0.01",
-                 {**LAT, "fail_500": 0.05, "fail_529": 0.02, "hang": 0.01}, 1000, 300,
-                 {"sequential": 5, "sem5": 80, "sem10": 150}),
+    "a": Profile(
+        "a",
+        "latency-bound: no rate limits, --capacity 200",
+        {**LAT, "capacity": 200},
+        6000,
+        800,
+        {"sequential": 5, "sem5": 60, "sem10": 120},
+    ),
+    "b": Profile(
+        "b",
+        "RPM-bound: --rpm 600 --burst 5",
+        {**LAT, "rpm": 600, "burst": 5},
+        400,
+        150,
+        {"sequential": 5, "sem5": 60, "sem10": 200},
+    ),
+    "c": Profile(
+        "c",
+        "OTPM-bound: --otpm 60000 --burst 10",
+        {**LAT, "otpm": 60000, "burst": 10},
+        500,
+        200,
+        {"sequential": 5, "sem5": 60, "sem10": 120},
+    ),
+    "d": Profile(
+        "d",
+        "faults: --fail-500 0.05 --fail-529 0.02 --hang 0.01",
+        {**LAT, "fail_500": 0.05, "fail_529": 0.02, "hang": 0.01},
+        1000,
+        300,
+        {"sequential": 5, "sem5": 80, "sem10": 150},
+    ),
 }
 APPROACHES = ("sequential", "gather", "sem5", "sem10", "engine")
-LABEL = {"sequential": "sequential", "gather": "gather, no limit (+retry)", "sem5": "gather + Semaphore(5)",
-         "sem10": "gather + Semaphore(10)", "engine": "engine (defaults)"}
+LABEL = {
+    "sequential": "sequential",
+    "gather": "gather, no limit (+retry)",
+    "sem5": "gather + Semaphore(5)",
+    "sem10": "gather + Semaphore(10)",
+    "engine": "engine (defaults)",
+}
 
 
 # -- the article's code -----------------------------------------------------------------------
@@ -111,7 +177,7 @@ async def guarded(coro):
     try:
         await coro
         return True
-    except Exception:  # noqa: BLE001 - the article logs and moves on
+    except Exception:
         return False
 
 
@@ -195,8 +261,10 @@ def bound(profile: Profile, n: int, out_tokens: int) -> tuple[float, str]:
     mean_out = out_tokens / n
     lat_sum = n * ttft + out_tokens / tps
     tail = ttft + mean_out / tps
-    parts = [f"sum(latency) = N*ttft + sum(out)/tps = {n}*{ttft} + {out_tokens}/{tps} = {lat_sum:.0f} s",
-             f"tail = ttft + mean_out/tps = {tail:.2f} s"]
+    parts = [
+        f"sum(latency) = N*ttft + sum(out)/tps = {n}*{ttft} + {out_tokens}/{tps} = {lat_sum:.0f} s",
+        f"tail = ttft + mean_out/tps = {tail:.2f} s",
+    ]
     capacity = a.get("capacity") or float("inf")
     lat_bound = lat_sum / capacity
     rate_bound = 0.0
@@ -236,33 +304,49 @@ def run_profile(profile: Profile, n: int, quick: bool, approaches) -> None:
                 engine_info = info
                 out_tokens = s["output_tokens"]
             scale = n / k
-            rows.append({
-                "kind": kind, "n": k, "wall": wall * scale, "measured": wall, "extrapolated": k < n,
-                "429": s["by_status"].get("429", 0), "529": s["by_status"].get("529", 0), "failed": failed,
-                "extra_paid": s["prompts"]["extra_paid_calls"], "cpu": used, "cpu_item": used / k * 1000,
-                "requests": s["requests"],
-            })
+            rows.append(
+                {
+                    "kind": kind,
+                    "n": k,
+                    "wall": wall * scale,
+                    "measured": wall,
+                    "extrapolated": k < n,
+                    "429": s["by_status"].get("429", 0),
+                    "529": s["by_status"].get("529", 0),
+                    "failed": failed,
+                    "extra_paid": s["prompts"]["extra_paid_calls"],
+                    "cpu": used,
+                    "cpu_item": used / k * 1000,
+                    "requests": s["requests"],
+                }
+            )
             print(f"  [{profile.key}] {LABEL[kind]:<26} n={k:<5} wall={wall:7.1f}s", file=sys.stderr, flush=True)
     if out_tokens is None:  # no engine row: estimate
         out_tokens = n * 70
     b, how = bound(profile, n, out_tokens)
     print(f"\n### ({profile.key}) {profile.title}  N={n}; simulator: {' '.join(profile.cli)}")
     print(f"bound: {how}")
-    hdr = (f"| {'approach':<28} | {'n':>5} | {'wall s':>8} | {'eff.':>5} | {'429s':>5} | {'529s':>5} | "
-           f"{'failed':>6} | {'paid >1':>7} | {'CPU s':>6} | {'CPU ms/item':>11} |")
+    hdr = (
+        f"| {'approach':<28} | {'n':>5} | {'wall s':>8} | {'eff.':>5} | {'429s':>5} | {'529s':>5} | "
+        f"{'failed':>6} | {'paid >1':>7} | {'CPU s':>6} | {'CPU ms/item':>11} |"
+    )
     print(hdr)
     print("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
     for r in rows:
         mark = "*" if r["extrapolated"] else ""
         wall = f"{r['wall']:.1f}{mark}"
-        print(f"| {LABEL[r['kind']]:<28} | {r['n']:>5} | {wall:>8} | {b / r['wall']:>5.2f} | {r['429']:>5} | "
-              f"{r['529']:>5} | {r['failed']:>6} | {r['extra_paid']:>7} | {r['cpu']:>6.2f} | {r['cpu_item']:>11.2f} |")
+        print(
+            f"| {LABEL[r['kind']]:<28} | {r['n']:>5} | {wall:>8} | {b / r['wall']:>5.2f} | {r['429']:>5} | "
+            f"{r['529']:>5} | {r['failed']:>6} | {r['extra_paid']:>7} | {r['cpu']:>6.2f} | {r['cpu_item']:>11.2f} |"
+        )
     byk = {r["kind"]: r for r in rows}
     if "engine" in byk:
         e = byk["engine"]
-        print(f"engine: peak in flight {engine_info['peak']}, final ceiling {engine_info['ceiling']:.0f}, "
-              f"learned limits {engine_info['limits']}, outcomes {engine_info['statuses']}, "
-              f"failures by type {engine_info['errors'] or '{}'}")
+        print(
+            f"engine: peak in flight {engine_info['peak']}, final ceiling {engine_info['ceiling']:.0f}, "
+            f"learned limits {engine_info['limits']}, outcomes {engine_info['statuses']}, "
+            f"failures by type {engine_info['errors'] or '{}'}"
+        )
         late_req, late_429 = engine_info["late_requests"], engine_info["late_429"]
         pct = 100.0 * late_429 / late_req if late_req else 0.0
         checks = []
@@ -274,14 +358,26 @@ def run_profile(profile: Profile, n: int, quick: bool, approaches) -> None:
         complete = [r for r in article if r["failed"] == 0]
         if complete:  # the fastest article approach that got every item done
             best = min(complete, key=lambda r: r["wall"])
-            checks.append(("not slower than the best article approach that completes every item",
-                           e["wall"] <= best["wall"], f"{e['wall']:.1f}s vs {LABEL[best['kind']]} {best['wall']:.1f}s"))
+            checks.append(
+                (
+                    "not slower than the best article approach that completes every item",
+                    e["wall"] <= best["wall"],
+                    f"{e['wall']:.1f}s vs {LABEL[best['kind']]} {best['wall']:.1f}s",
+                )
+            )
         if article:  # items succeeded per second, counting the ones lost by the others
+
             def goodput(r):
                 return (r["n"] - r["failed"]) / r["measured"]
+
             best = max(article, key=goodput)
-            checks.append(("goodput (succeeded items/s) >= every article approach", goodput(e) >= goodput(best),
-                           f"{goodput(e):.1f}/s vs {LABEL[best['kind']]} {goodput(best):.1f}/s"))
+            checks.append(
+                (
+                    "goodput (succeeded items/s) >= every article approach",
+                    goodput(e) >= goodput(best),
+                    f"{goodput(e):.1f}/s vs {LABEL[best['kind']]} {goodput(best):.1f}/s",
+                )
+            )
         if profile.key == "d":
             st = engine_info["statuses"]
             checks.append(("no item lost", st["succeeded"] + st["failed"] == n, str(st)))

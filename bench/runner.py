@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ PROFILES = {
 
 
 def texts(n: int) -> list[str]:
-    words = "the quick brown fox jumps over the lazy dog while a cat watches".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "a", "cat", "watches"]
     return [f"Doc {i:06d}: " + " ".join(words[(i + k) % len(words)] for k in range(10 + i % 60)) for i in range(n)]
 
 
@@ -77,7 +76,12 @@ async def run_bare_engine(n: int, sim_url: str) -> None:
 
     class J:  # the same params the runner builds
         model, max_tokens, prompt_template, system_prompt, stop_sequences = (
-            "claude-haiku-4-5", 64, "Summarize: {text}", "", [])
+            "claude-haiku-4-5",
+            64,
+            "Summarize: {text}",
+            "",
+            [],
+        )
 
     calls = [Call(key=i, params=build_params(J, {"text": t})) for i, t in enumerate(texts(n))]
     async with Engine(base_url=sim_url, api_key="bench") as engine:
@@ -151,7 +155,7 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         # the runner, on SQLite, same items
         job_id = make_job(n)
         c0, t0 = cpu(), time.perf_counter()
-        lags, report = async_to_sync(run_with_lag)(job_id)
+        lags, _report = async_to_sync(run_with_lag)(job_id)
         runner_wall, runner_cpu = time.perf_counter() - t0, cpu() - c0
         job = BatchJob.objects.get(pk=job_id)
         assert job.succeeded_count == n, f"runner: {job.succeeded_count}/{n} succeeded ({job.status})"
@@ -190,12 +194,21 @@ def rss(n: int, tmp: str) -> tuple[float, float]:
     from llmjobs.simulator.server import SimulatorProcess
 
     db = os.path.join(tmp, f"rss{n}.sqlite3")
-    env = dict(os.environ, DATABASE_URL=f"sqlite:///{db}", DJANGO_SETTINGS_MODULE="project.settings",
-               SECRET_KEY="bench")
+    env = dict(
+        os.environ, DATABASE_URL=f"sqlite:///{db}", DJANGO_SETTINGS_MODULE="project.settings", SECRET_KEY="bench"
+    )
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    make = (f"from bench.runner import make_job; print(make_job({n}))")
-    job_id = int(subprocess.run([sys.executable, "manage.py", "shell", "-c", make], cwd=ROOT, env=env,
-                                check=True, capture_output=True, text=True).stdout.split()[-1])
+    make = f"from bench.runner import make_job; print(make_job({n}))"
+    job_id = int(
+        subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", make],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()[-1]
+    )
     with SimulatorProcess() as sim:
         code = RSS_CHILD.format(root=str(ROOT), db=db, url=sim.base_url, job_id=job_id)
         t0 = time.perf_counter()
@@ -225,8 +238,19 @@ def main() -> None:
         ]
         print()
         print("(1) process_job vs the bare engine on the same items; (2) event-loop lag (10 ms probe) during each")
-        header = ("profile", "items", "engine s", "runner s", "wall x", "engine CPU ms/item", "runner CPU ms/item",
-                  "CPU x", "runner lag p50/p99/max ms", "bare engine lag p99/max ms", "paid twice")
+        header = (
+            "profile",
+            "items",
+            "engine s",
+            "runner s",
+            "wall x",
+            "engine CPU ms/item",
+            "runner CPU ms/item",
+            "CPU x",
+            "runner lag p50/p99/max ms",
+            "bare engine lag p99/max ms",
+            "paid twice",
+        )
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for r in rows:

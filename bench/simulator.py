@@ -20,10 +20,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import aiohttp  # noqa: E402
-import orjson  # noqa: E402
+import aiohttp
+import orjson
 
-from llmjobs.simulator.server import SimulatorProcess  # noqa: E402
+from llmjobs.simulator.server import SimulatorProcess
 
 MODEL = "claude-haiku-4-5"
 HEADERS = {"x-api-key": "bench", "anthropic-version": "2023-06-01", "content-type": "application/json"}
@@ -41,9 +41,7 @@ def _payload(i: int, stream: bool) -> bytes:
     )
 
 
-async def _drive(
-    base_url: str, concurrency: int, duration: float, stream: bool
-) -> tuple[int, int, float, list[float]]:
+async def _drive(base_url: str, concurrency: int, duration: float, stream: bool) -> tuple[int, int, float, list[float]]:
     """Run ``concurrency`` keep-alive workers for ``duration`` s: (ok, errors, elapsed, latencies)."""
     url = base_url + "/v1/messages"
     bodies = [_payload(i, stream) for i in range(500)]

@@ -85,8 +85,9 @@ class App:
         self.job_id = 0
 
     def manage(self, *args: str) -> str:
-        out = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
-                             text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=120
+        )
         if out.returncode:
             raise RuntimeError(f"manage.py {args[0]} failed:\n{out.stdout}\n{out.stderr}")
         return out.stdout
@@ -94,12 +95,13 @@ class App:
     def start(self) -> None:
         self.manage("migrate", "--noinput", "-v0")
         out = self.manage(
-            "shell", "-c",
+            "shell",
+            "-c",
             "import os\nfrom django.contrib.auth import get_user_model as g\n"
             "from llmjobs.jobs import job_create\n"
             f"u = g().objects.create_user('bench', password={PASSWORD!r})\n"
             "j = job_create(name='watched', template='{text}', model='claude-haiku-4-5', owner=u,"
-            " texts=[f'item {i}' for i in range(int(os.environ.get(\"BENCH_ITEMS\", \"100000\")))])\n"
+            ' texts=[f\'item {i}\' for i in range(int(os.environ.get("BENCH_ITEMS", "100000")))])\n'
             "j.mark_running()\n"
             "from django.db import connection\n"
             "connection.cursor().execute('PRAGMA wal_checkpoint(TRUNCATE)')\n"
@@ -109,7 +111,11 @@ class App:
         self.log = open(self.dir / "serve.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, "manage.py", "serve", "--no-simulator", "--no-worker", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -119,7 +125,7 @@ class App:
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.log.seek(0)
-                    raise RuntimeError("serve did not start:\n" + self.log.read())
+                    raise RuntimeError("serve did not start:\n" + self.log.read()) from None
                 time.sleep(0.05)
 
     def stop(self) -> None:
@@ -145,16 +151,19 @@ class App:
         db.execute("BEGIN IMMEDIATE")
         timings.append(time.perf_counter())
         if status:
-            db.execute("UPDATE llmjobs_batchjob SET status=?, finished_at=CURRENT_TIMESTAMP WHERE id=?",
-                       (status, self.job_id))
+            db.execute(
+                "UPDATE llmjobs_batchjob SET status=?, finished_at=CURRENT_TIMESTAMP WHERE id=?", (status, self.job_id)
+            )
         db.execute("UPDATE llmjobs_batchjob SET succeeded_count=succeeded_count+? WHERE id=?", (by, self.job_id))
         value = db.execute("SELECT succeeded_count FROM llmjobs_batchjob WHERE id=?", (self.job_id,)).fetchone()[0]
         timings.append(time.perf_counter())
         db.execute("COMMIT")
         timings.append(time.perf_counter())
         if os.environ.get("BENCH_DEBUG"):
-            print("bump: lock %.3f update %.3f commit %.3f" % tuple(b - a for a, b in zip(timings, timings[1:])),
-                  file=sys.stderr)
+            print(
+                "bump: lock %.3f update %.3f commit %.3f" % tuple(b - a for a, b in zip(timings, timings[1:])),
+                file=sys.stderr,
+            )
         return value
 
 
@@ -163,8 +172,12 @@ async def login(session: aiohttp.ClientSession, base_url: str) -> str:
         await r.read()
     csrf = next(c.value for c in session.cookie_jar if c.key == "csrftoken")
     data = {"username": "bench", "password": PASSWORD, "csrfmiddlewaretoken": csrf}
-    async with session.post(base_url + "/accounts/login/", data=data, allow_redirects=False,
-                            headers={"Referer": base_url + "/accounts/login/"}) as r:
+    async with session.post(
+        base_url + "/accounts/login/",
+        data=data,
+        allow_redirects=False,
+        headers={"Referer": base_url + "/accounts/login/"},
+    ) as r:
         assert r.status == 302, r.status
     return next(c.value for c in session.cookie_jar if c.key == "csrftoken")
 
@@ -173,8 +186,14 @@ async def login(session: aiohttp.ClientSession, base_url: str) -> str:
 
 
 async def ttft_direct(session: aiohttp.ClientSession, sim_url: str, i: int, max_tokens: int) -> float:
-    body = orjson.dumps({"model": MODEL, "max_tokens": max_tokens, "stream": True,
-                         "messages": [{"role": "user", "content": f"Explain topic {i} briefly."}]})
+    body = orjson.dumps(
+        {
+            "model": MODEL,
+            "max_tokens": max_tokens,
+            "stream": True,
+            "messages": [{"role": "user", "content": f"Explain topic {i} briefly."}],
+        }
+    )
     began = time.perf_counter()
     first = None
     async with session.post(sim_url + "/v1/messages", data=body, headers=SIM_HEADERS) as r:
@@ -257,8 +276,9 @@ async def hold_progress_streams(app: App, clients: int, hold: float):
     ended_done: list[bool] = [False] * clients
     connected = 0
 
-    async with aiohttp.ClientSession(connector=connector, cookie_jar=jar,
-                                     timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as session:
+    async with aiohttp.ClientSession(
+        connector=connector, cookie_jar=jar, timeout=aiohttp.ClientTimeout(total=None, sock_read=60)
+    ) as session:
         await login(session, app.base_url)
 
         async def client(k: int) -> None:
@@ -336,24 +356,41 @@ def main() -> None:
             app.stop()
 
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
-    rows = [("setup", f"1 uvicorn worker, SQLite, {os.cpu_count()} CPUs shared by app, simulator and clients; "
-             f"simulator ttft {args.ttft:g}s +/-50%, {args.tps:g} tokens/s, max_tokens {args.max_tokens}", "")]
+    rows = [
+        (
+            "setup",
+            f"1 uvicorn worker, SQLite, {os.cpu_count()} CPUs shared by app, simulator and clients; "
+            f"simulator ttft {args.ttft:g}s +/-50%, {args.tps:g} tokens/s, max_tokens {args.max_tokens}",
+            "",
+        )
+    ]
     for (mode, n), (direct, through) in ttft.items():
         label = f"{n} always in flight" if mode == "steady" else f"{n} sent at one instant"
         d50, d95, a50, a95 = pct(direct, 0.5), pct(direct, 0.95), pct(through, 0.5), pct(through, 0.95)
         rows += [
-            (f"TTFT simulator direct / via playground ({label})",
-             f"p50 {ms(d50)} / {ms(a50)}; p95 {ms(d95)} / {ms(a95)}", f"n={len(direct)} / {len(through)}"),
-            (f"  playground overhead ({label})", f"p50 {ms(a50 - d50)} / p95 {ms(a95 - d95)}",
-             "goal <= 50 ms at p95: " + ("met" if a95 - d95 <= 0.050 else "NOT met")),
+            (
+                f"TTFT simulator direct / via playground ({label})",
+                f"p50 {ms(d50)} / {ms(a50)}; p95 {ms(d95)} / {ms(a95)}",
+                f"n={len(direct)} / {len(through)}",
+            ),
+            (
+                f"  playground overhead ({label})",
+                f"p50 {ms(a50 - d50)} / p95 {ms(a95 - d95)}",
+                "goal <= 50 ms at p95: " + ("met" if a95 - d95 <= 0.050 else "NOT met"),
+            ),
         ]
     rows += [
-        (f"progress streams held ({held['clients']} clients, {args.hold:g}s, {held['updates']} updates)",
-         f"{held['connected']} connected in {held['connect_s']:.2f}s, {held['receiving']} got the last update",
-         "goal 200 all receiving: " + ("met" if held["receiving"] >= 200 and held["receiving"] == held["clients"]
-                                        else "NOT met")),
-        ("progress update delivery lag (tick 0.5 s)", f"p50 {ms(held['lag_p50'])} / p95 {ms(held['lag_p95'])}",
-         f"fewest events per client: {held['events_min']}"),
+        (
+            f"progress streams held ({held['clients']} clients, {args.hold:g}s, {held['updates']} updates)",
+            f"{held['connected']} connected in {held['connect_s']:.2f}s, {held['receiving']} got the last update",
+            "goal 200 all receiving: "
+            + ("met" if held["receiving"] >= 200 and held["receiving"] == held["clients"] else "NOT met"),
+        ),
+        (
+            "progress update delivery lag (tick 0.5 s)",
+            f"p50 {ms(held['lag_p50'])} / p95 {ms(held['lag_p95'])}",
+            f"fewest events per client: {held['events_min']}",
+        ),
         ("streams ended with `done` when the job finished", f"{held['ended_done']} / {held['clients']}", ""),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -231,8 +231,18 @@ class JobFilter(admin.SimpleListFilter):
 class ItemAdmin(admin.ModelAdmin):
     """Read-only: items change only through jobs (runner, retry, cancel)."""
 
-    list_display = ("id", "job", "position", "status", "short_input", "short_output", "error_type", "attempts",
-                    "latency_ms", "ttft_ms")
+    list_display = (
+        "id",
+        "job",
+        "position",
+        "status",
+        "short_input",
+        "short_output",
+        "error_type",
+        "attempts",
+        "latency_ms",
+        "ttft_ms",
+    )
     list_filter = (JobFilter, "status")
     search_fields = ("custom_id",)
     list_select_related = ("job",)

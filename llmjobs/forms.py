@@ -140,8 +140,9 @@ class JobForm(forms.Form):
 
 class PlaygroundForm(forms.Form):
     prompt = forms.CharField(max_length=100_000, widget=forms.Textarea(attrs={"rows": 5}))
-    system = forms.CharField(label="System prompt", max_length=20_000, required=False,
-                             widget=forms.Textarea(attrs={"rows": 2}))
+    system = forms.CharField(
+        label="System prompt", max_length=20_000, required=False, widget=forms.Textarea(attrs={"rows": 2})
+    )
     model = forms.ChoiceField(choices=[])
     max_tokens = forms.IntegerField(min_value=1, max_value=8192, initial=512)
 

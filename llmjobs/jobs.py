@@ -78,9 +78,7 @@ def _custom_id(fields: Mapping[str, Any], where: str) -> str:
             continue
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
         if len(text) > CUSTOM_ID_MAX_LENGTH:
-            raise JobInputError(
-                f"{where}: {key} is {len(text)} characters long, over {CUSTOM_ID_MAX_LENGTH}"
-            )
+            raise JobInputError(f"{where}: {key} is {len(text)} characters long, over {CUSTOM_ID_MAX_LENGTH}")
         return text
     return ""
 
@@ -192,9 +190,7 @@ def _insert_items(job: BatchJob, rows: Sequence[tuple[dict[str, Any], str]]) -> 
     connection = transaction.get_connection(Item.objects.db)
     fields = [f for f in Item._meta.concrete_fields if not f.primary_key]
     varying = {"job", "position", "input", "custom_id"}
-    constant = {
-        f.name: f.get_db_prep_save(f.get_default(), connection) for f in fields if f.name not in varying
-    }
+    constant = {f.name: f.get_db_prep_save(f.get_default(), connection) for f in fields if f.name not in varying}
     input_field = Item._meta.get_field("input")
     quote = connection.ops.quote_name
     table = quote(Item._meta.db_table)
@@ -221,9 +217,7 @@ def _insert_items(job: BatchJob, rows: Sequence[tuple[dict[str, Any], str]]) -> 
                 sql,
                 [
                     row_params(position, item_fields, custom_id)
-                    for position, (item_fields, custom_id) in enumerate(
-                        rows[start : start + BULK_BATCH_SIZE], start
-                    )
+                    for position, (item_fields, custom_id) in enumerate(rows[start : start + BULK_BATCH_SIZE], start)
                 ],
             )
 
@@ -301,9 +295,7 @@ def job_cancel(*, job: BatchJob) -> BatchJob:
             _copy_state(current, job)
             return job
         if current.is_finished:
-            raise JobStateError(
-                f"job {job.pk} has already finished ({current.get_status_display().lower()})"
-            )
+            raise JobStateError(f"job {job.pk} has already finished ({current.get_status_display().lower()})")
         now = timezone.now()
         current.items.claimable(now).order_by().update(
             status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=now
@@ -363,9 +355,7 @@ def recover_stalled_jobs(*, now: datetime.datetime | None = None) -> list[BatchJ
     now = now or timezone.now()
     live = Item.objects.filter(status=Item.Status.RUNNING, lease_expires_at__gte=now)
     candidates = (
-        BatchJob.objects.filter(status=BatchJob.Status.RUNNING)
-        .exclude(pk__in=live.values("job_id"))
-        .order_by("pk")
+        BatchJob.objects.filter(status=BatchJob.Status.RUNNING).exclude(pk__in=live.values("job_id")).order_by("pk")
     )
     recovered = []
     for job in candidates:
@@ -401,9 +391,7 @@ EXPORT_FIELDS = (
 
 def job_export_rows(job: BatchJob) -> Iterator[dict[str, Any]]:
     """Every item of ``job`` as a dict of ``EXPORT_FIELDS``, in input order, streamed."""
-    queryset = (
-        Item.objects.filter(job_id=job.pk).order_by("position").values_list(*EXPORT_FIELDS)
-    )
+    queryset = Item.objects.filter(job_id=job.pk).order_by("position").values_list(*EXPORT_FIELDS)
     for values in queryset.iterator(chunk_size=EXPORT_CHUNK_SIZE):
         yield dict(zip(EXPORT_FIELDS, values))
 

@@ -103,8 +103,7 @@ class BatchJob(models.Model):
     system_prompt = models.TextField(blank=True)
     prompt_template = models.TextField(
         blank=True,
-        help_text="{placeholders} are filled from each item's fields; "
-        "without any, the item's text is appended.",
+        help_text="{placeholders} are filled from each item's fields; without any, the item's text is appended.",
     )
     max_tokens = models.PositiveIntegerField(default=1024)
     stop_sequences = models.JSONField(default=list, blank=True)
@@ -115,9 +114,7 @@ class BatchJob(models.Model):
         null=True, blank=True, help_text="Optional requests-per-minute limit for this job."
     )
 
-    status = models.CharField(
-        max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True
-    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     total = models.PositiveIntegerField(default=0)
     succeeded_count = models.PositiveIntegerField(default=0)
     failed_count = models.PositiveIntegerField(default=0)
@@ -138,9 +135,7 @@ class BatchJob(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
-    task_id = models.CharField(
-        max_length=64, blank=True, help_text="Id of the django.tasks result that runs the job."
-    )
+    task_id = models.CharField(max_length=64, blank=True, help_text="Id of the django.tasks result that runs the job.")
 
     objects = BatchJobQuerySet.as_manager()
 
@@ -321,9 +316,7 @@ class ItemQuerySet(models.QuerySet["Item"]):
 
     def release(self) -> int:
         """Put running items back to pending (a runner stopping cleanly); returns the count."""
-        return self.filter(status=Item.Status.RUNNING).update(
-            status=Item.Status.PENDING, lease_expires_at=None
-        )
+        return self.filter(status=Item.Status.RUNNING).update(status=Item.Status.PENDING, lease_expires_at=None)
 
 
 class Item(models.Model):

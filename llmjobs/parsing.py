@@ -113,9 +113,7 @@ def _value_chars(value: Any, where: str) -> int:
         if "\\u0000" in text:
             raise JobInputError(f"{where}: contains a NUL character, which cannot be stored")
     if "\x00" in text:
-        raise JobInputError(
-            f"{where}: contains a NUL character (is this a binary or UTF-16 file?)"
-        )
+        raise JobInputError(f"{where}: contains a NUL character (is this a binary or UTF-16 file?)")
     return len(text)
 
 
@@ -208,9 +206,7 @@ def _iter_records(records: Iterable[Mapping[str, Any] | str]) -> Iterator[Locate
                 raise JobInputError(f"{where}: field names must be strings, got {bad[0]!r}")
             item = dict(record)
         else:
-            raise JobInputError(
-                f"{where}: expected a dict of fields or a string, got {type(record).__name__}"
-            )
+            raise JobInputError(f"{where}: expected a dict of fields or a string, got {type(record).__name__}")
         _check_size(item, where, limit)
         yield where, item
 
@@ -248,8 +244,7 @@ def detect_format(name: str | None, fmt: str | None = None) -> str:
         return _EXTENSIONS[ext]
     shown = repr(name) if name else "the file (it has no name)"
     raise JobInputError(
-        f"can't tell the format of {shown} from its extension: "
-        "use a .csv, .jsonl or .txt file, or choose the format"
+        f"can't tell the format of {shown} from its extension: use a .csv, .jsonl or .txt file, or choose the format"
     )
 
 
@@ -287,9 +282,7 @@ def _decoded_lines(stream: Iterable[bytes]) -> Iterator[str]:
             if raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]
             elif raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-                raise JobInputError(
-                    "the file is UTF-16 text, not UTF-8: save it as UTF-8 (CSV UTF-8) and try again"
-                )
+                raise JobInputError("the file is UTF-16 text, not UTF-8: save it as UTF-8 (CSV UTF-8) and try again")
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -298,9 +291,7 @@ def _decoded_lines(stream: Iterable[bytes]) -> Iterator[str]:
                 f"at column {exc.start + 1}); save it as UTF-8 and try again"
             ) from None
         if "\x00" in line:
-            raise JobInputError(
-                f"line {number}: contains a NUL character (is this a binary or UTF-16 file?)"
-            )
+            raise JobInputError(f"line {number}: contains a NUL character (is this a binary or UTF-16 file?)")
         yield line
 
 
@@ -322,15 +313,12 @@ def iter_file(
     limit = max_upload_bytes()
     if size is not None and size > limit:
         raise JobInputError(
-            f"the file is {_size(size)}, over the upload limit of {_size(limit)} "
-            "(LLMJOBS_MAX_UPLOAD_BYTES)"
+            f"the file is {_size(size)}, over the upload limit of {_size(limit)} (LLMJOBS_MAX_UPLOAD_BYTES)"
         )
     if size == 0:
         raise JobInputError("the file is empty")
     if _head(data).startswith(b"PK\x03\x04"):
-        raise JobInputError(
-            "the file is a ZIP archive (an Excel workbook?), not text: export it as CSV UTF-8"
-        )
+        raise JobInputError("the file is a ZIP archive (an Excel workbook?), not text: export it as CSV UTF-8")
     if column and field and column != field:
         raise JobInputError("give either a column or a field, not both")
     key = (column or field or "").strip() or None
@@ -348,8 +336,7 @@ def iter_file(
     else:
         if key and key != "text":
             raise JobInputError(
-                f"a .txt file has no columns or fields (asked for {key!r}): "
-                "each line is the item's text"
+                f"a .txt file has no columns or fields (asked for {key!r}): each line is the item's text"
             )
         items = _iter_txt(lines)
     yield from _limited(items)
@@ -393,28 +380,21 @@ def _iter_jsonl(lines: Iterable[str], key: str | None) -> Iterator[Located]:
         try:
             value = decoder.decode(stripped)
         except json.JSONDecodeError as exc:
-            raise JobInputError(
-                f"{where}: malformed JSON: {exc.msg} (column {exc.colno})"
-            ) from None
+            raise JobInputError(f"{where}: malformed JSON: {exc.msg} (column {exc.colno})") from None
         if isinstance(value, str):
             fields: dict[str, Any] = {"text": value}
         elif isinstance(value, dict):
             fields = value
         else:
-            kind = {list: "an array", bool: "a boolean", type(None): "null"}.get(
-                type(value), "a number"
-            )
+            kind = {list: "an array", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
             raise JobInputError(
-                f"{where}: expected a JSON object or string, got {kind} "
-                "(JSONL needs one object per line)"
+                f"{where}: expected a JSON object or string, got {kind} (JSONL needs one object per line)"
             )
         _check_size(fields, where, limit)
         if key is not None:
             if key not in fields:
                 available = ", ".join(fields) or "none"
-                raise JobInputError(
-                    f"{where}: field {key!r} is missing (available: {available})"
-                )
+                raise JobInputError(f"{where}: field {key!r} is missing (available: {available})")
             fields = _with_text(fields, fields[key])
         yield where, fields
 
@@ -466,9 +446,7 @@ def _iter_csv(lines: Iterator[str], key: str | None) -> Iterator[Located]:
         if not named:
             raise JobInputError(f"line {1 + skipped}: the header row has no column names")
         if key is not None and key not in seen:
-            raise JobInputError(
-                f"column {key!r} is not in the file (available: {', '.join(named)})"
-            )
+            raise JobInputError(f"column {key!r} is not in the file (available: {', '.join(named)})")
         width = len(header)
         rows = 0
         for row in reader:
@@ -477,9 +455,7 @@ def _iter_csv(lines: Iterator[str], key: str | None) -> Iterator[Located]:
             here = where()
             if len(row) > width:
                 if any(cell.strip() for cell in row[width:]):
-                    raise JobInputError(
-                        f"{here}: {len(row)} values but the header has {width} columns"
-                    )
+                    raise JobInputError(f"{here}: {len(row)} values but the header has {width} columns")
                 row = row[:width]
             elif len(row) < width:
                 row = row + [""] * (width - len(row))
@@ -488,9 +464,7 @@ def _iter_csv(lines: Iterator[str], key: str | None) -> Iterator[Located]:
                 if name:
                     fields[name] = cell
                 elif cell.strip():
-                    raise JobInputError(
-                        f"{here}: a value in column {number}, which has no name in the header"
-                    )
+                    raise JobInputError(f"{here}: a value in column {number}, which has no name in the header")
             _check_size(fields, here, limit)
             if key is not None:
                 fields = _with_text(fields, fields[key])

@@ -70,7 +70,9 @@ def with_lifespan(app: ASGIApp) -> ASGIApp:
     Use it with uvicorn's ``lifespan="on"`` (or ``"auto"``).
     """
 
-    async def wrapped(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+    async def wrapped(
+        scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]
+    ) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
             return

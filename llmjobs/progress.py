@@ -76,9 +76,7 @@ async def _last_errors(job_id: int) -> list[dict[str, Any]]:
 
 async def _retries(job_id: int) -> int:
     """Extra requests beyond one per finished item: 429s, 529s and transient errors."""
-    agg = await Item.objects.filter(job_id=job_id, attempts__gt=1).aaggregate(
-        n=Count("pk"), attempts=Sum("attempts")
-    )
+    agg = await Item.objects.filter(job_id=job_id, attempts__gt=1).aaggregate(n=Count("pk"), attempts=Sum("attempts"))
     return int(agg["attempts"] or 0) - int(agg["n"] or 0)
 
 

@@ -47,7 +47,7 @@ _NAME = re.compile(r"[\w][\w .\-]*", re.UNICODE)
 class Template:
     """A parsed template: literal text and placeholder names, in order."""
 
-    __slots__ = ("source", "parts", "fields")
+    __slots__ = ("fields", "parts", "source")
 
     def __init__(self, source: str, parts: tuple[tuple[bool, str], ...]) -> None:
         self.source = source
@@ -83,9 +83,7 @@ class Template:
                 f"{prefix}the template has no {{placeholders}} and the data has no 'text' "
                 f"field to append to it; add a placeholder (available: {available})"
             )
-        raise JobInputError(
-            f"{prefix}placeholder {{{name}}} is not in the data (available: {available})"
-        )
+        raise JobInputError(f"{prefix}placeholder {{{name}}} is not in the data (available: {available})")
 
     def render(self, fields: Mapping[str, Any]) -> str:
         self.check(fields)
@@ -115,9 +113,7 @@ def compile_template(template: str) -> Template:
     literal: list[str] = []
     i, n = 0, len(template)
     while i < n:
-        brace = min(
-            (p for p in (template.find("{", i), template.find("}", i)) if p != -1), default=n
-        )
+        brace = min((p for p in (template.find("{", i), template.find("}", i)) if p != -1), default=n)
         if brace > i:
             literal.append(template[i:brace])
             i = brace
@@ -129,15 +125,13 @@ def compile_template(template: str) -> Template:
             continue
         if char == "}":
             raise JobInputError(
-                f"template: a single '}}' at {_position(template, i)}; "
-                "write '}}}}' for a literal brace"
+                f"template: a single '}}' at {_position(template, i)}; write '}}}}}}}}' for a literal brace"
             )
         close = template.find("}", i + 1)
         reopen = template.find("{", i + 1)
         if close == -1 or (reopen != -1 and reopen < close):
             raise JobInputError(
-                f"template: '{{' at {_position(template, i)} is never closed; "
-                "write '{{{{' for a literal brace"
+                f"template: '{{' at {_position(template, i)} is never closed; write '{{{{{{{{' for a literal brace"
             )
         raw = template[i + 1 : close]
         name = raw.strip()

@@ -301,9 +301,7 @@ class JobRunner:
         return [(pk, build_params(job, fields)) for pk, fields in rows]
 
     def _next_foreign_lease_expiry(self) -> dt.datetime | None:
-        qs = Item.objects.filter(job_id=self.job_id, status=Item.Status.RUNNING).exclude(
-            lease_expires_at__isnull=True
-        )
+        qs = Item.objects.filter(job_id=self.job_id, status=Item.Status.RUNNING).exclude(lease_expires_at__isnull=True)
         if self._held:
             qs = qs.exclude(pk__in=list(self._held))
         return qs.order_by("lease_expires_at").values_list("lease_expires_at", flat=True).first()
@@ -322,9 +320,7 @@ class JobRunner:
             )
 
     async def _watch_cancel(self) -> None:
-        status_of = self._db(
-            lambda: BatchJob.objects.filter(pk=self.job_id).values_list("status", flat=True).first()
-        )
+        status_of = self._db(lambda: BatchJob.objects.filter(pk=self.job_id).values_list("status", flat=True).first())
         while True:
             await asyncio.sleep(CANCEL_POLL)
             if await status_of() == BatchJob.Status.CANCELLED:

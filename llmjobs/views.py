@@ -283,17 +283,32 @@ def job_throughput_svg(request: HttpRequest, pk: int) -> HttpResponse:
     bars, points = [], []
     for i, b in enumerate(buckets):
         h = plot_h * b.items_per_s / peak
-        bars.append({"x": round(pad + i * bar_w, 1), "y": round(pad + plot_h - h, 1),
-                     "w": round(max(bar_w - 1, 1), 1), "h": round(h, 1),
-                     "title": f"{b.start:.0f}s: {b.items_per_s:.1f} items/s, {b.retries_per_s:.1f} retries/s"})
+        bars.append(
+            {
+                "x": round(pad + i * bar_w, 1),
+                "y": round(pad + plot_h - h, 1),
+                "w": round(max(bar_w - 1, 1), 1),
+                "h": round(h, 1),
+                "title": f"{b.start:.0f}s: {b.items_per_s:.1f} items/s, {b.retries_per_s:.1f} retries/s",
+            }
+        )
         ry = pad + plot_h - plot_h * b.retries_per_s / peak
         points.append(f"{pad + (i + 0.5) * bar_w:.1f},{ry:.1f}")
     span = buckets[-1].start + buckets[-1].width if buckets else 0
     context = {
-        "width": width, "height": height, "pad": pad, "plot_w": plot_w, "plot_h": plot_h,
-        "bars": bars, "points": " ".join(points), "peak": peak, "span": span,
-        "has_retries": any(b.retries for b in buckets), "empty": not buckets,
-        "bottom": pad + plot_h, "right": pad + plot_w,
+        "width": width,
+        "height": height,
+        "pad": pad,
+        "plot_w": plot_w,
+        "plot_h": plot_h,
+        "bars": bars,
+        "points": " ".join(points),
+        "peak": peak,
+        "span": span,
+        "has_retries": any(b.retries for b in buckets),
+        "empty": not buckets,
+        "bottom": pad + plot_h,
+        "right": pad + plot_w,
     }
     response = render(request, "llmjobs/throughput.svg", context, content_type="image/svg+xml")
     response["Cache-Control"] = "no-store"

@@ -140,9 +140,7 @@ ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
 LLMJOBS_SIMULATOR_URL = os.environ.get("LLMJOBS_SIMULATOR_URL", "http://127.0.0.1:8765")
 LLMJOBS_DEFAULT_MODEL = os.environ.get("LLMJOBS_DEFAULT_MODEL", "claude-haiku-4-5")
-LLMJOBS_MODELS = env_list(
-    "LLMJOBS_MODELS", "claude-haiku-4-5,claude-sonnet-4-6,claude-opus-4-6,claude-sonnet-4-5"
-)
+LLMJOBS_MODELS = env_list("LLMJOBS_MODELS", "claude-haiku-4-5,claude-sonnet-4-6,claude-opus-4-6,claude-sonnet-4-5")
 LLMJOBS_HTTP_TRANSPORT = os.environ.get("LLMJOBS_HTTP_TRANSPORT", "aiohttp")  # or "httpx"
 # Seconds an item stays claimed without renewal: how soon a crashed runner's
 # items can be taken over by a new run.

@@ -172,7 +172,9 @@ def test_preview_output_is_escaped_in_admin_messages(client, settings, monkeypat
     client.force_login(user)
     job = make_job(user, n=1)
     item = job.items.get()
-    monkeypatch.setattr(runner, "preview_job", lambda job_id, count: [(item, Outcome(key=item.pk, status="succeeded", text=XSS))])
+    monkeypatch.setattr(
+        runner, "preview_job", lambda job_id, count: [(item, Outcome(key=item.pk, status="succeeded", text=XSS))]
+    )
     page = act(client, "preview", job).content.decode()
     assert XSS not in page and "&lt;script&gt;" in page
 

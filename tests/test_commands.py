@@ -84,9 +84,7 @@ class Site:
     def submit(self, n: int, *extra: str) -> int:
         docs = self.tmp / f"docs{n}.txt"
         docs.write_text("".join(f"Doc {i:05d} says hello to the world number {i}\n" for i in range(n)))
-        out = self.manage(
-            "submit_job", str(docs), "--template", "Summarize: {text}", "--max-tokens", "32", *extra
-        )
+        out = self.manage("submit_job", str(docs), "--template", "Summarize: {text}", "--max-tokens", "32", *extra)
         return int(out.stdout.strip().splitlines()[0])
 
     def export(self, job_id: int) -> list[dict]:
@@ -149,7 +147,9 @@ def test_submit_with_run_and_stdin(site):
 def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(site, tmp_path, args, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "docs.txt").write_text("a\nb\n")
-    args = [str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "docs.txt") if a == "DOCS" else a for a in args]
+    args = [
+        str(tmp_path / "empty.txt") if a == "EMPTY" else str(tmp_path / "docs.txt") if a == "DOCS" else a for a in args
+    ]
     result = site.manage(*args, check=False)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -163,7 +163,7 @@ def test_ctrl_c_in_process_job_stops_cleanly_and_a_rerun_resumes(site):
     proc = site.popen("process_job", str(job_id))
     site.wait_for_successes(job_id, 20, proc)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "resume" in err
     assert "Traceback" not in err
@@ -202,7 +202,11 @@ def test_kill_9_mid_job_then_resume_never_requests_a_succeeded_item_twice(site):
 
 def test_enqueue_then_db_worker_batch_succeeds(site):
     job_id = site.submit(30)
-    site.manage("shell", "-c", f"from llmjobs.jobs import job_enqueue; from llmjobs.models import BatchJob; job_enqueue(job=BatchJob.objects.get(pk={job_id}))")
+    site.manage(
+        "shell",
+        "-c",
+        f"from llmjobs.jobs import job_enqueue; from llmjobs.models import BatchJob; job_enqueue(job=BatchJob.objects.get(pk={job_id}))",
+    )
     assert "status:    queued" in site.status(job_id)
     site.manage("db_worker", "--batch", "--no-startup-delay", "--no-reload")
     assert "status:    succeeded" in site.status(job_id)

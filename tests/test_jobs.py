@@ -310,7 +310,7 @@ def test_txt_file():
 
 
 def test_csv_all_columns_are_fields():
-    data = "\ufeffid,title,body\n1,Hi,\"multi\nline\"\n\n2,Yo,plain\n"
+    data = '\ufeffid,title,body\n1,Hi,"multi\nline"\n\n2,Yo,plain\n'
     job = from_file("a.csv", data, template="{title}: {body}")
     assert inputs(job) == [
         {"id": "1", "title": "Hi", "body": "multi\nline"},
@@ -566,15 +566,21 @@ def test_job_retry_then_enqueue(django_capture_on_commit_callbacks):
 
 @pytest.fixture
 def finished_job() -> BatchJob:
-    job = create(records=[{"text": "zero", "custom_id": "c0"}, {"text": "one"}, {"text": "two, \"quoted\""}])
+    job = create(records=[{"text": "zero", "custom_id": "c0"}, {"text": "one"}, {"text": 'two, "quoted"'}])
     Item.objects.filter(job=job, position=0).update(
-        status=S.SUCCEEDED, output="out 0", stop_reason="end_turn", input_tokens=10, output_tokens=3,
-        latency_ms=120, ttft_ms=40, attempts=1,
+        status=S.SUCCEEDED,
+        output="out 0",
+        stop_reason="end_turn",
+        input_tokens=10,
+        output_tokens=3,
+        latency_ms=120,
+        ttft_ms=40,
+        attempts=1,
     )
     Item.objects.filter(job=job, position=1).update(
         status=S.FAILED, error_type="rate_limit_error", error_message="429 after 5 tries", attempts=5
     )
-    Item.objects.filter(job=job, position=2).update(status=S.SUCCEEDED, output="line1\nline2, \"q\"", attempts=1)
+    Item.objects.filter(job=job, position=2).update(status=S.SUCCEEDED, output='line1\nline2, "q"', attempts=1)
     return job
 
 
@@ -588,7 +594,9 @@ def test_job_export_csv_in_input_order_with_errors(finished_job):
     assert json.loads(rows[0]["input"]) == {"text": "zero", "custom_id": "c0"}
     assert (rows[0]["output"], rows[0]["input_tokens"], rows[0]["latency_ms"]) == ("out 0", "10", "120")
     assert (rows[1]["status"], rows[1]["error_type"], rows[1]["error_message"]) == (
-        "failed", "rate_limit_error", "429 after 5 tries"
+        "failed",
+        "rate_limit_error",
+        "429 after 5 tries",
     )
     assert rows[1]["output"] == "" and rows[1]["input_tokens"] == ""
     assert rows[2]["output"] == 'line1\nline2, "q"'

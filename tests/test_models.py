@@ -21,9 +21,7 @@ J = BatchJob.Status
 def make_job(n: int = 0, **kwargs) -> BatchJob:
     fields = {"name": "job", "model": "claude-haiku-4-5", "prompt_template": "{text}", **kwargs}
     job = BatchJob.objects.create(total=n, **fields)
-    Item.objects.bulk_create(
-        Item(job=job, position=i, input={"text": f"t{i}"}) for i in range(n)
-    )
+    Item.objects.bulk_create(Item(job=job, position=i, input={"text": f"t{i}"}) for i in range(n))
     return job
 
 

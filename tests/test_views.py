@@ -62,8 +62,14 @@ def api(sim, settings):
 
 def make_job(owner, n=3, **kw) -> BatchJob:
     texts = kw.pop("texts", [f"document number {i}" for i in range(n)])
-    return job_create(name=kw.pop("name", "job"), template="Summarize: {text}", model="claude-haiku-4-5",
-                      owner=owner, texts=texts, **kw)
+    return job_create(
+        name=kw.pop("name", "job"),
+        template="Summarize: {text}",
+        model="claude-haiku-4-5",
+        owner=owner,
+        texts=texts,
+        **kw,
+    )
 
 
 def finish(job: BatchJob, output: str = "fine", failed: int = 0) -> BatchJob:
@@ -79,8 +85,10 @@ def finish(job: BatchJob, output: str = "fine", failed: int = 0) -> BatchJob:
         item.attempts = 3 if bad else 1
         item.input_tokens, item.output_tokens = 10, 5
         item.finished_at = now
-    Item.objects.bulk_update(items, ["status", "output", "error_type", "error_message", "attempts",
-                                     "input_tokens", "output_tokens", "finished_at"])
+    Item.objects.bulk_update(
+        items,
+        ["status", "output", "error_type", "error_message", "attempts", "input_tokens", "output_tokens", "finished_at"],
+    )
     job.started_at = now - timezone.timedelta(seconds=3)
     job.save(update_fields=["started_at"])
     job.mark_finished()
@@ -197,7 +205,11 @@ def test_every_post_needs_a_csrf_token(users):
     assert job.status == BatchJob.Status.DRAFT
     assert BatchJob.objects.count() == 1
     # The forms on the pages carry the token.
-    for url in (reverse("llmjobs:job_new"), reverse("llmjobs:playground"), reverse("llmjobs:job_detail", args=[job.pk])):
+    for url in (
+        reverse("llmjobs:job_new"),
+        reverse("llmjobs:playground"),
+        reverse("llmjobs:job_detail", args=[job.pk]),
+    ):
         assert b"csrfmiddlewaretoken" in client.get(url).content
 
 
@@ -251,8 +263,14 @@ def test_uploading_a_csv_with_a_column(alice):
     upload = SimpleUploadedFile("reviews.csv", data, content_type="text/csv")
     response = alice.post(
         reverse("llmjobs:job_new"),
-        form_data(source="file", texts="", file=upload, column="review", action="draft",
-                  prompt_template="Stars {stars}: {text}"),
+        form_data(
+            source="file",
+            texts="",
+            file=upload,
+            column="review",
+            action="draft",
+            prompt_template="Stars {stars}: {text}",
+        ),
     )
     assert response.status_code == 302
     job = BatchJob.objects.get()
@@ -413,8 +431,13 @@ def test_throughput_buckets_come_from_one_query(users, django_assert_num_queries
 def test_the_api_key_never_reaches_a_page(alice, users, settings):
     settings.ANTHROPIC_API_KEY = "sk-ant-very-secret-key"
     job = finish(make_job(users["alice"]))
-    for url in (reverse("llmjobs:playground"), reverse("llmjobs:job_new"), reverse("llmjobs:job_list"),
-                reverse("llmjobs:job_detail", args=[job.pk]), reverse("llmjobs:home")):
+    for url in (
+        reverse("llmjobs:playground"),
+        reverse("llmjobs:job_new"),
+        reverse("llmjobs:job_list"),
+        reverse("llmjobs:job_detail", args=[job.pk]),
+        reverse("llmjobs:home"),
+    ):
         page = alice.get(url).content.decode()
         assert "sk-ant-very-secret-key" not in page
     assert "Anthropic API" in alice.get(reverse("llmjobs:playground")).content.decode()
@@ -510,12 +533,24 @@ async def test_a_long_stream_ends_without_done_so_the_browser_reconnects(monkeyp
 
 
 def test_snapshot_payload_computes_eta():
-    row = {"status": "running", "total": 100, "succeeded_count": 40, "failed_count": 5, "cancelled_count": 5,
-           "input_tokens": 1, "output_tokens": 2, "cost_estimate": "0.1", "last_error": "",
-           "rate_limited_count": 0}
+    row = {
+        "status": "running",
+        "total": 100,
+        "succeeded_count": 40,
+        "failed_count": 5,
+        "cancelled_count": 5,
+        "input_tokens": 1,
+        "output_tokens": 2,
+        "cost_estimate": "0.1",
+        "last_error": "",
+        "rate_limited_count": 0,
+    }
     data = progress.snapshot_payload(row, items_per_s=10.0, retries=3, errors=[])
     assert (data["done"], data["remaining"], data["percent"], data["eta_s"]) == (50, 50, 50.0, 5.0)
-    assert progress.snapshot_payload({**row, "status": "succeeded"}, items_per_s=10.0, retries=0, errors=[])["eta_s"] is None
+    assert (
+        progress.snapshot_payload({**row, "status": "succeeded"}, items_per_s=10.0, retries=0, errors=[])["eta_s"]
+        is None
+    )
 
 
 # --- the playground -------------------------------------------------------------------------

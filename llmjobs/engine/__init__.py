@@ -16,19 +16,19 @@ from .stream import TextStream, stream_text
 from .tokens import estimate_input_tokens
 
 __all__ = [
+    "CANCELLED",
+    "FAILED",
+    "SUCCEEDED",
     "AttemptTimeout",
     "Bucket",
-    "CANCELLED",
     "Call",
     "Engine",
     "EngineConfig",
     "EngineStats",
-    "FAILED",
     "Governor",
     "Outcome",
     "RetryPolicy",
     "RunAborted",
-    "SUCCEEDED",
     "StreamError",
     "TextStream",
     "Ticket",

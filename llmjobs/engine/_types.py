@@ -6,7 +6,7 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Call", "Outcome", "EngineConfig", "RunAborted", "SUCCEEDED", "FAILED", "CANCELLED"]
+__all__ = ["CANCELLED", "FAILED", "SUCCEEDED", "Call", "EngineConfig", "Outcome", "RunAborted"]
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"

@@ -17,7 +17,7 @@ class Bucket:
     carried forward past everything dispatched after that request.
     """
 
-    __slots__ = ("limit", "rate", "capacity", "level", "updated", "debited", "configured", "_seq")
+    __slots__ = ("_seq", "capacity", "configured", "debited", "level", "limit", "rate", "updated")
 
     def __init__(self, limit: float | None = None, *, capacity: float | None = None, now: float = 0.0) -> None:
         self.limit: float | None = None
@@ -103,9 +103,8 @@ class Bucket:
         last one applied corrects the level (``force``: always, e.g. after a 429).
         Returns True when it did.
         """
-        if limit > 0 and (not self.configured or self.limit is None or limit < self.limit):
-            if self.limit != limit:
-                self._set_limit(limit)
+        if limit > 0 and (not self.configured or self.limit is None or limit < self.limit) and self.limit != limit:
+            self._set_limit(limit)
         rate = self.rate
         if rate is None:
             return False

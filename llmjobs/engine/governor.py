@@ -33,7 +33,11 @@ from .bucket import Bucket
 __all__ = ["Governor", "Ticket"]
 
 _HEADERS = (
-    ("anthropic-ratelimit-requests-limit", "anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset"),
+    (
+        "anthropic-ratelimit-requests-limit",
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+    ),
     (
         "anthropic-ratelimit-input-tokens-limit",
         "anthropic-ratelimit-input-tokens-remaining",
@@ -69,11 +73,33 @@ def _parse_reset(value: str | None, wall: float) -> tuple[float | None, bool]:
 class Ticket:
     """What the governor remembers about one dispatched request."""
 
-    __slots__ = ("seq", "sent_at", "level", "epoch", "in_cost", "out_cost", "snap_req", "snap_in", "snap_out", "open",
-                 "probe")
+    __slots__ = (
+        "epoch",
+        "in_cost",
+        "level",
+        "open",
+        "out_cost",
+        "probe",
+        "sent_at",
+        "seq",
+        "snap_in",
+        "snap_out",
+        "snap_req",
+    )
 
-    def __init__(self, seq: int, sent_at: float, level: int, epoch: int, in_cost: float, out_cost: float,
-                 snap_req: float, snap_in: float, snap_out: float, probe: bool = False) -> None:
+    def __init__(
+        self,
+        seq: int,
+        sent_at: float,
+        level: int,
+        epoch: int,
+        in_cost: float,
+        out_cost: float,
+        snap_req: float,
+        snap_in: float,
+        snap_out: float,
+        probe: bool = False,
+    ) -> None:
         self.seq = seq
         self.sent_at = sent_at
         self.level = level
@@ -91,9 +117,31 @@ class Governor:
     """Paces dispatch for one account. Share one per API key (it may serve many runs)."""
 
     __slots__ = (
-        "requests", "input_tokens", "output_tokens", "max_concurrency", "ceiling", "ssthresh", "w_max",
-        "in_flight", "peak_in_flight", "paused_until", "input_factor", "_clock", "_rng", "_seq", "_epoch",
-        "_succ_level", "_streak", "_pause_base", "_pause_max", "learn", "_pause_seq", "_probes", "_probe_529s", "_win", "_win_529s",
+        "_clock",
+        "_epoch",
+        "_pause_base",
+        "_pause_max",
+        "_pause_seq",
+        "_probe_529s",
+        "_probes",
+        "_rng",
+        "_seq",
+        "_streak",
+        "_succ_level",
+        "_win",
+        "_win_529s",
+        "ceiling",
+        "in_flight",
+        "input_factor",
+        "input_tokens",
+        "learn",
+        "max_concurrency",
+        "output_tokens",
+        "paused_until",
+        "peak_in_flight",
+        "requests",
+        "ssthresh",
+        "w_max",
     )
 
     def __init__(
@@ -187,13 +235,23 @@ class Governor:
         if level > self.peak_in_flight:
             self.peak_in_flight = level
         self._seq += 1
-        return Ticket(self._seq, now, level, self._epoch, in_cost, out_cost,
-                      self.requests.debited, self.input_tokens.debited, self.output_tokens.debited,
-                      level > self._succ_level)
+        return Ticket(
+            self._seq,
+            now,
+            level,
+            self._epoch,
+            in_cost,
+            out_cost,
+            self.requests.debited,
+            self.input_tokens.debited,
+            self.output_tokens.debited,
+            level > self._succ_level,
+        )
 
     # -- feedback --------------------------------------------------------
-    def observe(self, ticket: Ticket, headers: Mapping[str, str] | None, now: float | None = None,
-                force: bool = False) -> None:
+    def observe(
+        self, ticket: Ticket, headers: Mapping[str, str] | None, now: float | None = None, force: bool = False
+    ) -> None:
         """Learn limits and correct the levels from a response's rate-limit headers."""
         if not headers or not self.learn:
             return
@@ -215,8 +273,17 @@ class Governor:
             except ValueError:
                 continue
             reset_in, coarse = _parse_reset(headers.get(reset_h), wall)
-            bucket.observe(limit=limit_f, remaining=remaining_f, reset_in=reset_in, coarse=coarse,
-                           sent_at=ticket.sent_at, snapshot=snaps[i], seq=ticket.seq, now=now, force=force)
+            bucket.observe(
+                limit=limit_f,
+                remaining=remaining_f,
+                reset_in=reset_in,
+                coarse=coarse,
+                sent_at=ticket.sent_at,
+                snapshot=snaps[i],
+                seq=ticket.seq,
+                now=now,
+                force=force,
+            )
 
     def _close(self, ticket: Ticket) -> bool:
         if not ticket.open:
@@ -225,8 +292,14 @@ class Governor:
         self.in_flight -= 1
         return True
 
-    def on_success(self, ticket: Ticket, input_tokens: int | None = None, output_tokens: int | None = None,
-                   headers: Mapping[str, str] | None = None, now: float | None = None) -> None:
+    def on_success(
+        self,
+        ticket: Ticket,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> None:
         """A call succeeded: correct from headers, refund unused output, grow the ceiling."""
         if now is None:
             now = self.now()
@@ -305,8 +378,13 @@ class Governor:
             self.paused_until = until
         return pause
 
-    def on_rate_limited(self, ticket: Ticket, retry_after: float | None = None,
-                        headers: Mapping[str, str] | None = None, now: float | None = None) -> float:
+    def on_rate_limited(
+        self,
+        ticket: Ticket,
+        retry_after: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        now: float | None = None,
+    ) -> float:
         """429: the server did not admit the call. Pause the run, lower the ceiling. Returns the pause."""
         if now is None:
             now = self.now()

@@ -8,7 +8,7 @@ import random
 import anthropic
 import httpx2
 
-__all__ = ["RetryPolicy", "Verdict", "classify", "StreamError", "AttemptTimeout", "RETRY", "FAIL", "ABORT"]
+__all__ = ["ABORT", "FAIL", "RETRY", "AttemptTimeout", "RetryPolicy", "StreamError", "Verdict", "classify"]
 
 RETRY = "retry"
 FAIL = "fail"
@@ -54,10 +54,11 @@ class AttemptTimeout(Exception):
 class Verdict:
     """The classification of one failed attempt."""
 
-    __slots__ = ("action", "kind", "error_type", "message", "retry_after", "headers")
+    __slots__ = ("action", "error_type", "headers", "kind", "message", "retry_after")
 
-    def __init__(self, action: str, kind: str, error_type: str, message: str,
-                 retry_after: float | None = None, headers=None) -> None:
+    def __init__(
+        self, action: str, kind: str, error_type: str, message: str, retry_after: float | None = None, headers=None
+    ) -> None:
         self.action = action
         self.kind = kind
         self.error_type = error_type
@@ -107,8 +108,13 @@ def _status_verdict(status: int, error_type: str | None, message: str, headers, 
         default = {401: "authentication_error", 402: "billing_error", 403: "permission_error"}[status]
         return Verdict(ABORT, FATAL, error_type or default, message)
     if status in (408, 409) or status >= 500:
-        return Verdict(RETRY, TRANSIENT, error_type or ("api_error" if status >= 500 else f"http_{status}"),
-                       message, _retry_after(headers))
+        return Verdict(
+            RETRY,
+            TRANSIENT,
+            error_type or ("api_error" if status >= 500 else f"http_{status}"),
+            message,
+            _retry_after(headers),
+        )
     return Verdict(FAIL, PERMANENT, error_type or f"http_{status}", message)
 
 
@@ -147,10 +153,17 @@ def classify(exc: BaseException) -> Verdict:
 class RetryPolicy:
     """Exponential backoff with full jitter, bounded by attempts and a per-item deadline."""
 
-    __slots__ = ("max_attempts", "base", "cap", "deadline", "_rng")
+    __slots__ = ("_rng", "base", "cap", "deadline", "max_attempts")
 
-    def __init__(self, *, max_attempts: int = 8, base: float = 0.5, cap: float = 30.0, deadline: float = 900.0,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 8,
+        base: float = 0.5,
+        cap: float = 30.0,
+        deadline: float = 900.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self.max_attempts = max_attempts
         self.base = base
         self.cap = cap

@@ -17,7 +17,15 @@ from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, R
 from .client import make_client
 from .governor import Governor, Ticket
 from .retry import (
-    ABORT, FAIL, OVERLOADED, RATE_LIMITED, AttemptTimeout, RetryPolicy, StreamError, Verdict, classify,
+    ABORT,
+    FAIL,
+    OVERLOADED,
+    RATE_LIMITED,
+    AttemptTimeout,
+    RetryPolicy,
+    StreamError,
+    Verdict,
+    classify,
 )
 from .stats import EngineStats
 from .stream import StreamState, iter_sse, open_stream
@@ -33,8 +41,18 @@ _LAUNCH_BURST = 8  # requests started per event-loop turn at most
 
 
 class _Job:
-    __slots__ = ("call", "index", "in_raw", "out_cost", "attempts", "failures", "timeouts", "started",
-                 "last_error", "params")
+    __slots__ = (
+        "attempts",
+        "call",
+        "failures",
+        "in_raw",
+        "index",
+        "last_error",
+        "out_cost",
+        "params",
+        "started",
+        "timeouts",
+    )
 
     def __init__(self, call: Call, index: int) -> None:
         self.call = call
@@ -57,7 +75,7 @@ class _Job:
 class _Latency:
     """A rolling window of attempt latencies, for the adaptive timeout."""
 
-    __slots__ = ("window", "pos", "count", "p99")
+    __slots__ = ("count", "p99", "pos", "window")
 
     def __init__(self, size: int = 256) -> None:
         self.window = [0.0] * size
@@ -102,12 +120,21 @@ class Engine:
         self._base_url = base_url
         self._transport = transport
         self.governor = governor or Governor(
-            rpm=config.rpm, itpm=config.itpm, otpm=config.otpm, max_concurrency=config.max_concurrency,
-            initial_concurrency=config.initial_concurrency, pause_base=config.pause_base,
-            pause_max=config.pause_max, learn=config.learn_limits,
+            rpm=config.rpm,
+            itpm=config.itpm,
+            otpm=config.otpm,
+            max_concurrency=config.max_concurrency,
+            initial_concurrency=config.initial_concurrency,
+            pause_base=config.pause_base,
+            pause_max=config.pause_max,
+            learn=config.learn_limits,
         )
-        self.policy = RetryPolicy(max_attempts=config.max_attempts, base=config.backoff_base,
-                                  cap=config.backoff_max, deadline=config.item_deadline)
+        self.policy = RetryPolicy(
+            max_attempts=config.max_attempts,
+            base=config.backoff_base,
+            cap=config.backoff_max,
+            deadline=config.item_deadline,
+        )
         self.stats = EngineStats(self.governor)
         self._latency = _Latency()
         self._runs: set[_Run] = set()
@@ -118,8 +145,7 @@ class Engine:
 
     async def __aenter__(self) -> Engine:
         if self._client is None:
-            self._client = make_client(api_key=self._api_key, base_url=self._base_url,
-                                       transport=self._transport)  # type: ignore[arg-type]
+            self._client = make_client(api_key=self._api_key, base_url=self._base_url, transport=self._transport)  # type: ignore[arg-type]
             self._own_client = True
         return self
 
@@ -180,16 +206,39 @@ class Engine:
             if t < cfg.min_attempt_timeout:
                 t = cfg.min_attempt_timeout
         if job.timeouts:
-            t *= 2 ** job.timeouts
+            t *= 2**job.timeouts
         return t if t < cfg.max_attempt_timeout else cfg.max_attempt_timeout
 
 
 class _Run:
     """One pass over an input: the dispatcher, the attempts and the outcome buffer."""
 
-    __slots__ = ("engine", "gov", "policy", "stats", "client", "cfg", "loop", "_source", "_is_async", "_exhausted",
-                 "_index", "_heap", "_hseq", "_tasks", "_live", "_out", "_out_limit", "_waiter", "_out_waiter",
-                 "_state", "_abort", "_held", "_finished", "_dispatcher")
+    __slots__ = (
+        "_abort",
+        "_dispatcher",
+        "_exhausted",
+        "_finished",
+        "_heap",
+        "_held",
+        "_hseq",
+        "_index",
+        "_is_async",
+        "_live",
+        "_out",
+        "_out_limit",
+        "_out_waiter",
+        "_source",
+        "_state",
+        "_tasks",
+        "_waiter",
+        "cfg",
+        "client",
+        "engine",
+        "gov",
+        "loop",
+        "policy",
+        "stats",
+    )
 
     def __init__(self, engine: Engine, calls: Iterable[Call] | AsyncIterable[Call]) -> None:
         self.engine = engine
@@ -235,8 +284,16 @@ class _Run:
             w.set_result(None)
 
     def _emit_cancelled(self, job: _Job) -> None:
-        self._emit(job, Outcome(job.call.key, CANCELLED, attempts=job.attempts, error_type="cancelled",
-                                error_message="the run was cancelled"))
+        self._emit(
+            job,
+            Outcome(
+                job.call.key,
+                CANCELLED,
+                attempts=job.attempts,
+                error_type="cancelled",
+                error_message="the run was cancelled",
+            ),
+        )
 
     async def outcomes(self) -> AsyncIterator[tuple[int, Outcome]]:
         self.loop = asyncio.get_running_loop()
@@ -416,7 +473,7 @@ class _Run:
             if self._state == _CANCELLING:
                 self._emit_cancelled(job)
             return
-        except Exception as exc:  # noqa: BLE001 - every failure is classified
+        except Exception as exc:
             self._failed_attempt(job, ticket, classify(exc))
             return
         usage = outcome.usage or {}
@@ -445,8 +502,19 @@ class _Run:
         self.engine._latency.add(latency)
         data = loads(response.content)
         parts = [b.get("text", "") for b in data.get("content") or () if b.get("type") == "text"]
-        outcome = Outcome(job.call.key, SUCCEEDED, "".join(parts), data.get("stop_reason"), data.get("usage"),
-                          job.attempts, latency, None, None, None, data.get("id"))
+        outcome = Outcome(
+            job.call.key,
+            SUCCEEDED,
+            "".join(parts),
+            data.get("stop_reason"),
+            data.get("usage"),
+            job.attempts,
+            latency,
+            None,
+            None,
+            None,
+            data.get("id"),
+        )
         return outcome, response.headers
 
     async def _stream_attempt(self, job: _Job, ticket: Ticket) -> tuple[Outcome, Any]:
@@ -454,7 +522,7 @@ class _Run:
         loop = self.loop
         t0 = loop.time()
         first, idle = cfg.first_token_timeout, cfg.idle_timeout
-        hard = t0 + (cfg.max_attempt_timeout * (2 ** job.timeouts))
+        hard = t0 + (cfg.max_attempt_timeout * (2**job.timeouts))
         state = StreamState(t0)
         response = None
         try:
@@ -480,8 +548,19 @@ class _Run:
         if not state.finished:
             raise StreamError("connection_error", "stream ended before message_stop")
         latency = loop.time() - t0
-        outcome = Outcome(job.call.key, SUCCEEDED, state.text, state.stop_reason, state.usage, job.attempts,
-                          latency, state.ttft, None, None, state.message_id)
+        outcome = Outcome(
+            job.call.key,
+            SUCCEEDED,
+            state.text,
+            state.stop_reason,
+            state.usage,
+            job.attempts,
+            latency,
+            state.ttft,
+            None,
+            None,
+            state.message_id,
+        )
         return outcome, response.headers  # type: ignore[union-attr]
 
     def _failed_attempt(self, job: _Job, ticket: Ticket, verdict: Verdict) -> None:
@@ -514,7 +593,7 @@ class _Run:
             self._state = _ABORTING
             self._stop_everything()
             return
-        if kind == RATE_LIMITED or kind == OVERLOADED:
+        if kind in (RATE_LIMITED, OVERLOADED):
             retry_at = now  # the governor's pause holds the whole run back
         else:
             retry_at = now + self.policy.backoff(job.failures)
@@ -524,8 +603,16 @@ class _Run:
             heapq.heappush(self._heap, (retry_at, self._hseq, job))
             self._wake()
             return
-        self._emit(job, Outcome(job.call.key, FAILED, attempts=job.attempts, error_type=verdict.error_type,
-                                error_message=verdict.message))
+        self._emit(
+            job,
+            Outcome(
+                job.call.key,
+                FAILED,
+                attempts=job.attempts,
+                error_type=verdict.error_type,
+                error_message=verdict.message,
+            ),
+        )
 
 
 def _resolve(fut: asyncio.Future) -> None:

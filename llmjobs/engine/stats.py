@@ -10,9 +10,21 @@ if TYPE_CHECKING:
 __all__ = ["EngineStats"]
 
 _COUNTERS = (
-    "requests", "ok", "rate_limited", "overloaded", "errors", "timeouts", "retries",
-    "succeeded", "failed", "cancelled", "input_tokens", "output_tokens",
-    "cache_creation_input_tokens", "cache_read_input_tokens", "pulled",
+    "requests",
+    "ok",
+    "rate_limited",
+    "overloaded",
+    "errors",
+    "timeouts",
+    "retries",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "pulled",
 )
 
 

@@ -19,7 +19,7 @@ import httpx2
 from ._json import loads
 from .retry import AttemptTimeout, StreamError
 
-__all__ = ["TextStream", "stream_text", "iter_sse", "open_stream"]
+__all__ = ["TextStream", "iter_sse", "open_stream", "stream_text"]
 
 
 async def iter_sse(response: httpx2.Response) -> AsyncIterator[tuple[str | None, bytes]]:
@@ -69,7 +69,7 @@ def _stream_error(data: bytes) -> StreamError:
 class StreamState:
     """What a stream told us so far (shared by the engine and :class:`TextStream`)."""
 
-    __slots__ = ("message_id", "model", "parts", "stop_reason", "usage", "started", "ttft", "finished")
+    __slots__ = ("finished", "message_id", "model", "parts", "started", "stop_reason", "ttft", "usage")
 
     def __init__(self, started: float) -> None:
         self.message_id: str | None = None
@@ -132,11 +132,28 @@ class TextStream:
     raises :class:`StreamError`; HTTP errors raise the SDK's typed errors.
     """
 
-    __slots__ = ("_client", "_params", "_first", "_idle", "_total", "_response", "_events", "_state", "_loop",
-                 "_deadline")
+    __slots__ = (
+        "_client",
+        "_deadline",
+        "_events",
+        "_first",
+        "_idle",
+        "_loop",
+        "_params",
+        "_response",
+        "_state",
+        "_total",
+    )
 
-    def __init__(self, client: Any, params: Mapping[str, Any], *, first_token_timeout: float = 60.0,
-                 idle_timeout: float = 30.0, total_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        params: Mapping[str, Any],
+        *,
+        first_token_timeout: float = 60.0,
+        idle_timeout: float = 30.0,
+        total_timeout: float | None = None,
+    ) -> None:
         self._client = client
         self._params = params
         self._first = first_token_timeout
@@ -227,8 +244,9 @@ class TextStream:
         except TimeoutError:
             await self.aclose()
             what = "first token" if state.ttft is None else "next event"
-            raise AttemptTimeout(f"stream stalled: no {what} within "
-                                 f"{self._first if state.ttft is None else self._idle:g}s") from None
+            raise AttemptTimeout(
+                f"stream stalled: no {what} within {self._first if state.ttft is None else self._idle:g}s"
+            ) from None
         except BaseException:
             await self.aclose()
             raise
@@ -247,8 +265,15 @@ class TextStream:
             await response.aclose()
 
 
-def stream_text(client: Any, params: Mapping[str, Any], *, first_token_timeout: float = 60.0,
-                idle_timeout: float = 30.0, total_timeout: float | None = None) -> TextStream:
+def stream_text(
+    client: Any,
+    params: Mapping[str, Any],
+    *,
+    first_token_timeout: float = 60.0,
+    idle_timeout: float = 30.0,
+    total_timeout: float | None = None,
+) -> TextStream:
     """Stream one call's text: ``async with stream_text(client, params) as s: async for delta in s``."""
-    return TextStream(client, params, first_token_timeout=first_token_timeout, idle_timeout=idle_timeout,
-                      total_timeout=total_timeout)
+    return TextStream(
+        client, params, first_token_timeout=first_token_timeout, idle_timeout=idle_timeout, total_timeout=total_timeout
+    )

@@ -22,7 +22,7 @@ import re
 
 import orjson
 
-__all__ = ["count_tokens", "make_answer", "finish"]
+__all__ = ["count_tokens", "finish", "make_answer"]
 
 
 def count_tokens(text: str) -> int:
@@ -53,14 +53,72 @@ _AS_LIST = re.compile(
 _SPLIT_LIST = re.compile(r"\s*(?:,|;|\||/|\bor\b)\s*", re.I)
 _STRIP_LABEL = " \t\"'`*_.:[](){}<>"
 _POSITIVE = frozenset(
-    "good great love loved excellent amazing happy best wonderful fantastic nice perfect enjoy enjoyed "
-    "recommend pleased awesome brilliant delighted superb fast helpful".split()
+    [
+        "good",
+        "great",
+        "love",
+        "loved",
+        "excellent",
+        "amazing",
+        "happy",
+        "best",
+        "wonderful",
+        "fantastic",
+        "nice",
+        "perfect",
+        "enjoy",
+        "enjoyed",
+        "recommend",
+        "pleased",
+        "awesome",
+        "brilliant",
+        "delighted",
+        "superb",
+        "fast",
+        "helpful",
+    ]
 )
 _NEGATIVE = frozenset(
-    "bad terrible hate hated awful worst poor broken disappointed disappointing horrible slow useless "
-    "refund angry annoying problem fail failed waste boring".split()
+    [
+        "bad",
+        "terrible",
+        "hate",
+        "hated",
+        "awful",
+        "worst",
+        "poor",
+        "broken",
+        "disappointed",
+        "disappointing",
+        "horrible",
+        "slow",
+        "useless",
+        "refund",
+        "angry",
+        "annoying",
+        "problem",
+        "fail",
+        "failed",
+        "waste",
+        "boring",
+    ]
 )
-_SPAM = frozenset("free win winner prize click offer urgent cash claim congratulations viagra lottery".split())
+_SPAM = frozenset(
+    [
+        "free",
+        "win",
+        "winner",
+        "prize",
+        "click",
+        "offer",
+        "urgent",
+        "cash",
+        "claim",
+        "congratulations",
+        "viagra",
+        "lottery",
+    ]
+)
 _WORDS = re.compile(r"[a-z']+")
 
 
@@ -181,7 +239,34 @@ _AMOUNT = re.compile(r"[$€£]\s?\d[\d,]*(?:\.\d+)?|\b\d[\d,]*(?:\.\d+)?\s?(?:U
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
 _PROPER = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
 _CAPITAL_ANY = re.compile(r"\b[A-Z][a-zA-Z]+\b")
-_STOP_CAPS = frozenset("The A An I It This That These Those In On At Of For And But Or If When We You He She They".split())
+_STOP_CAPS = frozenset(
+    [
+        "The",
+        "A",
+        "An",
+        "I",
+        "It",
+        "This",
+        "That",
+        "These",
+        "Those",
+        "In",
+        "On",
+        "At",
+        "Of",
+        "For",
+        "And",
+        "But",
+        "Or",
+        "If",
+        "When",
+        "We",
+        "You",
+        "He",
+        "She",
+        "They",
+    ]
+)
 
 _EXTRACTORS: list[tuple[tuple[str, ...], re.Pattern[str]]] = [
     (("email", "e-mail", "mail"), _EMAIL),
@@ -189,7 +274,23 @@ _EXTRACTORS: list[tuple[tuple[str, ...], re.Pattern[str]]] = [
     (("phone", "telephone", "mobile"), _PHONE),
     (("date", "day", "deadline", "when"), _DATE),
     (("amount", "price", "total", "cost", "sum", "fee", "money"), _AMOUNT),
-    (("name", "person", "people", "author", "customer", "who", "organization", "company", "entit", "location", "place", "city"), _PROPER),
+    (
+        (
+            "name",
+            "person",
+            "people",
+            "author",
+            "customer",
+            "who",
+            "organization",
+            "company",
+            "entit",
+            "location",
+            "place",
+            "city",
+        ),
+        _PROPER,
+    ),
     (("number", "count", "quantity", "age", "year", "id"), _NUMBER),
 ]
 
@@ -225,7 +326,10 @@ def _extract(prompt: str, document: str) -> str:
         else:
             result[key] = found[0] if found else None
     if not result:
-        result = {"entities": _proper_names(document)[:10], "numbers": list(dict.fromkeys(_NUMBER.findall(document)))[:10]}
+        result = {
+            "entities": _proper_names(document)[:10],
+            "numbers": list(dict.fromkeys(_NUMBER.findall(document)))[:10],
+        }
         emails = _EMAIL.findall(document)
         if emails:
             result["emails"] = emails[:10]
@@ -233,20 +337,141 @@ def _extract(prompt: str, document: str) -> str:
 
 
 # --------------------------------------------------------------------------- generic text
-_VOCAB = (
-    "the a system request answer result data value process model batch call time response item token "
-    "limit rate queue worker error retry stream client server test method approach design pattern "
-    "simple clear fast reliable careful useful important concurrent parallel async bounded steady "
-    "should could would can will may often usually typically therefore however also then first next "
-    "this that each every many several some all few one two three when while because so and or but "
-    "with without for from into over under between across through after before during handles returns "
-    "keeps uses sends reads writes checks improves reduces measures waits runs schedules limits tracks"
-).split()
+_VOCAB = [
+    "the",
+    "a",
+    "system",
+    "request",
+    "answer",
+    "result",
+    "data",
+    "value",
+    "process",
+    "model",
+    "batch",
+    "call",
+    "time",
+    "response",
+    "item",
+    "token",
+    "limit",
+    "rate",
+    "queue",
+    "worker",
+    "error",
+    "retry",
+    "stream",
+    "client",
+    "server",
+    "test",
+    "method",
+    "approach",
+    "design",
+    "pattern",
+    "simple",
+    "clear",
+    "fast",
+    "reliable",
+    "careful",
+    "useful",
+    "important",
+    "concurrent",
+    "parallel",
+    "async",
+    "bounded",
+    "steady",
+    "should",
+    "could",
+    "would",
+    "can",
+    "will",
+    "may",
+    "often",
+    "usually",
+    "typically",
+    "therefore",
+    "however",
+    "also",
+    "then",
+    "first",
+    "next",
+    "this",
+    "that",
+    "each",
+    "every",
+    "many",
+    "several",
+    "some",
+    "all",
+    "few",
+    "one",
+    "two",
+    "three",
+    "when",
+    "while",
+    "because",
+    "so",
+    "and",
+    "or",
+    "but",
+    "with",
+    "without",
+    "for",
+    "from",
+    "into",
+    "over",
+    "under",
+    "between",
+    "across",
+    "through",
+    "after",
+    "before",
+    "during",
+    "handles",
+    "returns",
+    "keeps",
+    "uses",
+    "sends",
+    "reads",
+    "writes",
+    "checks",
+    "improves",
+    "reduces",
+    "measures",
+    "waits",
+    "runs",
+    "schedules",
+    "limits",
+    "tracks",
+]
 _TOPIC_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{4,}")
 _COMMON = frozenset(
-    "about above after again their there these those which would could should where while please write "
-    "short answer question explain describe tell give using"
-    .split()
+    [
+        "about",
+        "above",
+        "after",
+        "again",
+        "their",
+        "there",
+        "these",
+        "those",
+        "which",
+        "would",
+        "could",
+        "should",
+        "where",
+        "while",
+        "please",
+        "write",
+        "short",
+        "answer",
+        "question",
+        "explain",
+        "describe",
+        "tell",
+        "give",
+        "using",
+    ]
 )
 
 

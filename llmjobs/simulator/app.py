@@ -27,7 +27,7 @@ from .buckets import Admission, RateLimiter
 from .config import ConfigError, SimConfig
 from .models import KNOWN_MODEL_SET, KNOWN_MODELS, MAX_OUTPUT_TOKENS, model_info
 
-__all__ = ["SimulatorApp", "FAULTS"]
+__all__ = ["FAULTS", "SimulatorApp"]
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -52,9 +52,7 @@ _EV_BLOCK_START = (
 )
 _EV_BLOCK_STOP = b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
 _EV_MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
-_EV_DROPPED = (
-    b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"stream interrupted"}}\n\n'
-)
+_EV_DROPPED = b'event: error\ndata: {"type":"error","error":{"type":"api_error","message":"stream interrupted"}}\n\n'
 _DISCONNECTED = 499  # by_status key for requests the client abandoned
 
 
@@ -70,13 +68,25 @@ class _Prompt:
     """A validated /v1/messages request, with its token accounting."""
 
     __slots__ = (
-        "model", "max_tokens", "stream", "stop_sequences", "system_text", "user_text", "prefill",
-        "input_tokens", "cache_creation", "cache_read", "cache_key", "prompt_key", "preview", "cache_prefix_tokens",
+        "cache_creation",
+        "cache_key",
+        "cache_prefix_tokens",
+        "cache_read",
+        "input_tokens",
+        "max_tokens",
+        "model",
+        "prefill",
+        "preview",
+        "prompt_key",
+        "stop_sequences",
+        "stream",
+        "system_text",
+        "user_text",
     )
 
 
 class _PromptStat:
-    __slots__ = ("requests", "paid", "preview")
+    __slots__ = ("paid", "preview", "requests")
 
     def __init__(self, preview: str) -> None:
         self.requests = 0
@@ -148,7 +158,12 @@ class SimulatorApp:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.stream_errors = 0
-        self.tokens = {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        self.tokens = {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
         self.prompt_stats: dict[str, _PromptStat] = {}
         self.batch_store = BatchStore(self._wall)
         self.batch_stats = {
@@ -191,7 +206,8 @@ class SimulatorApp:
         }
         if not brief:
             out["prompt_counts"] = {
-                key: {"requests": s.requests, "paid": s.paid, "preview": s.preview} for key, s in self.prompt_stats.items()
+                key: {"requests": s.requests, "paid": s.paid, "preview": s.preview}
+                for key, s in self.prompt_stats.items()
             }
         return out
 
@@ -239,7 +255,9 @@ class SimulatorApp:
     def _request_id(self) -> str:
         return "req_011C%020x" % self._ids.getrandbits(80)
 
-    async def _json(self, send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def _json(
+        self, send: Send, status: int, payload: Any, extra: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         body = orjson.dumps(payload)
         headers = [_CT_JSON, (b"content-length", b"%d" % len(body)), (b"request-id", self._request_id().encode())]
         if extra:
@@ -314,7 +332,9 @@ class SimulatorApp:
     async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await self._read_body(receive, self.config.max_body)
         if body is None:
-            await self._error(send, 413, "request_too_large", "Request exceeds the maximum allowed number of bytes.", [])
+            await self._error(
+                send, 413, "request_too_large", "Request exceeds the maximum allowed number of bytes.", []
+            )
             return
         try:
             payload = orjson.loads(body)
@@ -543,7 +563,9 @@ class SimulatorApp:
                 if method == "POST":
                     body = await self._read_body(receive, max(self.config.max_body, 256 * 1024 * 1024))
                     if body is None:
-                        raise BatchError(413, "request_too_large", "Request exceeds the maximum allowed number of bytes.")
+                        raise BatchError(
+                            413, "request_too_large", "Request exceeds the maximum allowed number of bytes."
+                        )
                     try:
                         payload = orjson.loads(body)
                     except orjson.JSONDecodeError:
@@ -688,7 +710,11 @@ class SimulatorApp:
 
         if content_length > cfg.max_body:
             return await self._error(
-                send, 413, "request_too_large", "Request exceeds the maximum allowed number of bytes.", limiter.headers()
+                send,
+                413,
+                "request_too_large",
+                "Request exceeds the maximum allowed number of bytes.",
+                limiter.headers(),
             )
         if not api_key:
             return await self._error(
@@ -706,7 +732,11 @@ class SimulatorApp:
         body = await self._read_body(receive, cfg.max_body)
         if body is None:
             return await self._error(
-                send, 413, "request_too_large", "Request exceeds the maximum allowed number of bytes.", limiter.headers()
+                send,
+                413,
+                "request_too_large",
+                "Request exceeds the maximum allowed number of bytes.",
+                limiter.headers(),
             )
         try:
             payload = orjson.loads(body)
@@ -801,9 +831,7 @@ class SimulatorApp:
         limiter.settle(admission.output_reserved, output_tokens)
         self._bill(prompt, stat, output_tokens)
         request_id = self._request_id()
-        body = orjson.dumps(
-            _message(request_id, prompt, text, stop_reason, stop_sequence, output_tokens, "standard")
-        )
+        body = orjson.dumps(_message(request_id, prompt, text, stop_reason, stop_sequence, output_tokens, "standard"))
         headers = [_CT_JSON, (b"content-length", b"%d" % len(body)), (b"request-id", request_id.encode())]
         if limiter._active:
             headers.extend(limiter.headers())
@@ -1004,7 +1032,10 @@ def _message(
 
 
 def _errored(kind: str, message: str, request_id: str) -> dict[str, Any]:
-    return {"type": "errored", "error": {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}}
+    return {
+        "type": "errored",
+        "error": {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id},
+    }
 
 
 async def _until_disconnect(receive: Receive) -> None:

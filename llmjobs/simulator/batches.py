@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Batch", "BatchError", "BatchStore", "MAX_BATCH_REQUESTS"]
+__all__ = ["MAX_BATCH_REQUESTS", "Batch", "BatchError", "BatchStore"]
 
 MAX_BATCH_REQUESTS = 100_000
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -34,7 +34,7 @@ def iso(epoch: float) -> str:
 
 
 class Batch:
-    __slots__ = ("id", "created", "ready_at", "cancel_at", "results", "ended_at", "on_end")
+    __slots__ = ("cancel_at", "created", "ended_at", "id", "on_end", "ready_at", "results")
 
     def __init__(self, batch_id: str, created: float, ready_at: float, results: list[dict[str, Any]]) -> None:
         self.on_end: Callable[[Batch], None] | None = None  # called once, when the batch ends

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 
-__all__ = ["TokenBucket", "RateLimiter", "Admission"]
+__all__ = ["Admission", "RateLimiter", "TokenBucket"]
 
 Clock = Callable[[], float]
 _EPS = 1e-9
@@ -21,7 +21,7 @@ class TokenBucket:
     """One continuously refilling bucket. ``level`` may go below zero (debt)
     when a request costs more than was checked at admission."""
 
-    __slots__ = ("limit", "capacity", "rate", "_level", "_last", "_clock")
+    __slots__ = ("_clock", "_last", "_level", "capacity", "limit", "rate")
 
     def __init__(self, limit: float, *, burst: float = 60.0, clock: Clock = time.monotonic) -> None:
         if limit <= 0:
@@ -90,7 +90,7 @@ class TokenBucket:
 class Admission:
     """Result of :meth:`RateLimiter.admit`."""
 
-    __slots__ = ("ok", "retry_after", "limited_by", "output_reserved")
+    __slots__ = ("limited_by", "ok", "output_reserved", "retry_after")
 
     def __init__(self, ok: bool, retry_after: float = 0.0, limited_by: str = "", output_reserved: int = 0) -> None:
         self.ok = ok
@@ -111,7 +111,7 @@ class RateLimiter:
     """The three Anthropic buckets: requests (RPM), uncached input tokens
     (ITPM) and output tokens (OTPM). A limit of 0 means unlimited."""
 
-    __slots__ = ("requests", "input_tokens", "output_tokens", "_clock", "_wall", "_active")
+    __slots__ = ("_active", "_clock", "_wall", "input_tokens", "output_tokens", "requests")
 
     def __init__(
         self,

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SimConfig", "CLI_DEFAULTS", "FIELD_HELP", "ConfigError", "cli_flag"]
+__all__ = ["CLI_DEFAULTS", "FIELD_HELP", "ConfigError", "SimConfig", "cli_flag"]
 
 MiB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["SimulatorProcess", "SimulatorError"]
+__all__ = ["SimulatorError", "SimulatorProcess"]
 
 _REPO_ROOT = str(Path(__file__).resolve().parents[2])
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy

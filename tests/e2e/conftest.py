@@ -43,8 +43,12 @@ CHROMIUM_ARGS = [
 
 
 def find_chromium() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
+    for candidate in (
+        os.environ.get("CHROMIUM"),
+        "/usr/bin/chromium",
+        shutil.which("chromium"),
+        shutil.which("chromium-browser"),
+    ):
         if candidate and os.path.exists(candidate):
             return candidate
     return None
@@ -65,8 +69,12 @@ class LiveApp:
 
     def manage(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, timeout=timeout,
-            capture_output=True, text=True,
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            timeout=timeout,
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise AssertionError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -79,7 +87,11 @@ class LiveApp:
     def start_worker(self) -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "manage.py", "db_worker", "--batch", "--no-startup-delay", "--no-reload"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
 
@@ -100,15 +112,30 @@ def live_app(simulator):
     app = LiveApp(base_url=f"http://127.0.0.1:{port}", host="127.0.0.1", port=port, env=env)
     app.manage("migrate", "--noinput", "-v0")
     app.manage(
-        "shell", "-c",
+        "shell",
+        "-c",
         "from django.contrib.auth import get_user_model as g; U = g();"
         f"U.objects.create_superuser('admin', 'admin@example.com', {PASSWORD!r});"
         f"U.objects.create_user('alice', password={PASSWORD!r})",
     )
     log = open(workdir / "serve.log", "w+")
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--no-simulator", "--no-worker", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "manage.py",
+            "serve",
+            "--no-simulator",
+            "--no-worker",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 30
@@ -156,8 +183,9 @@ def browser():
 
 @pytest.fixture
 def page(browser, live_app):
-    context = browser.new_context(base_url=live_app.base_url, accept_downloads=True,
-                                  viewport={"width": 1200, "height": 900})
+    context = browser.new_context(
+        base_url=live_app.base_url, accept_downloads=True, viewport={"width": 1200, "height": 900}
+    )
     context.set_default_timeout(20_000)
     page = context.new_page()
     try:
@@ -220,20 +248,33 @@ class HttpSession:
 
     def login(self, username: str, password: str = PASSWORD) -> None:
         self.request("GET", "/accounts/login/")
-        status, _ = self.request("POST", "/accounts/login/", {
-            "username": username, "password": password, "csrfmiddlewaretoken": self.cookies["csrftoken"],
-        })
+        status, _ = self.request(
+            "POST",
+            "/accounts/login/",
+            {
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": self.cookies["csrftoken"],
+            },
+        )
         assert status == 302 and "sessionid" in self.cookies, status
 
     def open_stream(self, path: str, form: dict) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """POST and return the open connection and response (the caller reads and closes)."""
         conn = http.client.HTTPConnection(self.app.host, self.app.port, timeout=30)
         body = urllib.parse.urlencode(form)
-        conn.request("POST", path, body=body, headers={
-            "Cookie": self._cookie_header(), "Content-Type": "application/x-www-form-urlencoded",
-            "X-CSRFToken": self.cookies["csrftoken"], "Referer": self.app.base_url + path,
-            "Accept": "text/event-stream",
-        })
+        conn.request(
+            "POST",
+            path,
+            body=body,
+            headers={
+                "Cookie": self._cookie_header(),
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-CSRFToken": self.cookies["csrftoken"],
+                "Referer": self.app.base_url + path,
+                "Accept": "text/event-stream",
+            },
+        )
         return conn, conn.getresponse()
 
 

@@ -24,8 +24,8 @@ def test_closing_the_connection_cancels_the_upstream_request(live_app, sim):
     session = HttpSession(live_app)
     session.login("alice")
     conn, response = session.open_stream(
-        "/playground/stream", {"prompt": "Write a very long essay about owls.", "model": "claude-haiku-4-5",
-                               "max_tokens": "2000"},
+        "/playground/stream",
+        {"prompt": "Write a very long essay about owls.", "model": "claude-haiku-4-5", "max_tokens": "2000"},
     )
     try:
         assert response.status == 200
@@ -45,11 +45,20 @@ def test_closing_the_connection_cancels_the_upstream_request(live_app, sim):
 def test_progress_stream_over_http_ends_when_the_job_is_finished(live_app, sim):
     session = HttpSession(live_app)
     session.login("alice")
-    status, _ = session.request("POST", "/jobs/new/", {
-        "csrfmiddlewaretoken": session.cookies["csrftoken"], "source": "paste", "texts": "a\nb\nc",
-        "prompt_template": "Say: {text}", "model": "claude-haiku-4-5", "max_tokens": "16", "action": "run",
-        "name": "http job",
-    })
+    status, _ = session.request(
+        "POST",
+        "/jobs/new/",
+        {
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            "source": "paste",
+            "texts": "a\nb\nc",
+            "prompt_template": "Say: {text}",
+            "model": "claude-haiku-4-5",
+            "max_tokens": "16",
+            "action": "run",
+            "name": "http job",
+        },
+    )
     assert status == 302
     job_id = int(session.location.strip("/").split("/")[-1])
     live_app.run_worker()
@@ -58,8 +67,9 @@ def test_progress_stream_over_http_ends_when_the_job_is_finished(live_app, sim):
     conn.close()
     conn = http.client.HTTPConnection(live_app.host, live_app.port, timeout=30)
     try:
-        conn.request("GET", f"/jobs/{job_id}/events", headers={"Cookie": session._cookie_header(),
-                                                              "Accept-Encoding": "gzip"})
+        conn.request(
+            "GET", f"/jobs/{job_id}/events", headers={"Cookie": session._cookie_header(), "Accept-Encoding": "gzip"}
+        )
         response = conn.getresponse()
         assert response.status == 200 and response.getheader("Content-Encoding") == "identity"
         events = []

@@ -9,15 +9,26 @@ import sys
 import pytest
 
 from llmjobs.engine import (
-    AttemptTimeout, Call, Engine, EngineConfig, Governor, RunAborted, make_client, run_calls, stream_text,
+    AttemptTimeout,
+    Call,
+    Engine,
+    EngineConfig,
+    Governor,
+    RunAborted,
+    make_client,
+    run_calls,
+    stream_text,
 )
 
 MODEL = "claude-sonnet-5-5"
 
 
 def call(i, *, stream=False, max_tokens=64, **extra):
-    params = {"model": MODEL, "max_tokens": max_tokens,
-              "messages": [{"role": "user", "content": f"Summarize this: document {i} " + "words " * (i % 7)}]}
+    params = {
+        "model": MODEL,
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": f"Summarize this: document {i} " + "words " * (i % 7)}],
+    }
     params.update(extra)
     return Call(i, params, stream=stream)
 
@@ -138,8 +149,9 @@ async def test_401_aborts_the_run_and_leaves_items_undone(sim):
 
 @pytest.mark.asyncio
 async def test_400_fails_at_once_with_type_and_message(sim):
-    bad = Call("bad", {"model": MODEL, "max_tokens": 10, "temperature": 0.5,
-                       "messages": [{"role": "user", "content": "hi"}]})
+    bad = Call(
+        "bad", {"model": MODEL, "max_tokens": 10, "temperature": 0.5, "messages": [{"role": "user", "content": "hi"}]}
+    )
     async with Engine(base_url=sim.base_url) as engine:
         [o, ok] = await engine.run_ordered([bad, call(2)])
     assert (o.status, o.attempts, o.error_type) == ("failed", 1, "invalid_request_error")

@@ -43,6 +43,19 @@ def test_config_validation():
 def test_public_api_is_explicit():
     for name in engine_pkg.__all__:
         assert hasattr(engine_pkg, name), name
-    for name in ("Call", "Outcome", "RunAborted", "Engine", "run_calls", "EngineConfig", "EngineStats",
-                 "Governor", "make_client", "stream_text", "TextStream", "RetryPolicy", "classify"):
+    for name in (
+        "Call",
+        "Outcome",
+        "RunAborted",
+        "Engine",
+        "run_calls",
+        "EngineConfig",
+        "EngineStats",
+        "Governor",
+        "make_client",
+        "stream_text",
+        "TextStream",
+        "RetryPolicy",
+        "classify",
+    ):
         assert name in engine_pkg.__all__

@@ -66,7 +66,11 @@ import pytest  # noqa: E402
 from llmjobs.simulator.config import SimConfig  # noqa: E402
 
 #: Settings tests/conftest.py's SIM_DEFAULTS does not restore.
-_RESTORE = {k: v for k, v in SimConfig().as_dict().items() if k in ("api_key", "seed", "answer_tokens", "max_body", "batch_seconds")}
+_RESTORE = {
+    k: v
+    for k, v in SimConfig().as_dict().items()
+    if k in ("api_key", "seed", "answer_tokens", "max_body", "batch_seconds")
+}
 
 
 @pytest.fixture

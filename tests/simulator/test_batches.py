@@ -79,5 +79,3 @@ async def test_batch_validation(sim):
             await client.messages.batches.create(requests=[request("same", "a"), request("same", "b")])
         with pytest.raises(anthropic.BadRequestError):
             await client.messages.batches.create(requests=[request("has space", "a")])
-
-

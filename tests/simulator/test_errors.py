@@ -158,7 +158,10 @@ INVALID = [
     ({"max_tokens": 8, "messages": user("hi")}, "model: Field required"),
     ({"model": 3, "max_tokens": 8, "messages": user("hi")}, "model: Input should be a valid string"),
     ({"model": MODEL, "messages": user("hi")}, "max_tokens: Field required"),
-    ({"model": MODEL, "max_tokens": 0, "messages": user("hi")}, "max_tokens: Input should be greater than or equal to 1"),
+    (
+        {"model": MODEL, "max_tokens": 0, "messages": user("hi")},
+        "max_tokens: Input should be greater than or equal to 1",
+    ),
     ({"model": MODEL, "max_tokens": "9", "messages": user("hi")}, "max_tokens: Input should be a valid integer"),
     ({"model": MODEL, "max_tokens": True, "messages": user("hi")}, "max_tokens: Input should be a valid integer"),
     ({"model": MODEL, "max_tokens": 8}, "messages: Field required"),
@@ -193,7 +196,9 @@ async def test_invalid_request_through_the_sdk(sim):
     async with aclient(sim) as client:
         with pytest.raises(anthropic.BadRequestError):
             await client.messages.create(
-                model=MODEL, max_tokens=16, messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+                model=MODEL,
+                max_tokens=16,
+                messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
             )
 
 
@@ -282,7 +287,9 @@ async def test_output_tokens_are_reserved_then_refunded(sim):
         assert 1000 - message.usage.output_tokens <= remaining <= 1000  # reserved 1000, refunded the rest
         # A request in flight holds its max_tokens reservation ...
         hanging = asyncio.create_task(
-            client.messages.create(model=MODEL, max_tokens=800, messages=user("h"), extra_headers={"x-sim-fault": "hang"})
+            client.messages.create(
+                model=MODEL, max_tokens=800, messages=user("h"), extra_headers={"x-sim-fault": "hang"}
+            )
         )
         await asyncio.to_thread(wait_in_flight, sim, 1)
         with pytest.raises(anthropic.RateLimitError) as caught:

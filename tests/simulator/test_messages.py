@@ -12,6 +12,7 @@ from anthropic.types import model_param
 
 from .conftest import MODEL, aclient, user
 
+
 @pytest.mark.asyncio
 async def test_create_returns_a_real_message(sim):
     async with aclient(sim) as client:
@@ -70,9 +71,11 @@ async def test_max_tokens_truncates(sim):
 @pytest.mark.asyncio
 async def test_stop_sequences_cut_before_the_sequence(sim):
     async with aclient(sim) as client:
-        full = (await client.messages.create(model=MODEL, max_tokens=1024, messages=user("Describe a worker"))).content[
-            0
-        ].text
+        full = (
+            (await client.messages.create(model=MODEL, max_tokens=1024, messages=user("Describe a worker")))
+            .content[0]
+            .text
+        )
         words = full.split()
         stop = words[len(words) // 2]
         cut = full.index(stop)

@@ -22,9 +22,7 @@ class ProgressBar:
     """A tqdm bar fed by the runner as items finish: done/total, items/s, 429s, ETA."""
 
     def __init__(self, *, total: int, initial: int, disable: bool, stream) -> None:
-        self.bar = tqdm(
-            total=total, initial=initial, unit="item", dynamic_ncols=True, disable=disable, file=stream
-        )
+        self.bar = tqdm(total=total, initial=initial, unit="item", dynamic_ncols=True, disable=disable, file=stream)
         self._last_postfix = 0.0
 
     def __call__(self, runner: JobRunner) -> None:

@@ -55,9 +55,7 @@ class Command(BaseCommand):
             action="store_true",
             help="Do not start the embedded simulator even when no API key is set.",
         )
-        parser.add_argument(
-            "--no-worker", action="store_true", help="Do not start a background worker (db_worker)."
-        )
+        parser.add_argument("--no-worker", action="store_true", help="Do not start a background worker (db_worker).")
 
     def handle(self, *args, host: str, port: int, no_simulator: bool, no_worker: bool, **options) -> None:
         import uvicorn
@@ -72,13 +70,11 @@ class Command(BaseCommand):
             else:
                 parts = urlsplit(target.base_url)
                 extra = shlex.split(os.environ.get("LLMJOBS_SIMULATOR_ARGS", DEFAULT_SIMULATOR_ARGS))
-                simulator = SimulatorProcess(
-                    *extra, host=parts.hostname or "127.0.0.1", port=parts.port or 8765
-                )
+                simulator = SimulatorProcess(*extra, host=parts.hostname or "127.0.0.1", port=parts.port or 8765)
                 try:
                     simulator.start()
                 except Exception as exc:  # a clear one-liner, not a traceback
-                    raise CommandError(f"could not start the simulator at {target.base_url}: {exc}")
+                    raise CommandError(f"could not start the simulator at {target.base_url}: {exc}") from None
                 self.stdout.write(f"Simulator: {simulator.base_url}")
         worker = None
         if not no_worker:

@@ -22,9 +22,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", help="CSV, JSONL or TXT file, or '-' for lines on stdin")
-        parser.add_argument(
-            "--template", required=True, help="Prompt template, e.g. 'Summarize: {text}'"
-        )
+        parser.add_argument("--template", required=True, help="Prompt template, e.g. 'Summarize: {text}'")
         parser.add_argument("--column", help="CSV: the column that holds the text")
         parser.add_argument("--field", help="JSONL: the field that holds the text")
         parser.add_argument("--format", dest="fmt", choices=["csv", "jsonl", "txt"], help="Override the extension")
