@@ -772,6 +772,8 @@ class SimulatorApp:
             headers = limiter.headers()
             headers.append((b"retry-after", b"%d" % admission.retry_after_header))
             return await self._error(send, 429, "rate_limit_error", self._rate_message(admission), headers)
+        # remaining_at="admission": the headers every answer to this request carries, taken now.
+        snapshot = limiter.headers() if cfg.remaining_at == "admission" and limiter._active else None
 
         # Random faults after admission (one draw per request, seeded).
         if fault is None and (cfg.fail_529 or cfg.fail_500 or cfg.hang or (prompt.stream and cfg.drop_stream)):
@@ -786,8 +788,8 @@ class SimulatorApp:
             elif prompt.stream and draw < edge + cfg.drop_stream:
                 fault = "drop_stream"
         if fault == "529":
-            limiter.settle(admission.output_reserved, 0)
-            return await self._error(send, 529, "overloaded_error", "Overloaded", limiter.headers())
+            headers = _settle(limiter, admission, 0, snapshot, cfg.remaining_at)
+            return await self._error(send, 529, "overloaded_error", "Overloaded", headers)
 
         if prompt.cache_key is not None:
             cache = self._prompt_cache
@@ -801,8 +803,8 @@ class SimulatorApp:
             if cfg.ttft and await self._wait_or_disconnect(receive, self._ttft()):
                 limiter.settle(admission.output_reserved, 0)
                 return _DISCONNECTED
-            limiter.settle(admission.output_reserved, 0)
-            return await self._error(send, 500, "api_error", "Internal server error", limiter.headers())
+            headers = _settle(limiter, admission, 0, snapshot, cfg.remaining_at)
+            return await self._error(send, 500, "api_error", "Internal server error", headers)
         if fault in ("hang", "stall_stream") and not prompt.stream:
             await self._wait_or_disconnect(receive, None)
             limiter.settle(admission.output_reserved, 0)
@@ -820,7 +822,7 @@ class SimulatorApp:
 
         if prompt.stream:
             return await self._stream(
-                send, receive, prompt, stat, admission, text, stop_reason, stop_sequence, output_tokens, fault
+                send, receive, prompt, stat, admission, text, stop_reason, stop_sequence, output_tokens, fault, snapshot
             )
 
         if cfg.ttft or cfg.tps:
@@ -828,13 +830,12 @@ class SimulatorApp:
             if await self._wait_or_disconnect(receive, delay):
                 limiter.settle(admission.output_reserved, 0)
                 return _DISCONNECTED
-        limiter.settle(admission.output_reserved, output_tokens)
+        limit_headers = _settle(limiter, admission, output_tokens, snapshot, cfg.remaining_at)
         self._bill(prompt, stat, output_tokens)
         request_id = self._request_id()
         body = orjson.dumps(_message(request_id, prompt, text, stop_reason, stop_sequence, output_tokens, "standard"))
         headers = [_CT_JSON, (b"content-length", b"%d" % len(body)), (b"request-id", request_id.encode())]
-        if limiter._active:
-            headers.extend(limiter.headers())
+        headers.extend(limit_headers)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         return 200
@@ -890,6 +891,7 @@ class SimulatorApp:
         stop_sequence: str | None,
         output_tokens: int,
         fault: str | None,
+        snapshot: list[tuple[bytes, bytes]] | None,
     ) -> int:
         cfg = self.config
         limiter = self.limiter
@@ -916,7 +918,11 @@ class SimulatorApp:
             },
         )
         headers = [*_SSE_HEADERS, (b"request-id", request_id.encode())]
-        if limiter._active:
+        # The headers go out before the answer is produced, so under every
+        # remaining_at convention they report this call's reservation held.
+        if snapshot is not None:
+            headers.extend(snapshot)
+        elif limiter._active:
             headers.extend(limiter.headers())
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         head = start + _EV_BLOCK_START + _EV_PING
@@ -1001,6 +1007,23 @@ class SimulatorApp:
 
 
 _ADMITTED = Admission(True)
+
+
+def _settle(
+    limiter: RateLimiter, admission: Admission, actual: int, snapshot: list[tuple[bytes, bytes]] | None, at: str
+) -> list[tuple[bytes, bytes]]:
+    """Correct the call's output reservation to ``actual`` and return the
+    rate-limit headers of its answer, computed per ``remaining_at``: the
+    admission ``snapshot``, before the refund (``answer``) or after it (``refund``)."""
+    if snapshot is not None:
+        limiter.settle(admission.output_reserved, actual)
+        return snapshot
+    if at == "answer":
+        headers = limiter.headers()
+        limiter.settle(admission.output_reserved, actual)
+        return headers
+    limiter.settle(admission.output_reserved, actual)
+    return limiter.headers()
 
 
 def _message(

@@ -69,7 +69,7 @@ from llmjobs.simulator.config import SimConfig  # noqa: E402
 _RESTORE = {
     k: v
     for k, v in SimConfig().as_dict().items()
-    if k in ("api_key", "seed", "answer_tokens", "max_body", "batch_seconds")
+    if k in ("api_key", "seed", "answer_tokens", "max_body", "batch_seconds", "tier", "remaining_at")
 }
 
 
