@@ -22,9 +22,9 @@ from typing import Any
 from .batches import BatchStore, batches
 from .buckets import RateLimiter
 from .catalog import KNOWN_MODEL_SET, KNOWN_MODELS, model_info
-from .config import SimConfig
+from .config import ConfigError, SimConfig
 from .control import control
-from .faults import FAULTS
+from .faults import FAULTS, OUTAGE_MODES, fail_outage
 from .messages import count_tokens, messages
 from .prompt import CACHE_TTL
 from .respond import Receive, Scope, Send, send_error, send_json
@@ -62,6 +62,8 @@ class SimulatorApp:
         self.prompt_cache: dict[str, float] = {}  # cached prefix key -> time last written
         self.counters = Stats()
         self.batch_store = BatchStore(self.wall)
+        self.outage_until = 0.0  # clock time the outage ends
+        self.outage_mode = "close"
 
     def _new_limiter(self) -> None:
         cfg = self.config
@@ -84,8 +86,25 @@ class SimulatorApp:
     def inject(self, faults: list[str]) -> None:
         self.fault_queue.extend(faults)
 
+    def outage(self, seconds: float, mode: str = "close") -> dict[str, Any]:
+        """Fail every API request (not ``/_sim/*``) for ``seconds`` (0 ends an outage)."""
+        if mode not in OUTAGE_MODES:
+            raise ConfigError(f"mode must be one of {', '.join(OUTAGE_MODES)}")
+        if not seconds >= 0 or seconds == float("inf"):
+            raise ConfigError("seconds must be a finite number >= 0")
+        self.outage_until = self.clock() + seconds if seconds else 0.0
+        self.outage_mode = mode
+        return self.outage_state()
+
+    def outage_active(self) -> bool:
+        return self.outage_until > 0.0 and self.clock() < self.outage_until
+
+    def outage_state(self) -> dict[str, Any]:
+        left = max(0.0, self.outage_until - self.clock()) if self.outage_until else 0.0
+        return {"active": left > 0, "seconds_left": round(left, 3), "mode": self.outage_mode}
+
     def stats(self, brief: bool = False) -> dict[str, Any]:
-        return self.counters.as_dict(brief, faults_queued=len(self.fault_queue))
+        return self.counters.as_dict(brief, faults_queued=len(self.fault_queue), outage=self.outage_state())
 
     def ttft(self) -> float:
         """Seconds to the first token: ``ttft`` jittered +/-50% (seeded)."""
@@ -116,7 +135,9 @@ class SimulatorApp:
             return
         path: str = scope["path"]
         method: str = scope["method"]
-        if path == "/v1/messages":
+        if path != "/v1/messages" and not path.startswith("/_sim/") and self.outage_active():
+            await fail_outage(send, receive, self.outage_mode)  # /v1/messages counts it in its stats
+        elif path == "/v1/messages":
             if method == "POST":
                 await messages(self, scope, receive, send)
             else:

@@ -31,6 +31,7 @@ from .respond import (
     send_error,
     send_json,
 )
+from .respond import query as parse_query
 from .stats import PromptStat
 
 if TYPE_CHECKING:
@@ -220,8 +221,7 @@ async def batches(app: SimulatorApp, scope: Scope, receive: Receive, send: Send,
 
 
 def _list(store: BatchStore, scope: Scope, now: float, base: str) -> dict[str, Any]:
-    query_string: bytes = scope.get("query_string", b"")
-    query = dict(pair.split("=", 1) for pair in query_string.decode().split("&") if "=" in pair)
+    query = parse_query(scope)
     limit = max(1, min(1000, int(query.get("limit", "20") or 20)))
     page, has_more = store.page(limit, query.get("before_id"), query.get("after_id"))
     data = [b.as_dict(now, base) for b in page]

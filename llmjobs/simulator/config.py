@@ -45,6 +45,9 @@ class SimConfig:
     fail_529: float = 0.0
     hang: float = 0.0
     drop_stream: float = 0.0
+    fail_should_retry_false: float = 0.0
+    cut_stream: float = 0.0
+    bad_json: float = 0.0
     ping_interval: float = 5.0
     api_key: str | None = None
     seed: int = 0
@@ -152,6 +155,9 @@ _COERCE = {
     "fail_529": _probability,
     "hang": _probability,
     "drop_stream": _probability,
+    "fail_should_retry_false": _probability,
+    "cut_stream": _probability,
+    "bad_json": _probability,
     "ping_interval": _positive_float,
     "api_key": _optional_str,
     "seed": _int,
@@ -181,6 +187,12 @@ FIELD_HELP: dict[str, str] = {
     "fail_529": "probability that an admitted request fails with 529 overloaded_error",
     "hang": "probability that an admitted request never answers (a stream sends only pings)",
     "drop_stream": "probability that a stream is cut mid-way with an `event: error`",
+    "fail_should_retry_false": "probability that an admitted request fails with 500 api_error carrying "
+    "`x-should-retry: false`",
+    "cut_stream": "probability that a stream ends mid-way without `message_stop` and without an error event "
+    "(just EOF); a plain request's connection is closed without a response",
+    "bad_json": "probability that an admitted request gets a 200 whose body is not JSON (billed; a stream: "
+    "a truncated `message_start`, not billed)",
     "ping_interval": "seconds between `ping` events while a stream waits or stalls",
     "api_key": "accept only this API key (x-api-key or Authorization: Bearer); default: any non-empty key",
     "seed": "seed for the fault and jitter random generators",

@@ -1,6 +1,6 @@
 """Introspection and control, outside the Anthropic paths (no auth):
 ``GET /_sim/stats[?brief=1]``, ``POST /_sim/reset``, ``GET|POST /_sim/config``,
-``GET|POST /_sim/faults``."""
+``GET|POST /_sim/faults``, ``GET|POST /_sim/outage?seconds=N[&mode=close|503|529]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import orjson
 from .config import ConfigError
 from .faults import FAULTS
 from .respond import Receive, Scope, Send, read_body, send_error, send_json
+from .respond import query as parse_query
 
 if TYPE_CHECKING:
     from .app import SimulatorApp
@@ -48,6 +49,16 @@ async def control(app: SimulatorApp, scope: Scope, receive: Receive, send: Send,
                 raise ConfigError(f"faults must be a list of {sorted(FAULTS)}")
             app.inject(faults)
             await send_json(send, 200, {"queued": len(app.fault_queue)})
+        elif path == "/_sim/outage" and method == "POST":
+            await read_body(receive, _MAX_BODY)
+            query = parse_query(scope)
+            try:
+                seconds = float(query.get("seconds", "0"))
+            except ValueError:
+                raise ConfigError("seconds must be a number") from None
+            await send_json(send, 200, app.outage(seconds, query.get("mode", "close")))
+        elif path == "/_sim/outage" and method == "GET":
+            await send_json(send, 200, app.outage_state())
         elif path == "/_sim/faults" and method == "GET":
             await send_json(send, 200, {"faults": list(app.fault_queue)})
         else:

@@ -21,6 +21,7 @@ from .respond import (
     Scope,
     Send,
     auth_error,
+    close_connection,
     load_json,
     read_body,
     request_id,
@@ -83,6 +84,8 @@ async def _read_prompt(app: SimulatorApp, scope: Scope, receive: Receive, conten
 async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send) -> int:
     cfg = app.config
     limiter = app.limiter
+    if app.outage_active():
+        return await faults.fail_outage(send, receive, app.outage_mode)
     content_length, fault = _header_fault(scope)
     if fault is None and app.fault_queue:
         fault = app.fault_queue.pop(0)
@@ -92,15 +95,8 @@ async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send)
         return await send_error(send, exc.status, exc.kind, exc.message, limiter.headers())
     stat = app.counters.requested(prompt)
 
-    # Injected faults that happen before admission.
-    if fault == "529":
-        return await send_error(send, 529, "overloaded_error", "Overloaded", limiter.headers())
-    if fault == "429":
-        headers = limiter.headers()
-        headers.append((b"retry-after", b"1"))
-        return await send_error(
-            send, 429, "rate_limit_error", "This request would exceed your organization's rate limit.", headers
-        )
+    if fault in _BEFORE_ADMISSION:
+        return await _fail_early(send, receive, limiter, fault)
 
     # Rate limits: RPM, ITPM (uncached input), OTPM (reserve max_tokens).
     uncached = prompt.input_tokens + prompt.cache_creation
@@ -121,11 +117,15 @@ async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send)
     if prompt.cache_key is not None:
         app.remember_prefix(prompt.cache_key)
 
-    if fault == "500" or (fault == "drop_stream" and not prompt.stream):
+    if fault in ("500", "should_retry_false") or (fault in ("drop_stream", "cut_stream") and not prompt.stream):
         if cfg.ttft and await wait_or_disconnect(receive, app.ttft()):
             limiter.settle(admission.output_reserved, 0)
             return DISCONNECTED
         headers = settle(limiter, admission, 0, snapshot, cfg.remaining_at)
+        if fault == "cut_stream" and await close_connection(send, receive):
+            return faults.CLOSED
+        if fault == "should_retry_false":
+            headers.append((b"x-should-retry", b"false"))
         return await send_error(send, 500, "api_error", "Internal server error", headers)
     if fault in ("hang", "stall_stream") and not prompt.stream:
         await wait_or_disconnect(receive, None)
@@ -145,11 +145,36 @@ async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send)
     app.counters.bill(prompt, stat, answer.output_tokens)
     req_id = request_id()
     body = orjson.dumps(message_object(req_id, prompt, answer, "standard"))
+    if fault == "bad_json":  # the call was answered and billed; the body is cut short
+        body = body[: len(body) // 2]
     headers = [CT_JSON, (b"content-length", b"%d" % len(body)), (b"request-id", req_id.encode())]
     headers.extend(limit_headers)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": body})
     return 200
+
+
+_BEFORE_ADMISSION = frozenset({"529", "429", "429_retry_after_ms", "should_retry_true", "close"})
+
+
+async def _fail_early(send: Send, receive: Receive, limiter: RateLimiter, fault: str) -> int:
+    """An injected fault that happens before admission (nothing reserved, nothing billed)."""
+    headers = limiter.headers()
+    if fault == "529":
+        return await send_error(send, 529, "overloaded_error", "Overloaded", headers)
+    if fault == "should_retry_true":
+        headers.append((b"x-should-retry", b"true"))
+        return await send_error(send, 400, "invalid_request_error", "Simulated transient 400", headers)
+    if fault == "close":
+        if await close_connection(send, receive):
+            return faults.CLOSED
+        return await send_error(send, 503, "api_error", "Service Unavailable", headers)
+    headers.append((b"retry-after", b"2" if fault == "429_retry_after_ms" else b"1"))
+    if fault == "429_retry_after_ms":
+        headers.append((b"retry-after-ms", b"1500"))
+    return await send_error(
+        send, 429, "rate_limit_error", "This request would exceed your organization's rate limit.", headers
+    )
 
 
 def _answer(app: SimulatorApp, prompt: Prompt) -> Answer:

@@ -20,8 +20,10 @@ __all__ = [
     "Scope",
     "Send",
     "auth_error",
+    "close_connection",
     "error_body",
     "load_json",
+    "query",
     "read_body",
     "request_id",
     "send_error",
@@ -52,6 +54,12 @@ class ApiError(Exception):
         self.message = message
 
 
+def query(scope: Scope) -> dict[str, str]:
+    """The query string's ``name=value`` pairs (no percent-decoding)."""
+    query_string: bytes = scope.get("query_string", b"")
+    return dict(pair.split("=", 1) for pair in query_string.decode().split("&") if "=" in pair)
+
+
 def request_id() -> str:
     return "req_011C%020x" % _ids.getrandbits(80)
 
@@ -80,11 +88,12 @@ async def send_json(send: Send, status: int, payload: Any, extra: Headers | None
 
 
 async def send_error(send: Send, status: int, kind: str, message: str, extra: Headers, req_id: str = "") -> int:
-    """An Anthropic-shaped error; 500 and 529 carry ``x-should-retry: true``. Returns ``status``."""
+    """An Anthropic-shaped error; a 5xx carries ``x-should-retry: true``
+    unless ``extra`` sets it. Returns ``status``."""
     req_id = req_id or request_id()
     body = error_body(kind, message, req_id)
     headers = [CT_JSON, (b"content-length", b"%d" % len(body)), (b"request-id", req_id.encode())]
-    if status in (500, 529):
+    if status >= 500 and all(name != b"x-should-retry" for name, _ in extra):
         headers.append((b"x-should-retry", b"true"))
     headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -130,6 +139,18 @@ def auth_error(scope: Scope, required_key: str | None) -> ApiError | None:
     if not version:
         return ApiError(400, "invalid_request_error", "anthropic-version: header is required")
     return None
+
+
+async def close_connection(send: Send, receive: Receive) -> bool:
+    """Close the client's connection without a response (a connection-level
+    failure: the client sees the server disconnect). Needs the server's
+    transport, which uvicorn's ``send`` carries; False if it is not there."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "abort"):
+        return False
+    transport.abort()
+    await wait_or_disconnect(receive, 1.0)  # let the server see it, so it sends no 500 of its own
+    return True
 
 
 async def wait_or_disconnect(receive: Receive, timeout: float | None) -> bool:

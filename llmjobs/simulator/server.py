@@ -174,3 +174,8 @@ class SimulatorProcess:
 
     def inject(self, *faults: str) -> None:
         self._call("POST", "/_sim/faults", {"faults": list(faults)})
+
+    def outage(self, seconds: float, mode: str = "close") -> dict[str, Any]:
+        """Fail every API request for ``seconds`` (0 ends it): ``close`` the
+        connection without a response, or answer ``503`` or ``529``."""
+        return self._call_dict("POST", f"/_sim/outage?seconds={seconds:g}&mode={mode}", {})

@@ -88,6 +88,11 @@ async def stream(
         headers.extend(limiter.headers())
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     head = _message_start(req_id, prompt) + _EV_BLOCK_START + _EV_PING
+    if fault == "bad_json":  # a message_start event whose data is cut short: nothing produced, nothing billed
+        start = _message_start(req_id, prompt).rstrip(b"\n")
+        await send({"type": "http.response.body", "body": start[: len(start) // 2] + b"\n\n"})
+        limiter.settle(admission.output_reserved, 0)
+        return 200
     text = answer.text
     stall = fault in ("stall_stream", "hang")
 
@@ -131,9 +136,10 @@ async def stream(
         tps = cfg.tps
         chunk_chars = min(256, max(4, int(tps * 0.1))) if tps else 48  # ~40 deltas/s at most
         pieces = split(text, chunk_chars)
-        if fault == "drop_stream" and len(pieces) == 1 and len(text) > 1:
+        cut = fault in ("drop_stream", "cut_stream")
+        if cut and len(pieces) == 1 and len(text) > 1:
             pieces = [text[: len(text) // 2], text[len(text) // 2 :]]
-        drop_after = max(1, len(pieces) // 2) if fault == "drop_stream" else -1
+        drop_after = max(1, len(pieces) // 2) if cut else -1
         for index, piece in enumerate(pieces):
             if index == drop_after:
                 break
@@ -142,9 +148,10 @@ async def stream(
                 sent_chars -= len(piece)
                 return DISCONNECTED
             await send({"type": "http.response.body", "body": _delta(piece), "more_body": True})
-        if fault == "drop_stream":
+        if cut:  # drop_stream: an error event; cut_stream: just EOF, no message_stop
             app.counters.stream_errors += 1
-            await send({"type": "http.response.body", "body": _EV_DROPPED, "more_body": False})
+            body = _EV_DROPPED if fault == "drop_stream" else b""
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return 200
         await send({"type": "http.response.body", "body": _tail(prompt, answer), "more_body": False})
         sent_chars = -1
