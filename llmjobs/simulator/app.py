@@ -26,7 +26,6 @@ from .config import ConfigError, SimConfig
 from .control import control
 from .faults import FAULTS, OUTAGE_MODES, fail_outage
 from .messages import count_tokens, messages
-from .prompt import CACHE_TTL
 from .respond import Receive, Scope, Send, send_error, send_json
 from .stats import Stats
 
@@ -59,7 +58,7 @@ class SimulatorApp:
         self._new_limiter()
         self._seed()
         self.fault_queue: list[str] = []
-        self.prompt_cache: dict[str, float] = {}  # cached prefix key -> time last written
+        self.prompt_cache: dict[str, float] = {}  # cached prefix key -> clock time it expires
         self.counters = Stats()
         self.batch_store = BatchStore(self.wall)
         self.outage_until = 0.0  # clock time the outage ends
@@ -111,14 +110,15 @@ class SimulatorApp:
         ttft = self.config.ttft
         return ttft * (0.5 + self.jitter_rng.random()) if ttft else 0.0
 
-    def remember_prefix(self, key: str) -> None:
-        """A cached prefix was written or read: it lives ``CACHE_TTL`` from now."""
+    def remember_prefix(self, key: str, ttl: float) -> None:
+        """A cached prefix was written or read: it lives ``ttl`` seconds from now
+        (a read refreshes it; a shorter TTL never shortens a longer one)."""
         cache = self.prompt_cache
         now = self.clock()
         if len(cache) >= _PREFIX_CACHE_SIZE:  # forget expired prefixes now and then
-            for old in [k for k, seen in cache.items() if now - seen >= CACHE_TTL]:
+            for old in [k for k, expires in cache.items() if expires <= now]:
                 del cache[old]
-        cache[key] = now
+        cache[key] = max(cache.get(key, 0.0), now + ttl)
 
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -264,7 +264,7 @@ def _create(app: SimulatorApp, requests: list[dict[str, Any]]) -> Batch:
     for request in requests:
         req_id = request_id()
         try:
-            prompt = validate(request["params"], app.prompt_cache, app.clock)
+            prompt = validate(request["params"], app.prompt_cache, app.clock, cfg.cache_min_tokens)
         except ApiError as exc:
             results.append(_errored(exc.kind, exc.message, req_id))
             continue
@@ -277,6 +277,8 @@ def _create(app: SimulatorApp, requests: list[dict[str, Any]]) -> Batch:
             if draw < cfg.fail_529 + cfg.fail_500:
                 results.append(_errored("api_error", "Internal server error", req_id))
                 continue
+        for key, ttl in prompt.cache_keys:
+            app.remember_prefix(key, ttl)
         text = make_answer(prompt.system_text, prompt.user_text, prompt.prefill, cfg.answer_tokens)
         answer = Answer(*finish(text, prompt.max_tokens, prompt.stop_sequences))
         results.append({"type": "succeeded", "message": message_object(req_id, prompt, answer, "batch")})

@@ -3,7 +3,7 @@ plus a few dated aliases); anything else gets 404 not_found_error."""
 
 from __future__ import annotations
 
-__all__ = ["KNOWN_MODELS", "MAX_OUTPUT_TOKENS", "model_info"]
+__all__ = ["KNOWN_MODELS", "MAX_OUTPUT_TOKENS", "cache_minimum", "model_info"]
 
 KNOWN_MODELS: tuple[str, ...] = (
     "claude-fable-5-2",
@@ -38,6 +38,29 @@ KNOWN_MODEL_SET = frozenset(KNOWN_MODELS)
 
 #: Largest max_tokens any model accepts here (the real API caps per model).
 MAX_OUTPUT_TOKENS = 128_000
+
+
+#: Minimum cacheable prefix, in tokens, from Anthropic's prompt-caching docs;
+#: a cache_control breakpoint on a shorter prefix is ignored (no error, no cache).
+_CACHE_MINIMUM = {
+    "claude-opus-4-6": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-haiku-4-5": 4096,
+    "claude-sonnet-4-6": 2048,
+    "claude-sonnet-4-5": 1024,
+    "claude-opus-4-1": 1024,
+}
+#: Models the docs do not list (newer ones): by family, as the latest listed model of it.
+_CACHE_MINIMUM_FAMILY = {"opus": 4096, "sonnet": 2048, "haiku": 4096}
+
+
+def cache_minimum(model_id: str) -> int:
+    """The shortest prefix (tokens) that ``model_id`` caches."""
+    for prefix, tokens in _CACHE_MINIMUM.items():
+        if model_id.startswith(prefix):
+            return tokens
+    family = next((f for f in _CACHE_MINIMUM_FAMILY if f in model_id), None)
+    return _CACHE_MINIMUM_FAMILY[family] if family else 4096
 
 
 def _display_name(model_id: str) -> str:

@@ -56,6 +56,7 @@ class SimConfig:
     batch_seconds: float = 0.0
     tier: int = 0
     remaining_at: str = "refund"
+    cache_min_tokens: int = -1
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +144,13 @@ def _remaining_at(value: Any) -> str:
     return str(value)
 
 
+def _cache_min(value: Any) -> int:
+    number = _int(value)
+    if number < -1:
+        raise ValueError("must be -1 (each model's minimum) or a number of tokens >= 0")
+    return number
+
+
 _COERCE = {
     "rpm": _non_negative_int,
     "itpm": _non_negative_int,
@@ -166,6 +174,7 @@ _COERCE = {
     "batch_seconds": _non_negative_float,
     "tier": _tier,
     "remaining_at": _remaining_at,
+    "cache_min_tokens": _cache_min,
 }
 assert set(_COERCE) == {f.name for f in dataclasses.fields(SimConfig)}
 
@@ -205,6 +214,8 @@ FIELD_HELP: dict[str, str] = {
     "admitting), answer (at the answer, the call's own output reservation still held) or refund (after the "
     "unused reservation is refunded); a stream sends its headers at the start, so there all three report "
     "the reservation held",
+    "cache_min_tokens": "shortest prefix (tokens) a cache_control breakpoint caches; -1 = each model's published "
+    "minimum (1,024-4,096), 0 = any length",
 }
 
 

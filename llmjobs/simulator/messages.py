@@ -78,7 +78,7 @@ async def _read_prompt(app: SimulatorApp, scope: Scope, receive: Receive, conten
     payload = load_json(await read_body(receive, cfg.max_body))
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_request_error", "Input should be a valid dictionary")
-    return validate(payload, app.prompt_cache, app.clock)
+    return validate(payload, app.prompt_cache, app.clock, cfg.cache_min_tokens)
 
 
 async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send) -> int:
@@ -114,8 +114,8 @@ async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send)
         headers = settle(limiter, admission, 0, snapshot, cfg.remaining_at)
         return await send_error(send, 529, "overloaded_error", "Overloaded", headers)
 
-    if prompt.cache_key is not None:
-        app.remember_prefix(prompt.cache_key)
+    for key, ttl in prompt.cache_keys:
+        app.remember_prefix(key, ttl)
 
     if fault in ("500", "should_retry_false") or (fault in ("drop_stream", "cut_stream") and not prompt.stream):
         if cfg.ttft and await wait_or_disconnect(receive, app.ttft()):
@@ -242,7 +242,7 @@ async def count_tokens(app: SimulatorApp, scope: Scope, receive: Receive, send: 
         if not isinstance(payload, dict):
             raise ApiError(400, "invalid_request_error", "Request body must be a JSON object")
         payload.setdefault("max_tokens", 1)
-        prompt = validate(payload, app.prompt_cache, app.clock)
+        prompt = validate(payload, app.prompt_cache, app.clock, app.config.cache_min_tokens)
     except ApiError as exc:
         await send_error(send, exc.status, exc.kind, exc.message, [])
         return

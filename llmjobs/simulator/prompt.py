@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
-from .catalog import KNOWN_MODEL_SET, MAX_OUTPUT_TOKENS
+from .catalog import KNOWN_MODEL_SET, MAX_OUTPUT_TOKENS, cache_minimum
 from .respond import ApiError
 
-__all__ = ["CACHE_TTL", "Answer", "Prompt", "validate"]
+__all__ = ["CACHE_TTLS", "Answer", "Prompt", "validate"]
 
-CACHE_TTL = 300.0
+#: cache_control ``ttl`` values and their lifetimes in seconds ("5m" is the default).
+CACHE_TTLS = {"5m": 300.0, "1h": 3600.0}
+_MAX_BREAKPOINTS = 4
 _REJECTED_PARAMS = ("temperature", "top_p", "top_k")
 
 
@@ -33,17 +35,22 @@ class Prompt:
     prompt_key: str
     preview: str
     input_tokens: int = 0
-    cache_creation: int = 0
+    cache_creation: int = 0  # cache writes, both TTLs
+    cache_creation_1h: int = 0  # of which written with the 1 h TTL
     cache_read: int = 0
-    cache_key: str | None = None
-    cache_prefix_tokens: int = 0
+    #: (prefix key, ttl seconds) of every cacheable breakpoint: written or refreshed once admitted
+    cache_keys: list[tuple[str, float]] = field(default_factory=list)
 
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, Any]:
         """The input side of the ``usage`` object."""
         return {
             "input_tokens": self.input_tokens,
             "cache_creation_input_tokens": self.cache_creation,
             "cache_read_input_tokens": self.cache_read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": self.cache_creation - self.cache_creation_1h,
+                "ephemeral_1h_input_tokens": self.cache_creation_1h,
+            },
         }
 
 
@@ -115,35 +122,58 @@ def _check_params(payload: dict[str, Any]) -> tuple[str, int, list[Any], bool, l
 
 
 class _Chars:
-    """Running character count and the end of the last cache breakpoint."""
+    """Running character count and prefix hash, and the cache breakpoints:
+    (chars up to and including the block, prefix key, ttl name)."""
 
-    __slots__ = ("prefix", "total")
+    __slots__ = ("breakpoints", "hash", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, model: str) -> None:
         self.total = 0
-        self.prefix = -1  # chars up to and including the last cache_control block
+        # The identity of a prefix: the model and every block up to the breakpoint
+        # (canonical JSON without its cache_control), and the prefix's length.
+        self.hash = hashlib.sha1(model.encode() + b"\x1e")
+        self.breakpoints: list[tuple[int, str, str]] = []
 
-    def add_blocks(self, blocks: list[Any], where: str, *, text_only: bool = False) -> list[str]:
+    def add_text(self, text: str, part: bytes) -> None:
+        self.total += len(text)
+        self.hash.update(part + b"\x1e")
+
+    def add_blocks(self, blocks: list[Any], where: str, role: bytes, *, text_only: bool = False) -> list[str]:
         texts = []
         for j, block in enumerate(blocks):
             if text_only and (not isinstance(block, dict) or block.get("type") != "text"):
                 raise _bad(f"{where}.{j}: Input should be a valid text block")
             text = _block_text(block, f"{where}.{j}")
             texts.append(text)
-            self.total += len(text)
-            if block.get("cache_control") is not None:
-                self.prefix = self.total
+            control = block.get("cache_control")
+            plain = {k: v for k, v in block.items() if k != "cache_control"} if control is not None else block
+            self.add_text(text, role + orjson.dumps(plain, option=orjson.OPT_SORT_KEYS))
+            if control is not None:
+                self.breakpoint(control, f"{where}.{j}.cache_control")
         return texts
+
+    def breakpoint(self, control: Any, where: str) -> None:
+        if not isinstance(control, dict) or control.get("type") != "ephemeral":
+            raise _bad(f"{where}: Input tag does not match the expected tag 'ephemeral'")
+        ttl = control.get("ttl", "5m")
+        if ttl not in CACHE_TTLS:
+            raise _bad(f"{where}.ttl: Input should be '5m' or '1h'")
+        if ttl == "1h" and any(t == "5m" for _, _, t in self.breakpoints):
+            raise _bad(f"{where}: a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block")
+        key = self.hash.copy().hexdigest() + ":%d" % self.total
+        self.breakpoints.append((self.total, key, ttl))
+        if len(self.breakpoints) > _MAX_BREAKPOINTS:
+            raise _bad(f"A maximum of {_MAX_BREAKPOINTS} blocks with cache_control may be provided. Found more.")
 
 
 def _system_text(system: Any, chars: _Chars) -> str:
     if system is None:
         return ""
     if isinstance(system, str):
-        chars.total = len(system)
+        chars.add_text(system, system.encode())
         return system
     if isinstance(system, list):
-        return "\n".join(chars.add_blocks(system, "system", text_only=True))
+        return "\n".join(chars.add_blocks(system, "system", b"", text_only=True))
     raise _bad("system: Input should be a valid string or list of text blocks")
 
 
@@ -180,9 +210,9 @@ def _conversation(messages: list[Any], chars: _Chars) -> tuple[str, str]:
                 )
             if isinstance(content, str):
                 text = content
-                chars.total += len(text)
+                chars.add_text(text, role.encode() + b":" + text.encode())
             else:
-                text = "".join(chars.add_blocks(content, f"messages.{i}.content"))
+                text = "".join(chars.add_blocks(content, f"messages.{i}.content", role.encode() + b":"))
         elif content is None:
             raise _bad(f"messages.{i}.content: Field required")
         else:
@@ -194,12 +224,15 @@ def _conversation(messages: list[Any], chars: _Chars) -> tuple[str, str]:
     return user_text, prefill
 
 
-def validate(payload: dict[str, Any], prompt_cache: dict[str, float], clock: Callable[[], float]) -> Prompt:
-    """Check a Messages request the way the API does and account its tokens;
-    ``prompt_cache`` (prefix key -> time last written) decides cache reads."""
+def validate(
+    payload: dict[str, Any], prompt_cache: dict[str, float], clock: Callable[[], float], cache_min_tokens: int = -1
+) -> Prompt:
+    """Check a Messages request the way the API does and account its tokens.
+    ``prompt_cache`` (prefix key -> clock time it expires) decides cache reads;
+    ``cache_min_tokens`` is the shortest cacheable prefix (-1: the model's own)."""
     model, max_tokens, messages, stream, stops = _check_params(payload)
     system = payload.get("system")
-    chars = _Chars()
+    chars = _Chars(model)
     system_text = _system_text(system, chars)
     user_text, prefill = _conversation(messages, chars)
     if model not in KNOWN_MODEL_SET:
@@ -222,42 +255,36 @@ def validate(payload: dict[str, Any], prompt_cache: dict[str, float], clock: Cal
         preview=(user_text or system_text)[:40],
     )
     total_tokens = (chars.total + 3) // 4
-    if chars.prefix > 0:
-        prefix_tokens = (chars.prefix + 3) // 4
-        prompt.cache_prefix_tokens = prefix_tokens
-        # The cached prefix is everything up to the breakpoint: identify it by
-        # model + the canonical JSON of the request truncated at that point.
-        prompt.cache_key = _prefix_key(model, system, messages, chars.prefix)
-        seen = prompt_cache.get(prompt.cache_key)
-        if seen is not None and clock() - seen < CACHE_TTL:
-            prompt.cache_read = prefix_tokens
-        else:
-            prompt.cache_creation = prefix_tokens
-        total_tokens -= prefix_tokens
+    minimum = cache_minimum(model) if cache_min_tokens < 0 else cache_min_tokens
+    # A breakpoint whose prefix is shorter than the minimum is not cached (no error).
+    cacheable = [(_tokens(c), key, ttl) for c, key, ttl in chars.breakpoints if c > 0 and _tokens(c) >= minimum]
+    if cacheable:
+        _account_cache(prompt, cacheable, prompt_cache, clock())
+        total_tokens -= cacheable[-1][0]
     prompt.input_tokens = max(0, total_tokens)
     return prompt
 
 
-def _prefix_key(model: str, system: Any, messages: list[Any], prefix_chars: int) -> str:
-    """Identity of the cached prefix: model + every block up to the last
-    block that carries ``cache_control``."""
-    parts: list[bytes] = [model.encode()]
-    last = 0
-    if isinstance(system, list):
-        for block in system:
-            parts.append(orjson.dumps(block, option=orjson.OPT_SORT_KEYS))
-            if block.get("cache_control") is not None:
-                last = len(parts)
-    elif isinstance(system, str):
-        parts.append(system.encode())
-    for message in messages:
-        content = message["content"]
-        role = message["role"].encode() + b":"
-        if isinstance(content, str):
-            parts.append(role + content.encode())
-            continue
-        for block in content:
-            parts.append(role + orjson.dumps(block, option=orjson.OPT_SORT_KEYS))
-            if block.get("cache_control") is not None:
-                last = len(parts)
-    return hashlib.sha1(b"\x1e".join(parts[:last]) + b"%d" % prefix_chars).hexdigest()
+def _tokens(chars: int) -> int:
+    return (chars + 3) // 4
+
+
+def _account_cache(
+    prompt: Prompt, cacheable: list[tuple[int, str, str]], prompt_cache: dict[str, float], now: float
+) -> None:
+    """The longest prefix still cached is read; the rest, up to the last
+    breakpoint, is written, each segment with the TTL of the breakpoint that ends it."""
+    read = 0
+    start = 0
+    for index, (tokens, key, _) in enumerate(cacheable):
+        expires = prompt_cache.get(key)
+        if expires is not None and now < expires:
+            read, start = tokens, index + 1
+    prompt.cache_read = read
+    written = read
+    for tokens, _, ttl in cacheable[start:]:
+        prompt.cache_creation += tokens - written
+        if ttl == "1h":
+            prompt.cache_creation_1h += tokens - written
+        written = tokens
+    prompt.cache_keys = [(key, CACHE_TTLS[ttl]) for _, key, ttl in cacheable]

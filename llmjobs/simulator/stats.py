@@ -9,7 +9,14 @@ from .prompt import Prompt
 
 __all__ = ["DISCONNECTED", "PromptStat", "Stats"]
 
-_TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+_TOKENS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_5m_input_tokens",
+    "cache_creation_1h_input_tokens",
+)
 DISCONNECTED = 499  # by_status key for requests the client abandoned
 
 
@@ -59,6 +66,8 @@ class Stats:
         tokens["output_tokens"] += output_tokens
         tokens["cache_creation_input_tokens"] += prompt.cache_creation
         tokens["cache_read_input_tokens"] += prompt.cache_read
+        tokens["cache_creation_5m_input_tokens"] += prompt.cache_creation - prompt.cache_creation_1h
+        tokens["cache_creation_1h_input_tokens"] += prompt.cache_creation_1h
 
     def as_dict(self, brief: bool = False, **extra: Any) -> dict[str, Any]:
         stats = self.prompts.values()

@@ -187,7 +187,8 @@ async def test_prefill_continues_the_assistant_message(sim):
 @pytest.mark.asyncio
 async def test_cache_control_creates_then_reads(sim):
     system = [
-        {"type": "text", "text": "You are a careful assistant. " * 40, "cache_control": {"type": "ephemeral"}},
+        # 4,350 tokens: above claude-haiku-4-5's minimum cacheable prefix (4,096)
+        {"type": "text", "text": "You are a careful assistant. " * 600, "cache_control": {"type": "ephemeral"}},
     ]
     cached = math.ceil(len(system[0]["text"]) / 4)
     async with aclient(sim) as client:

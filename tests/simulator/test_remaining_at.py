@@ -122,15 +122,15 @@ def test_reset_is_rfc3339_time_to_full_and_429_carries_retry_after():
 def test_itpm_counts_cache_writes_but_not_cache_reads():
     clock = FakeClock()
     app = SimulatorApp(SimConfig(itpm=60_000), clock=clock, wall=lambda: WALL)
-    system = [{"type": "text", "text": "s" * 8000, "cache_control": {"type": "ephemeral"}}]  # 2,000 tokens
+    system = [{"type": "text", "text": "s" * 20_000, "cache_control": {"type": "ephemeral"}}]  # 5,000 tokens
     payload = {"model": MODEL, "max_tokens": 10, "system": system, "messages": user("q" * 400)}  # + 100
     _, first, body = asyncio.run(asgi_call(app, payload, clock, advance=0))
     usage = json.loads(body)["usage"]
-    assert (usage["input_tokens"], usage["cache_creation_input_tokens"]) == (100, 2000)
-    assert first["anthropic-ratelimit-input-tokens-remaining"] == "57900"  # the cache write counts
+    assert (usage["input_tokens"], usage["cache_creation_input_tokens"]) == (100, 5000)
+    assert first["anthropic-ratelimit-input-tokens-remaining"] == "54900"  # the cache write counts
     _, second, body = asyncio.run(asgi_call(app, payload, clock, advance=0))
-    assert json.loads(body)["usage"]["cache_read_input_tokens"] == 2000
-    assert second["anthropic-ratelimit-input-tokens-remaining"] == "57800"  # the cache read does not
+    assert json.loads(body)["usage"]["cache_read_input_tokens"] == 5000
+    assert second["anthropic-ratelimit-input-tokens-remaining"] == "54800"  # the cache read does not
 
 
 # ------------------------------------------------------------------ over TCP, real SDK
