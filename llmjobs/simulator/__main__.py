@@ -7,9 +7,10 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from .config import CLI_DEFAULTS, FIELD_HELP, SimConfig, cli_flag
+from .config import CLI_DEFAULTS, FIELD_HELP, REMAINING_AT, TIERS, SimConfig, cli_flag
 
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+_CHOICES: dict[str, Sequence[object]] = {"remaining_at": REMAINING_AT, "tier": (0, *TIERS)}
 
 
 def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
             dest=name,
             type=_TYPES[kind],
             default=argparse.SUPPRESS if suppress_defaults else CLI_DEFAULTS[name],
-            metavar=name.upper(),
+            metavar="{" + ",".join(map(str, _CHOICES[name])) + "}" if name in _CHOICES else name.upper(),
             help=FIELD_HELP[name],
         )
     return parser
