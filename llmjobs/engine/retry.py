@@ -8,7 +8,18 @@ import random
 import anthropic
 import httpx2
 
-__all__ = ["ABORT", "FAIL", "RETRY", "AttemptTimeout", "RetryPolicy", "StreamError", "Verdict", "classify"]
+__all__ = [
+    "ABORT",
+    "FAIL",
+    "RETRY",
+    "AttemptTimeout",
+    "InvalidResponse",
+    "RetryPolicy",
+    "StreamError",
+    "Verdict",
+    "classify",
+    "is_outage",
+]
 
 RETRY = "retry"
 FAIL = "fail"
@@ -26,6 +37,8 @@ _STREAM_TYPES = {
     "overloaded_error": (RETRY, OVERLOADED),
     "rate_limit_error": (RETRY, RATE_LIMITED),
     "api_error": (RETRY, TRANSIENT),
+    "connection_error": (RETRY, TRANSIENT),
+    "incomplete_stream": (RETRY, TRANSIENT),  # the stream ended without message_stop
     "timeout_error": (RETRY, TRANSIENT),
     "request_timeout": (RETRY, TRANSIENT),
     "authentication_error": (ABORT, FATAL),
@@ -40,6 +53,14 @@ class StreamError(Exception):
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
+        self.message = message
+
+
+class InvalidResponse(Exception):
+    """A 200 whose body is not a Messages API answer (not JSON, or not a message). Worth a retry."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
         self.message = message
 
 
@@ -97,9 +118,24 @@ def _body_error(body) -> tuple[str | None, str | None]:
     return None, None
 
 
+def _is_spend_limit(code: str | None, message: str) -> bool:
+    return code in _ABORT_CODES or "spend limit" in message.lower()
+
+
 def _status_verdict(status: int, error_type: str | None, message: str, headers, code: str | None = None) -> Verdict:
+    verdict = _default_verdict(status, error_type, message, headers, code)
+    # The server may say outright whether a retry can help (the SDK obeys this header first).
+    should = headers.get("x-should-retry") if headers is not None else None
+    if should == "false" and verdict.action == RETRY:
+        return Verdict(FAIL, PERMANENT, verdict.error_type, message + " (the API said not to retry)")
+    if should == "true" and verdict.action == FAIL:
+        return Verdict(RETRY, TRANSIENT, verdict.error_type, message, _retry_after(headers))
+    return verdict
+
+
+def _default_verdict(status: int, error_type: str | None, message: str, headers, code: str | None) -> Verdict:
     if status == 429:
-        if code in _ABORT_CODES:
+        if _is_spend_limit(code, message):
             return Verdict(ABORT, FATAL, error_type or "rate_limit_error", message)
         return Verdict(RETRY, RATE_LIMITED, error_type or "rate_limit_error", message, _retry_after(headers), headers)
     if status == 529:
@@ -122,6 +158,8 @@ def classify(exc: BaseException) -> Verdict:
     """Map an exception raised by one attempt to retry / fail / abort."""
     if isinstance(exc, AttemptTimeout):
         return Verdict(RETRY, TRANSIENT, "timeout", exc.message)
+    if isinstance(exc, InvalidResponse):
+        return Verdict(RETRY, TRANSIENT, "invalid_response", exc.message)
     if isinstance(exc, StreamError):
         action, kind = _STREAM_TYPES.get(exc.error_type, (FAIL, PERMANENT))
         return Verdict(action, kind, exc.error_type, exc.message)
@@ -148,6 +186,18 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, anthropic.APIResponseValidationError):
         return Verdict(FAIL, PERMANENT, "invalid_response", str(exc))
     return Verdict(FAIL, PERMANENT, type(exc).__name__, str(exc) or repr(exc))
+
+
+_OUTAGE_TYPES = frozenset({"connection_error", "timeout", "api_error", "overloaded_error", "incomplete_stream"})
+
+
+def is_outage(verdict: Verdict) -> bool:
+    """Does this failure say the API is unreachable or down (rather than something about the item)?"""
+    if verdict.kind == OVERLOADED:
+        return True
+    return verdict.kind == TRANSIENT and (
+        verdict.error_type in _OUTAGE_TYPES or verdict.error_type.startswith("http_5")
+    )
 
 
 class RetryPolicy:

@@ -14,6 +14,7 @@ import httpx2
 
 from ._json import loads
 from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
+from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
 from .retry import (
@@ -22,10 +23,12 @@ from .retry import (
     OVERLOADED,
     RATE_LIMITED,
     AttemptTimeout,
+    InvalidResponse,
     RetryPolicy,
     StreamError,
     Verdict,
     classify,
+    is_outage,
 )
 from .stats import EngineStats
 from .stream import StreamState, iter_sse, open_stream
@@ -39,6 +42,26 @@ _PATH = "/v1/messages"
 
 _LAUNCH_BURST = 8  # requests started per event-loop turn at most
 
+# The SDK refuses non-streaming requests that may run past 10 minutes (it
+# estimates an hour per 128k output tokens) or past a model's non-streaming
+# limit; the engine posts directly, so it applies the same rule and streams them.
+try:
+    from anthropic._constants import MODEL_NONSTREAMING_TOKENS as _NONSTREAMING_TOKENS
+except ImportError:  # pragma: no cover - an SDK without the table
+    _NONSTREAMING_TOKENS = {}
+_NONSTREAMING_MAX_TOKENS = 128_000 * 600 / 3600  # ~21,333
+
+
+def needs_streaming(params: dict[str, Any]) -> bool:
+    """Would the SDK insist on streaming this request (a large ``max_tokens``)?"""
+    mt = params.get("max_tokens")
+    if not isinstance(mt, (int, float)):
+        return False
+    if mt > _NONSTREAMING_MAX_TOKENS:
+        return True
+    limit = _NONSTREAMING_TOKENS.get(params.get("model"))  # type: ignore[call-overload]
+    return bool(limit) and mt > limit
+
 
 class _Job:
     __slots__ = (
@@ -51,6 +74,7 @@ class _Job:
         "out_cost",
         "params",
         "started",
+        "stream",
         "timeouts",
     )
 
@@ -65,6 +89,7 @@ class _Job:
         self.in_raw = estimate_input_tokens(params)
         mt = params.get("max_tokens")
         self.out_cost = float(mt) if isinstance(mt, (int, float)) else 0.0
+        self.stream = call.stream or needs_streaming(params)
         self.attempts = 0
         self.failures = 0
         self.timeouts = 0
@@ -136,6 +161,7 @@ class Engine:
             deadline=config.item_deadline,
         )
         self.stats = EngineStats(self.governor)
+        self.breaker = CircuitBreaker(now=self.governor.now())
         self._latency = _Latency()
         self._runs: set[_Run] = set()
 
@@ -410,6 +436,13 @@ class _Run:
                         continue
                 in_cost = job.in_raw * gov.input_factor
                 d = gov.delay(in_cost, job.out_cost, now)
+                bd = self.engine.breaker.delay(now)
+                if bd is None:  # the API looks down: wait for the probe in flight
+                    self._held = job
+                    await self._sleep(None)
+                    continue
+                if bd > d:
+                    d = bd
                 if d > 0:
                     self._held = job
                     await self._sleep(d)
@@ -450,7 +483,8 @@ class _Run:
             job.started = now
         job.attempts += 1
         self.stats.requests += 1
-        task = self.loop.create_task(self._attempt(job, ticket))
+        probe = self.engine.breaker.on_dispatch(now)
+        task = self.loop.create_task(self._attempt(job, ticket, probe))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -459,22 +493,23 @@ class _Run:
         self._wake()
 
     # -- one attempt -----------------------------------------------------------
-    async def _attempt(self, job: _Job, ticket: Ticket) -> None:
+    async def _attempt(self, job: _Job, ticket: Ticket, probe: bool = False) -> None:
         gov = self.gov
         try:
-            if job.call.stream:
+            if job.stream:
                 outcome, headers = await self._stream_attempt(job, ticket)
             else:
                 outcome, headers = await self._plain_attempt(job, ticket)
         except asyncio.CancelledError:
             gov.release(ticket)
+            self.engine.breaker.on_abandoned(probe)
             if self._state == _RUNNING:
                 raise
             if self._state == _CANCELLING:
                 self._emit_cancelled(job)
             return
         except Exception as exc:
-            self._failed_attempt(job, ticket, classify(exc))
+            self._failed_attempt(job, ticket, classify(exc), probe)
             return
         usage = outcome.usage or {}
         out_tokens = usage.get("output_tokens")
@@ -482,6 +517,7 @@ class _Run:
         if in_tokens is not None:
             in_tokens += usage.get("cache_creation_input_tokens") or 0
         gov.on_success(ticket, in_tokens, out_tokens, headers)
+        self.engine.breaker.on_answer(gov.now(), probe)
         st = self.stats
         st.ok += 1
         st.input_tokens += usage.get("input_tokens") or 0
@@ -500,8 +536,13 @@ class _Run:
             raise AttemptTimeout(f"no response within {timeout:g}s") from None
         latency = self.loop.time() - t0
         self.engine._latency.add(latency)
-        data = loads(response.content)
-        parts = [b.get("text", "") for b in data.get("content") or () if b.get("type") == "text"]
+        try:
+            data = loads(response.content)
+            parts = [b.get("text", "") for b in data["content"] if b.get("type") == "text"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InvalidResponse(
+                f"the API answered {response.status_code} with a body that is not a message: {response.content[:80]!r}"
+            ) from None
         outcome = Outcome(
             job.call.key,
             SUCCEEDED,
@@ -533,7 +574,10 @@ class _Run:
                         if event == "ping":
                             continue
                         now = loop.time()
-                        state.feed(event, data, now)
+                        try:
+                            state.feed(event, data, now)
+                        except (ValueError, KeyError, TypeError, AttributeError):
+                            raise InvalidResponse(f"unreadable {event} event in the stream: {data[:80]!r}") from None
                         if state.finished:
                             break
                         if state.ttft is not None:
@@ -546,7 +590,8 @@ class _Run:
             if response is not None:
                 await response.aclose()
         if not state.finished:
-            raise StreamError("connection_error", "stream ended before message_stop")
+            # a truncated answer is never kept: the whole call is tried again
+            raise StreamError("incomplete_stream", "the stream ended before message_stop")
         latency = loop.time() - t0
         outcome = Outcome(
             job.call.key,
@@ -563,11 +608,21 @@ class _Run:
         )
         return outcome, response.headers  # type: ignore[union-attr]
 
-    def _failed_attempt(self, job: _Job, ticket: Ticket, verdict: Verdict) -> None:
+    def _failed_attempt(self, job: _Job, ticket: Ticket, verdict: Verdict, probe: bool = False) -> None:
         gov = self.gov
         st = self.stats
         now = gov.now()
         kind = verdict.kind
+        breaker = self.engine.breaker
+        if is_outage(verdict):
+            breaker.on_outage_failure(now, probe, overloaded=kind == OVERLOADED)
+        elif verdict.action != ABORT:
+            breaker.on_answer(now, probe)  # the API answered: it is up
+        else:
+            breaker.on_abandoned(probe)
+        # while the API is down, failures are the outage's, not the item's
+        outage = breaker.is_open
+        failures_before = job.failures
         if kind == RATE_LIMITED:
             st.rate_limited += 1
             gov.on_rate_limited(ticket, verdict.retry_after, verdict.headers, now)
@@ -583,6 +638,8 @@ class _Run:
             if verdict.action != FAIL:
                 job.failures += 1
             gov.on_failure(ticket, now)
+        if outage:
+            job.failures = failures_before
         job.last_error = verdict
         if self._state != _RUNNING:
             if self._state == _CANCELLING:
@@ -593,11 +650,12 @@ class _Run:
             self._state = _ABORTING
             self._stop_everything()
             return
-        if kind in (RATE_LIMITED, OVERLOADED):
-            retry_at = now  # the governor's pause holds the whole run back
+        if kind in (RATE_LIMITED, OVERLOADED) or outage:
+            retry_at = now  # the governor's pause (or the open breaker) holds the whole run back
         else:
             retry_at = now + self.policy.backoff(job.failures)
-        if self.policy.allows(verdict, job.failures, job.started or now, retry_at):
+        started = retry_at if outage else (job.started or now)  # an outage does not eat the item's deadline
+        if self.policy.allows(verdict, job.failures, started, retry_at):
             st.retries += 1
             self._hseq += 1
             heapq.heappush(self._heap, (retry_at, self._hseq, job))
