@@ -31,6 +31,12 @@ SIM_DEFAULTS: dict = {
     "seed": 0,
     "max_body": 32 * 1024 * 1024,
     "batch_seconds": 0.0,
+    "tier": 0,
+    "remaining_at": "refund",
+    "fail_should_retry_false": 0.0,
+    "cut_stream": 0.0,
+    "bad_json": 0.0,
+    "cache_min_tokens": -1,
 }
 
 

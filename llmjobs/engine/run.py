@@ -627,8 +627,7 @@ class _Run:
             st.rate_limited += 1
             gov.on_rate_limited(ticket, verdict.retry_after, verdict.headers, now)
         elif kind == OVERLOADED:
-            st.overloaded += 1
-            job.failures += 1
+            st.overloaded += 1  # never the item's fault: it does not use up its attempts
             gov.on_overloaded(ticket, verdict.retry_after, now)
         else:
             st.errors += 1

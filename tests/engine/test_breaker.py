@@ -112,3 +112,26 @@ async def test_items_survive_an_outage_longer_than_their_retry_budget():
     assert stats.errors > 0
     # Without the breaker (seen before it existed) about 20 of the 80 items failed
     # here with connection_error after their 3 attempts.
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["close", "503", "529"])
+async def test_items_survive_a_simulated_outage_of_every_kind(sim, mode):
+    """/_sim/outage: connections closed without an answer, 503s or 529s for 3 s."""
+    sim.configure(ttft=0.05)
+    n = 60
+    calls = [
+        Call(i, {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": f"x {i}"}]})
+        for i in range(n)
+    ]
+    cfg = EngineConfig(max_attempts=3, backoff_base=0.05, backoff_max=0.2, initial_concurrency=8, max_concurrency=8)
+    outcomes = []
+    async with Engine(base_url=sim.base_url, config=cfg) as engine:
+        async for outcome in engine.run(calls):
+            outcomes.append(outcome)
+            if len(outcomes) == 10:
+                await asyncio.to_thread(sim.outage, 3.0, mode)
+        breaker = engine.breaker
+    assert [o for o in outcomes if o.status != "succeeded"] == []
+    assert len(outcomes) == n and breaker.opens >= 1
+    assert sim.stats()["prompts"]["extra_paid_calls"] == 0
