@@ -7,7 +7,11 @@ thread** (``sync_to_async(..., thread_sensitive=False, executor=<its own
 single-thread executor>)``), so the event loop never waits on the database
 while requests are in flight.
 
-Crash safety: an item is marked running with a lease of ``LEASE_SECONDS`` when
+The runner is only that bridge: leases are ``ItemQuerySet`` verbs (``claim``,
+``renew``, ``release``, ``cancel_running``) and job state changes are
+``BatchJob`` methods (``mark_running``, ``mark_interrupted``...).
+
+Crash safety: an item is marked running with a lease of ``LLMJOBS_LEASE_SECONDS`` when
 claimed, and the lease is renewed while the runner lives. Outcomes are written
 at least every ``FLUSH_EVERY`` seconds or ``FLUSH_BATCH`` outcomes, so a
 ``kill -9`` loses at most that window of received answers (they are requested
@@ -31,12 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
-from .conf import api_target
+from .conf import api_target, llmjobs_settings
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
@@ -45,7 +47,6 @@ __all__ = ["JobRunner", "RunReport", "preview_job", "process_job", "run_job"]
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30.0  # a crashed runner's items are claimable again after this
 CLAIM_CHUNK = 500  # items claimed per query
 FLUSH_BATCH = 200  # outcomes per write
 FLUSH_EVERY = 0.25  # seconds: the most a kill -9 can lose of received answers
@@ -108,7 +109,7 @@ class JobRunner:
         self._engine_config = engine_config
         self._on_progress = on_progress
         if lease_seconds is None:
-            lease_seconds = float(getattr(settings, "LLMJOBS_LEASE_SECONDS", LEASE_SECONDS))
+            lease_seconds = llmjobs_settings().lease_seconds
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.claim_chunk = claim_chunk
         self.flush_batch = flush_batch
@@ -198,7 +199,7 @@ class JobRunner:
             config=config,
             api_key=target.api_key,
             base_url=target.base_url,
-            transport=getattr(settings, "LLMJOBS_HTTP_TRANSPORT", "aiohttp"),
+            transport=llmjobs_settings().http_transport,
         )
         if self._stopping:  # stopped before the engine existed
             self.engine.cancel()
@@ -285,26 +286,16 @@ class JobRunner:
 
     def _claim(self) -> list[tuple[int, dict]]:
         job = self.job
-        now = timezone.now()
-        with transaction.atomic():
-            qs = Item.objects.filter(job_id=job.pk).claimable(now).order_by("position")
-            if connection.features.has_select_for_update_skip_locked:
-                qs = qs.select_for_update(skip_locked=True)
-            rows = list(qs.values_list("pk", "input")[: self.claim_chunk])
-            if not rows:
-                return []
-            ids = [pk for pk, _ in rows]
-            Item.objects.filter(pk__in=ids).update(
-                status=Item.Status.RUNNING, lease_expires_at=now + self.lease, started_at=now
-            )
-        self._held.update(ids)
+        assert job is not None
+        rows = Item.objects.filter(job_id=job.pk).claim(limit=self.claim_chunk, lease=self.lease)
+        self._held.update(pk for pk, _ in rows)
         return [(pk, build_params(job, fields)) for pk, fields in rows]
 
     def _next_foreign_lease_expiry(self) -> dt.datetime | None:
-        qs = Item.objects.filter(job_id=self.job_id, status=Item.Status.RUNNING).exclude(lease_expires_at__isnull=True)
+        qs = Item.objects.filter(job_id=self.job_id)
         if self._held:
             qs = qs.exclude(pk__in=list(self._held))
-        return qs.order_by("lease_expires_at").values_list("lease_expires_at", flat=True).first()
+        return qs.next_lease_expiry()
 
     async def _renew_leases(self) -> None:
         renew = self._db(self._renew)
@@ -315,12 +306,10 @@ class JobRunner:
     def _renew(self) -> None:
         held = list(self._held)
         if held:
-            Item.objects.filter(pk__in=held, status=Item.Status.RUNNING).update(
-                lease_expires_at=timezone.now() + self.lease
-            )
+            Item.objects.filter(pk__in=held).renew(lease=self.lease)
 
     async def _watch_cancel(self) -> None:
-        status_of = self._db(lambda: BatchJob.objects.filter(pk=self.job_id).values_list("status", flat=True).first())
+        status_of = self._db(lambda: BatchJob.objects.status_of(self.job_id))
         while True:
             await asyncio.sleep(CANCEL_POLL)
             if await status_of() == BatchJob.Status.CANCELLED:
@@ -389,14 +378,14 @@ class JobRunner:
             if items:
                 Item.objects.bulk_update(items, _ITEM_FIELDS, batch_size=500)
             if items or rate_limited or retries:
-                BatchJob.objects.filter(pk=self.job_id).update(
-                    succeeded_count=F("succeeded_count") + succeeded,
-                    failed_count=F("failed_count") + failed,
-                    cancelled_count=F("cancelled_count") + cancelled,
-                    input_tokens=F("input_tokens") + tokens_in,
-                    output_tokens=F("output_tokens") + tokens_out,
-                    rate_limited_count=F("rate_limited_count") + rate_limited,
-                    retries_count=F("retries_count") + retries,
+                BatchJob.objects.filter(pk=self.job_id).add_to_counters(
+                    succeeded=succeeded,
+                    failed=failed,
+                    cancelled=cancelled,
+                    input_tokens=tokens_in,
+                    output_tokens=tokens_out,
+                    rate_limited=rate_limited,
+                    retries=retries,
                 )
             if released:
                 self._release(released)
@@ -416,9 +405,8 @@ class JobRunner:
         self.report.status = job.status
         if job.status == BatchJob.Status.CANCELLED:
             return None
-        if not Item.objects.filter(job_id=job.pk).claimable().exists() and not (
-            Item.objects.filter(job_id=job.pk, status=Item.Status.RUNNING).exists()
-        ):
+        items = Item.objects.filter(job_id=job.pk)
+        if not items.claimable().exists() and not items.running().exists():
             job.mark_finished()
             self.report.status = job.status
             return None
@@ -431,9 +419,7 @@ class JobRunner:
         held = list(self._held)
         if held:
             if self._job_cancelled:
-                Item.objects.filter(pk__in=held, status=Item.Status.RUNNING).update(
-                    status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=timezone.now()
-                )
+                Item.objects.filter(pk__in=held).cancel_running()
             else:
                 self._release(held)
             self._held.clear()
@@ -453,15 +439,9 @@ class JobRunner:
             return job
         if self.report.interrupted:
             job.refresh_counters()
-            left = job.total - job.done_count
-            job.status = BatchJob.Status.DRAFT
-            job.last_error = f"Interrupted with {left} item(s) left; run the job again to resume."
-            job.save(update_fields=["status", "last_error"])
+            job.mark_interrupted()
             return job
-        unfinished = Item.objects.filter(
-            job_id=self.job_id, status__in=[Item.Status.PENDING, Item.Status.RUNNING]
-        ).exists()
-        if unfinished:  # e.g. retried items added while we ran: leave it for the next run
+        if Item.objects.filter(job_id=self.job_id).unfinished().exists():  # e.g. retried items added while we ran: leave it for the next run
             job.refresh_counters()
             return job
         job.mark_finished()

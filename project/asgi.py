@@ -20,7 +20,7 @@ def _with_static_files(app):
     return app
 
 
-from llmjobs.playground import with_lifespan  # noqa: E402  (after Django is set up)
+from llmjobs.web.playground import with_lifespan  # noqa: E402  (after Django is set up)
 
 # Lifespan: server shutdown closes the playground's shared AsyncAnthropic client.
 application = with_lifespan(_with_static_files(django_application))

@@ -22,7 +22,7 @@ from django.test import AsyncClient, Client
 from django.urls import reverse
 from django.utils import timezone
 
-from llmjobs import playground, progress
+from llmjobs.web import playground, progress
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
 

@@ -1,4 +1,10 @@
-"""The playground's shared ``AsyncAnthropic``: one per event loop, never one per request.
+"""The playground: one prompt streamed token by token as SSE, through a shared client.
+
+``playground_events(client, params)`` is the event stream behind the
+playground page (``start``, ``ttft``, ``token``..., then ``done`` or
+``error``); ``sdk_error`` maps an SDK error to the ``error`` event's payload.
+
+The shared ``AsyncAnthropic``: one per event loop, never one per request.
 
 Async views run on the server's event loop (one per uvicorn worker), so the
 playground reuses one client, and its connection pool, for every request on
@@ -13,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-from django.conf import settings
+import anthropic
 
-from .conf import ApiTarget, api_target
-from .engine import make_client
+from ..conf import ApiTarget, api_target, llmjobs_settings
+from ..engine import AttemptTimeout, StreamError, TextStream, make_client
+from . import sse
 
-__all__ = ["aclose_client", "client_count", "get_client", "with_lifespan"]
+__all__ = ["aclose_client", "client_count", "get_client", "playground_events", "sdk_error", "with_lifespan"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +48,7 @@ async def get_client() -> Any:
     client = make_client(
         api_key=target.api_key,
         base_url=target.base_url,
-        transport=getattr(settings, "LLMJOBS_HTTP_TRANSPORT", "aiohttp"),
+        transport=llmjobs_settings().http_transport,
     )
     _clients[loop] = (target, client)
     return client
@@ -89,3 +96,49 @@ def with_lifespan(app: ASGIApp) -> ASGIApp:
                 return
 
     return wrapped
+
+
+# --- the stream ------------------------------------------------------------------------
+
+
+def sdk_error(exc: anthropic.APIError) -> dict[str, str]:
+    """The ``error`` event's payload for an SDK error: the API's own error type and message
+    when the response has them (``http_<status>`` otherwise); the exception's class name
+    for errors without a response (connection errors and the like)."""
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        return {"type": error.get("type") or f"http_{exc.status_code}", "message": error.get("message") or str(exc)}
+    return {"type": type(exc).__name__, "message": str(exc)}
+
+
+async def playground_events(client: Any, params: dict[str, Any]) -> AsyncIterator[bytes]:
+    """One streamed call as SSE: ``start``, ``ttft``, ``token``..., then ``done`` or ``error``."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    yield sse.event("start", {"model": params["model"]})
+    try:
+        async with TextStream(
+            client, params, first_token_timeout=60.0, idle_timeout=30.0, total_timeout=600.0
+        ) as stream:
+            first = True
+            async for delta in stream:
+                if first:
+                    first = False
+                    yield sse.event("ttft", {"ms": round((stream.ttft or 0.0) * 1000)})
+                yield sse.event("token", {"text": delta})
+            usage = stream.usage or {}
+            yield sse.event(
+                "done",
+                {
+                    "stop_reason": stream.stop_reason,
+                    "ttft_ms": None if stream.ttft is None else round(stream.ttft * 1000),
+                    "total_ms": round((loop.time() - started) * 1000),
+                    "input_tokens": usage.get("input_tokens"),
+                    "output_tokens": usage.get("output_tokens"),
+                },
+            )
+    except (AttemptTimeout, StreamError) as exc:
+        yield sse.event("error", {"type": getattr(exc, "error_type", "timeout"), "message": str(exc)})
+    except anthropic.APIError as exc:
+        yield sse.event("error", sdk_error(exc))

@@ -9,10 +9,10 @@ from __future__ import annotations
 import signal
 import time
 
-from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from llmjobs.jobs import job_run
 from llmjobs.runner import JobRunner
 
 from ._common import get_job
@@ -61,7 +61,7 @@ class Command(BaseCommand):
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            report = async_to_sync(runner.run)()
+            report = job_run(job=job, runner=runner)
         finally:
             signal.signal(signal.SIGINT, previous)
             bar.close()

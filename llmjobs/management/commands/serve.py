@@ -20,10 +20,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from llmjobs.conf import api_target
-
-# Realistic-feeling latency for demos: first token after ~0.3 s, ~60 tokens/s.
-DEFAULT_SIMULATOR_ARGS = "--ttft 0.3 --tps 60"
+from llmjobs.conf import api_target, llmjobs_settings
 
 
 def _port(value: str) -> int:
@@ -69,7 +66,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"Using the simulator already running at {target.base_url}")
             else:
                 parts = urlsplit(target.base_url)
-                extra = shlex.split(os.environ.get("LLMJOBS_SIMULATOR_ARGS", DEFAULT_SIMULATOR_ARGS))
+                extra = shlex.split(llmjobs_settings().simulator_args)
                 simulator = SimulatorProcess(*extra, host=parts.hostname or "127.0.0.1", port=parts.port or 8765)
                 try:
                     simulator.start()
