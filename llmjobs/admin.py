@@ -9,11 +9,12 @@ rendering them inline, so a 100,000-item job opens instantly.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
@@ -32,6 +33,12 @@ from .jobs import (
 )
 from .models import BatchJob, Item
 
+if TYPE_CHECKING:  # ModelAdmin is generic only in django-stubs
+    _JobAdminBase = admin.ModelAdmin[BatchJob]
+    _ItemAdminBase = admin.ModelAdmin[Item]
+else:
+    _JobAdminBase = _ItemAdminBase = admin.ModelAdmin
+
 
 def _progress_bar(job: BatchJob) -> str:
     percent = round(job.progress * 100)
@@ -47,7 +54,7 @@ def _progress_bar(job: BatchJob) -> str:
 
 
 @admin.register(BatchJob)
-class BatchJobAdmin(admin.ModelAdmin):
+class BatchJobAdmin(_JobAdminBase):
     list_display = (
         "id",
         "name",
@@ -179,7 +186,7 @@ class BatchJobAdmin(admin.ModelAdmin):
                     request, f"#{job.pk}: {count} failed or cancelled item(s) queued again.", messages.SUCCESS
                 )
 
-    def _export(self, request: HttpRequest, queryset: QuerySet[BatchJob], fmt: ExportFormat) -> HttpResponse | None:
+    def _export(self, request: HttpRequest, queryset: QuerySet[BatchJob], fmt: ExportFormat) -> HttpResponseBase | None:
         jobs = list(queryset[:2])
         if len(jobs) != 1:
             self.message_user(request, "Select exactly one job to export.", messages.WARNING)
@@ -187,11 +194,11 @@ class BatchJobAdmin(admin.ModelAdmin):
         return job_export_response(job=jobs[0], fmt=fmt)
 
     @admin.action(description="Export results as CSV")
-    def export_csv(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponseBase | None:
         return self._export(request, queryset, "csv")
 
     @admin.action(description="Export results as JSONL")
-    def export_jsonl(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
+    def export_jsonl(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponseBase | None:
         return self._export(request, queryset, "jsonl")
 
     @admin.action(description=f"Preview: run the first {PREVIEW_COUNT} pending items now")
@@ -228,7 +235,7 @@ class JobFilter(admin.SimpleListFilter):
 
 
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(_ItemAdminBase):
     """Read-only: items change only through jobs (runner, retry, cancel)."""
 
     list_display = (

@@ -20,9 +20,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -36,6 +37,8 @@ __all__ = [
 
 SIMULATOR_PLACEHOLDER_KEY = "sk-simulator-no-real-key"
 PREFIX = "LLMJOBS_"
+
+HttpTransport = Literal["aiohttp", "httpx"]
 
 
 def _doc(meaning: str) -> dict[str, str]:
@@ -62,13 +65,15 @@ class LLMJobsSettings:
         default="claude-haiku-4-5",
         metadata=_doc("The model a form or `submit_job` picks when none is chosen."),
     )
-    http_transport: str = field(
+    http_transport: HttpTransport = field(
         default="aiohttp",
         metadata=_doc("The SDK's HTTP transport: `aiohttp` (faster, less CPU) or `httpx`."),
     )
     lease_seconds: float = field(
         default=30.0,
-        metadata=_doc("How long a claimed item stays reserved without renewal (how soon a dead runner's items are taken over)."),
+        metadata=_doc(
+            "How long a claimed item stays reserved without renewal (how soon a dead runner's items are taken over)."
+        ),
     )
     max_items: int = field(default=100_000, metadata=_doc("Most items in one job."))
     max_item_chars: int = field(default=100_000, metadata=_doc("Largest single item, in characters of field values."))
@@ -81,6 +86,12 @@ class LLMJobsSettings:
         for f in dataclasses.fields(cls):
             raw = getattr(settings, PREFIX + f.name.upper(), f.default)
             values[f.name] = _coerce(f.name, raw, f.default)
+        if values["http_transport"] not in get_args(HttpTransport):
+            raise ImproperlyConfigured(
+                f"{PREFIX}HTTP_TRANSPORT must be one of {', '.join(get_args(HttpTransport))}, "
+                f"got {values['http_transport']!r}"
+            )
+        values["http_transport"] = cast(HttpTransport, values["http_transport"])
         return cls(**values)
 
     @staticmethod
@@ -98,11 +109,7 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
             return bool(raw)
         return type(default)(raw)
     except (TypeError, ValueError):
-        from django.core.exceptions import ImproperlyConfigured
-
-        raise ImproperlyConfigured(
-            f"{PREFIX}{name.upper()} must be a {type(default).__name__}, got {raw!r}"
-        ) from None
+        raise ImproperlyConfigured(f"{PREFIX}{name.upper()} must be a {type(default).__name__}, got {raw!r}") from None
 
 
 @functools.cache

@@ -27,7 +27,6 @@ import datetime
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -36,8 +35,8 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.text import Truncator
 
-from .models import BatchJob, Item
 from .exceptions import JobInputError, JobStateError
+from .models import BatchJob, Item
 from .parsing import iter_file, iter_records, iter_texts
 from .prompts import compile_template
 
@@ -90,7 +89,7 @@ def _positive_int(value: Any, what: str, *, allow_none: bool = False) -> int | N
             raise JobInputError(f"{what} must be a whole number, got {value!r}") from None
     if value < 1:
         raise JobInputError(f"{what} must be at least 1, got {value}")
-    return value
+    return int(value)
 
 
 def _custom_id(fields: Mapping[str, Any], where: str) -> str:
@@ -149,7 +148,7 @@ def job_create(
         raise JobInputError("choose a model")
     if len(model) > 100:
         raise JobInputError("the model name is over 100 characters long")
-    max_tokens = _positive_int(max_tokens, "max_tokens")
+    max_tokens = _positive_int(max_tokens, "max_tokens") or 1
     concurrency = _positive_int(concurrency, "concurrency", allow_none=True)
     rate_limit_rpm = _positive_int(rate_limit_rpm, "rate_limit_rpm", allow_none=True)
     if isinstance(stop_sequences, str):

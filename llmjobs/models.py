@@ -391,9 +391,7 @@ class ItemQuerySet(models.QuerySet["Item"]):
         """Cancel the claimable items (pending, or running with an expired lease); returns the count."""
         now = now or timezone.now()
         return (
-            self.claimable(now)
-            .order_by()
-            .update(status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=now)
+            self.claimable(now).order_by().update(status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=now)
         )
 
     def cancel_running(self) -> int:

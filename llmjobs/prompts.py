@@ -173,7 +173,7 @@ def validate_template(
     if isinstance(sample_fields, Mapping):
         compiled.check(sample_fields)
         return
-    samples = list(sample_fields)
+    samples: list[Any] = list(sample_fields)
     if samples and all(isinstance(s, Mapping) for s in samples):
         for number, fields in enumerate(samples, 1):
             compiled.check(fields, f"item {number}")

@@ -29,10 +29,10 @@ import datetime as dt
 import gc
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import close_old_connections, connection, transaction
@@ -43,7 +43,7 @@ from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
 
-__all__ = ["JobRunner", "RunReport", "preview_job", "process_job", "run_job"]
+__all__ = ["JobRunner", "RunReport", "engine_counter", "preview_job", "process_job", "run_job"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,11 @@ class RunReport:
     aborted: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)  # previews only
+
+
+def engine_counter(stats: EngineStats, name: str) -> int:
+    """One of the engine's live counters (``rate_limited``, ``retries``...)."""
+    return int(getattr(stats, name))
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -203,7 +208,7 @@ class JobRunner:
         )
         if self._stopping:  # stopped before the engine existed
             self.engine.cancel()
-        helpers: list[asyncio.Task] = []
+        helpers: list[asyncio.Task[None]] = []
         try:
             async with self.engine as engine:
                 helpers = [
@@ -222,7 +227,7 @@ class JobRunner:
                         elif outcome.status == "failed":
                             self.report.failed += 1
                         if len(self._buffer) >= self.flush_batch:
-                            self._buffer_event.set()
+                            self._wake_flusher()
                         if self._on_progress is not None:
                             self._on_progress(self)
                 except RunAborted as exc:
@@ -240,16 +245,20 @@ class JobRunner:
         await self._finish(helpers)
         return self.report
 
-    async def _finish(self, helpers: list[asyncio.Task]) -> None:
+    def _wake_flusher(self) -> None:
+        if self._buffer_event is not None:
+            self._buffer_event.set()
+
+    async def _finish(self, helpers: list[asyncio.Task[None]]) -> None:
         self._stopping = True
-        flusher, *others = helpers or [None]
+        flusher, others = (helpers[0], helpers[1:]) if helpers else (None, [])
         for task in others:
             task.cancel()
         if flusher is not None:
             # Never cancel the flusher mid-write (a batch taken from the buffer
             # would be lost): ask it to stop after its current write.
             self._closing = True
-            self._buffer_event.set()
+            self._wake_flusher()
             await asyncio.gather(flusher, return_exceptions=True)
         await asyncio.gather(*others, return_exceptions=True)
         await self._flush()
@@ -259,7 +268,7 @@ class JobRunner:
             self.report.stats = self.engine.stats.as_dict()
 
     # -- feeding the engine ------------------------------------------------------------
-    async def _calls(self) -> AsyncIterator[Call]:
+    async def _calls(self) -> AsyncGenerator[Call, None]:
         claim = self._db(self._claim)
         wait_for_leases = self._db(self._next_foreign_lease_expiry)
         claimed = 0
@@ -284,7 +293,7 @@ class JobRunner:
                     return
                 yield Call(key=item_id, params=params)
 
-    def _claim(self) -> list[tuple[int, dict]]:
+    def _claim(self) -> list[tuple[int, dict[str, Any]]]:
         job = self.job
         assert job is not None
         rows = Item.objects.filter(job_id=job.pk).claim(limit=self.claim_chunk, lease=self.lease)
@@ -319,20 +328,22 @@ class JobRunner:
 
     # -- writing outcomes ------------------------------------------------------------
     async def _flush_loop(self) -> None:
+        event = self._buffer_event
+        assert event is not None  # set by run()
         while not self._closing:
             try:
-                await asyncio.wait_for(self._buffer_event.wait(), self.flush_every)
+                await asyncio.wait_for(event.wait(), self.flush_every)
             except TimeoutError:
                 pass
-            self._buffer_event.clear()
+            event.clear()
             await self._flush()
 
     async def _flush(self) -> None:
         rate_limited = retries = 0
         stats = self.stats
         if stats is not None:  # engine counters since the last write
-            rate_limited = stats.rate_limited - self._written_rate_limited
-            retries = stats.retries - self._written_retries
+            rate_limited = engine_counter(stats, "rate_limited") - self._written_rate_limited
+            retries = engine_counter(stats, "retries") - self._written_retries
         if not self._buffer and not rate_limited and not retries:
             return
         batch, self._buffer = self._buffer, []
@@ -346,12 +357,13 @@ class JobRunner:
         released: list[int] = []
         succeeded = failed = cancelled = tokens_in = tokens_out = 0
         for o in batch:
+            key = cast(int, o.key)  # the runner's calls are keyed by item id
             if o.status == "cancelled" and not self._job_cancelled:
-                released.append(o.key)  # interrupted, not cancelled: back to pending
+                released.append(key)  # interrupted, not cancelled: back to pending
                 continue
             usage = o.usage or {}
             item = Item(
-                pk=o.key,
+                pk=key,
                 status=o.status,
                 output=o.text or "",
                 stop_reason=o.stop_reason or "",
@@ -441,7 +453,9 @@ class JobRunner:
             job.refresh_counters()
             job.mark_interrupted()
             return job
-        if Item.objects.filter(job_id=self.job_id).unfinished().exists():  # e.g. retried items added while we ran: leave it for the next run
+        if (
+            Item.objects.filter(job_id=self.job_id).unfinished().exists()
+        ):  # e.g. retried items added while we ran: leave it for the next run
             job.refresh_counters()
             return job
         job.mark_finished()

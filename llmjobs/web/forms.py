@@ -32,11 +32,13 @@ class _ModelChoiceForm(forms.Form):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         choices = model_choices()
-        self.fields["model"].choices = choices
-        self.fields["model"].initial = llmjobs_settings().default_model or (choices[0][0] if choices else "")
+        field = self.fields["model"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = choices
+        field.initial = llmjobs_settings().default_model or (choices[0][0] if choices else "")
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
@@ -109,7 +111,7 @@ class JobForm(_ModelChoiceForm):
         return upload
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         source = data.get("source")
         if source == self.SOURCE_PASTE and not (data.get("texts") or "").strip():
             self.add_error("texts", "Paste at least one line, or choose a file instead.")

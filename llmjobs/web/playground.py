@@ -66,7 +66,8 @@ def client_count() -> int:
     return len(_clients)
 
 
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+Message = dict[str, Any]
+ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 
 def with_lifespan(app: ASGIApp) -> ASGIApp:
@@ -78,7 +79,7 @@ def with_lifespan(app: ASGIApp) -> ASGIApp:
     """
 
     async def wrapped(
-        scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]
+        scope: Message, receive: Callable[[], Awaitable[Message]], send: Callable[[Message], Awaitable[None]]
     ) -> None:
         if scope["type"] != "lifespan":
             await app(scope, receive, send)
@@ -106,8 +107,8 @@ def sdk_error(exc: anthropic.APIError) -> dict[str, str]:
     when the response has them (``http_<status>`` otherwise); the exception's class name
     for errors without a response (connection errors and the like)."""
     if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        error = body.get("error") if isinstance(body.get("error"), dict) else {}
+        body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+        error: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
         return {"type": error.get("type") or f"http_{exc.status_code}", "message": error.get("message") or str(exc)}
     return {"type": type(exc).__name__, "message": str(exc)}
 

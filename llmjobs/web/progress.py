@@ -207,6 +207,7 @@ def throughput(job: BatchJob, *, now: dt.datetime | None = None, max_buckets: in
     start = job.started_at
     end = job.finished_at or now or timezone.now()
     span = max((end - start).total_seconds(), 1.0)
+    trunc: type[TruncSecond | TruncMinute | TruncHour]
     if span <= 15 * 60:
         trunc, grain = TruncSecond, 1
     elif span <= 15 * 3600:

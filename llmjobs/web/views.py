@@ -23,6 +23,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -52,7 +53,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     def db_ok() -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-            return cursor.fetchone() == (1,)
+            return bool(cursor.fetchone() == (1,))
 
     target = api_target()
     return JsonResponse(
@@ -230,7 +231,7 @@ def job_throughput_svg(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-async def job_events(request: HttpRequest, pk: int) -> HttpResponse:
+async def job_events(request: HttpRequest, pk: int) -> HttpResponseBase:
     """Live progress as Server-Sent Events (async ORM; ends when the job finishes)."""
     if request.method != "GET":
         return HttpResponse(status=405, headers={"Allow": "GET"})
@@ -251,7 +252,7 @@ def playground(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-async def playground_stream(request: HttpRequest) -> HttpResponse:
+async def playground_stream(request: HttpRequest) -> HttpResponseBase:
     """POST (CSRF-checked) -> one streamed answer, token by token, through the shared client."""
     if request.method != "POST":
         return HttpResponse(status=405, headers={"Allow": "POST"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -38,7 +39,7 @@ class Command(BaseCommand):
         parser.add_argument("--rpm", type=positive_int, default=None, help="Requests-per-minute cap for this job")
         parser.add_argument("--run", action="store_true", help="Process the job now, with a progress bar")
 
-    def handle(self, *args, file: str, **opts) -> None:
+    def handle(self, *args: Any, file: str, **opts: Any) -> None:
         if file == "-":
             name, data, fmt = "stdin.txt", sys.stdin.buffer.read(), opts["fmt"] or "txt"
         else:
