@@ -41,43 +41,35 @@ PREFIX = "LLMJOBS_"
 HttpTransport = Literal["aiohttp", "httpx"]
 
 
-def _doc(meaning: str) -> dict[str, str]:
-    return {"doc": meaning}
+def _setting(default: Any, meaning: str) -> Any:
+    """A field of ``LLMJobsSettings``: its default and what it means (shown in the README table)."""
+    return field(default=default, metadata={"meaning": meaning})
 
 
 @dataclass(frozen=True, slots=True)
 class LLMJobsSettings:
     """Every ``LLMJOBS_*`` setting. The Django setting is the field's name, upper-cased, after ``LLMJOBS_``."""
 
-    simulator_url: str = field(
-        default="http://127.0.0.1:8765",
-        metadata=_doc("Where the embedded simulator listens when no ANTHROPIC_API_KEY is set."),
+    simulator_url: str = _setting(
+        "http://127.0.0.1:8765", "Where the embedded simulator listens when no ANTHROPIC_API_KEY is set."
     )
-    simulator_args: str = field(
-        default="--ttft 0.3 --tps 60",
-        metadata=_doc("Flags for the simulator that `make run` (`manage.py serve`) starts."),
+    simulator_args: str = _setting(
+        "--ttft 0.3 --tps 60", "Flags for the simulator that `make run` (`manage.py serve`) starts."
     )
-    models: tuple[str, ...] = field(
-        default=("claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6", "claude-sonnet-4-5"),
-        metadata=_doc("Models offered in the forms."),
+    models: tuple[str, ...] = _setting(
+        ("claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6", "claude-sonnet-4-5"),
+        "Models offered in the forms.",
     )
-    default_model: str = field(
-        default="claude-haiku-4-5",
-        metadata=_doc("The model a form or `submit_job` picks when none is chosen."),
+    default_model: str = _setting("claude-haiku-4-5", "The model a form or `submit_job` picks when none is chosen.")
+    http_transport: HttpTransport = _setting(  # noqa: RUF009 (a Literal of str: immutable)
+        "aiohttp", "The SDK's HTTP transport: `aiohttp` (faster, less CPU) or `httpx`."
     )
-    http_transport: HttpTransport = field(
-        default="aiohttp",
-        metadata=_doc("The SDK's HTTP transport: `aiohttp` (faster, less CPU) or `httpx`."),
+    lease_seconds: float = _setting(
+        30.0, "How long a claimed item stays reserved without renewal: how soon a dead runner's items are taken over."
     )
-    lease_seconds: float = field(
-        default=30.0,
-        metadata=_doc(
-            "How long a claimed item stays reserved without renewal (how soon a dead runner's items are taken over)."
-        ),
-    )
-    max_items: int = field(default=100_000, metadata=_doc("Most items in one job."))
-    max_item_chars: int = field(default=100_000, metadata=_doc("Largest single item, in characters of field values."))
-    max_upload_bytes: int = field(default=50 * 1024 * 1024, metadata=_doc("Largest upload, in bytes (50 MiB)."))
+    max_items: int = _setting(100_000, "Most items in one job.")
+    max_item_chars: int = _setting(100_000, "Largest single item, in characters of field values.")
+    max_upload_bytes: int = _setting(50 * 1024 * 1024, "Largest upload, in bytes (50 MiB).")
 
     @classmethod
     def from_django(cls) -> LLMJobsSettings:

@@ -77,27 +77,12 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         """The job's current status in the database (``None`` if it is gone); one small query."""
         return self.filter(pk=pk).values_list("status", flat=True).first()
 
-    def add_to_counters(
-        self,
-        *,
-        succeeded: int = 0,
-        failed: int = 0,
-        cancelled: int = 0,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        rate_limited: int = 0,
-        retries: int = 0,
-    ) -> int:
-        """Add to the jobs' counters in one UPDATE (``F()`` arithmetic: safe against concurrent writers)."""
-        return self.update(
-            succeeded_count=F("succeeded_count") + succeeded,
-            failed_count=F("failed_count") + failed,
-            cancelled_count=F("cancelled_count") + cancelled,
-            input_tokens=F("input_tokens") + input_tokens,
-            output_tokens=F("output_tokens") + output_tokens,
-            rate_limited_count=F("rate_limited_count") + rate_limited,
-            retries_count=F("retries_count") + retries,
-        )
+    def add_to_counters(self, **deltas: int) -> int:
+        """Add to the jobs' counters in one UPDATE (``F()`` arithmetic: safe against concurrent
+        writers). Keywords: ``succeeded``, ``failed``, ``cancelled``, ``rate_limited``,
+        ``retries`` (the ``*_count`` fields), ``input_tokens``, ``output_tokens``."""
+        fields = {BatchJob.COUNTER_OF.get(name, name): delta for name, delta in deltas.items()}
+        return self.update(**{field: F(field) + delta for field, delta in fields.items()})
 
 
 class BatchJob(models.Model):
@@ -109,6 +94,15 @@ class BatchJob(models.Model):
         FAILED = "failed", "Failed"
         PARTIALLY_FAILED = "partially_failed", "Partially failed"
         CANCELLED = "cancelled", "Cancelled"
+
+    # keyword of ``add_to_counters`` -> field, where they differ
+    COUNTER_OF = {
+        "succeeded": "succeeded_count",
+        "failed": "failed_count",
+        "cancelled": "cancelled_count",
+        "rate_limited": "rate_limited_count",
+        "retries": "retries_count",
+    }
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
     FINISHED_STATUSES = (
@@ -402,20 +396,13 @@ class ItemQuerySet(models.QuerySet["Item"]):
 
     def reset_for_retry(self) -> int:
         """Put the retryable items back to pending, results and errors cleared, ``attempts`` kept."""
-        return self.retryable().update(
-            status=Item.Status.PENDING,
-            output="",
-            stop_reason="",
-            error_type="",
-            error_message="",
-            input_tokens=None,
-            output_tokens=None,
-            latency_ms=None,
-            ttft_ms=None,
-            lease_expires_at=None,
-            started_at=None,
-            finished_at=None,
-        )
+        cleared = {
+            field.name: field.get_default()
+            for field in Item._meta.concrete_fields
+            if field.name in (*Item.RESULT_FIELDS, "lease_expires_at", "started_at", "finished_at")
+            and field.name not in ("status", "attempts")
+        }
+        return self.retryable().update(status=Item.Status.PENDING, **cleared)
 
     def next_lease_expiry(self) -> datetime.datetime | None:
         """When the first lease among these running items expires (``None``: no lease held)."""
@@ -439,6 +426,20 @@ class Item(models.Model):
     # What a retry puts back to pending, on every surface: a cancelled item was
     # never answered, so retrying it costs what running it would have.
     RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
+
+    # What one attempt's outcome sets on an item.
+    RESULT_FIELDS = (
+        "status",
+        "output",
+        "stop_reason",
+        "error_type",
+        "error_message",
+        "attempts",
+        "input_tokens",
+        "output_tokens",
+        "latency_ms",
+        "ttft_ms",
+    )
 
     # No index of its own: the (job, position) unique index serves lookups by job.
     job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="items", db_index=False)

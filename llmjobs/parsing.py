@@ -45,6 +45,7 @@ from typing import IO, Any
 
 from .conf import llmjobs_settings
 from .exceptions import JobInputError
+from .prompts import format_value
 
 __all__ = [
     "FORMATS",
@@ -138,12 +139,7 @@ def _limited(items: Iterable[Located]) -> Iterator[Located]:
         yield located
 
 
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    return json.dumps(value, ensure_ascii=False)
+_as_text = format_value  # a field value as text: the same rule as in prompts
 
 
 def _with_text(fields: dict[str, Any], text: Any) -> dict[str, Any]:

@@ -52,20 +52,7 @@ FLUSH_BATCH = 200  # outcomes per write
 FLUSH_EVERY = 0.25  # seconds: the most a kill -9 can lose of received answers
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
 
-_ITEM_FIELDS = [
-    "status",
-    "output",
-    "stop_reason",
-    "error_type",
-    "error_message",
-    "attempts",
-    "input_tokens",
-    "output_tokens",
-    "latency_ms",
-    "ttft_ms",
-    "lease_expires_at",
-    "finished_at",
-]
+_ITEM_FIELDS = [*Item.RESULT_FIELDS, "lease_expires_at", "finished_at"]
 
 
 @dataclass(slots=True)

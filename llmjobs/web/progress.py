@@ -42,13 +42,7 @@ LAST_ERRORS = 3
 
 _JOB_FIELDS = (
     "status",
-    "total",
-    "succeeded_count",
-    "failed_count",
-    "cancelled_count",
-    "input_tokens",
-    "output_tokens",
-    "cost_estimate",
+    *BatchJob.COUNTER_FIELDS,
     "started_at",
     "finished_at",
     "last_error",

@@ -14,6 +14,7 @@ goes away, Django cancels the generator, which closes the upstream request.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
@@ -91,13 +92,24 @@ def _preview(request: HttpRequest, job: BatchJob) -> None:
         messages.info(request, line)
 
 
-def _enqueue(request: HttpRequest, job: BatchJob) -> None:
+def _attempt(request: HttpRequest, service: Callable[..., object], job: BatchJob, *, refused: str, done: str) -> None:
+    """Call ``service(job=job)``; say ``done`` (formatted with the job) or why it was refused."""
     try:
-        jobs.job_enqueue(job=job)
+        service(job=job)
     except JobStateError as exc:
-        messages.error(request, f"Could not run job #{job.pk}: {exc}")
+        messages.error(request, f"{refused}: {exc}")
     else:
-        messages.success(request, f"Job #{job.pk} is queued: {job.total:,} item(s).")
+        messages.success(request, done.format(job=job))
+
+
+def _enqueue(request: HttpRequest, job: BatchJob) -> None:
+    _attempt(
+        request,
+        jobs.job_enqueue,
+        job,
+        refused=f"Could not run job #{job.pk}",
+        done="Job #{job.pk} is queued: {job.total:,} item(s).",
+    )
 
 
 # --- jobs ------------------------------------------------------------------------------
@@ -123,7 +135,7 @@ def job_new(request: HttpRequest) -> HttpResponse:
                 None,
                 "The pasted text is too large for a form post: upload it as a TXT, CSV or JSONL file instead.",
             )
-            return render(request, "llmjobs/job_form.html", {"form": form}, status=400)
+            return _form_page(request, form, status=400)
         if form.is_valid():
             try:
                 job = jobs.job_create(owner=request.user, **form.service_kwargs())
@@ -137,8 +149,12 @@ def job_new(request: HttpRequest) -> HttpResponse:
                 else:
                     messages.success(request, f"Job #{job.pk} saved as a draft.")
                 return redirect(_job_url(job))
-        return render(request, "llmjobs/job_form.html", {"form": form}, status=400)
-    return render(request, "llmjobs/job_form.html", {"form": JobForm()})
+        return _form_page(request, form, status=400)
+    return _form_page(request, JobForm())
+
+
+def _form_page(request: HttpRequest, form: JobForm, status: int = 200) -> HttpResponse:
+    return render(request, "llmjobs/job_form.html", {"form": form, "preview_count": jobs.PREVIEW_COUNT}, status=status)
 
 
 @login_required
@@ -161,54 +177,46 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_run": job.status == BatchJob.Status.DRAFT and job.remaining_count > 0,
         "can_cancel": job.is_active,
         "can_retry": job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
+        "preview_count": jobs.PREVIEW_COUNT,
     }
     return render(request, "llmjobs/job_detail.html", context)
 
 
-@login_required
-@require_POST
-def job_run(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
-    _enqueue(request, job)
-    return redirect(_job_url(job))
+def _cancel(request: HttpRequest, job: BatchJob) -> None:
+    _attempt(request, jobs.job_cancel, job, refused="Could not cancel", done="Job #{job.pk} is cancelled.")
 
 
-@login_required
-@require_POST
-def job_preview(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
-    _preview(request, job)
-    return redirect(_job_url(job))
-
-
-@login_required
-@require_POST
-def job_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
-    try:
-        jobs.job_cancel(job=job)
-    except JobStateError as exc:
-        messages.error(request, f"Could not cancel: {exc}")
-    else:
-        messages.success(request, f"Job #{job.pk} is cancelled.")
-    return redirect(_job_url(job))
-
-
-@login_required
-@require_POST
-def job_retry_view(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
+def _retry(request: HttpRequest, job: BatchJob) -> None:
     try:
         count = jobs.job_retry(job=job)
     except JobStateError as exc:
         messages.error(request, f"Could not retry: {exc}")
-        return redirect(_job_url(job))
+        return
     if not count:
         messages.info(request, "No failed or cancelled items to retry.")
-        return redirect(_job_url(job))
+        return
     messages.success(request, f"{count:,} item(s) will be tried again.")
     _enqueue(request, job)
-    return redirect(_job_url(job))
+
+
+def _job_action(act: Callable[[HttpRequest, BatchJob], None]) -> Callable[..., HttpResponse]:
+    """A POST-only view over one of the user's jobs: ``act`` calls a service and
+    leaves messages; the browser goes back to the job page."""
+
+    @login_required
+    @require_POST
+    def view(request: HttpRequest, pk: int) -> HttpResponse:
+        job = _job_or_404(request, pk)
+        act(request, job)
+        return redirect(_job_url(job))
+
+    return view
+
+
+job_run = _job_action(_enqueue)
+job_preview = _job_action(_preview)
+job_cancel_view = _job_action(_cancel)
+job_retry_view = _job_action(_retry)
 
 
 @login_required
