@@ -151,17 +151,12 @@ class BatchJobAdmin(_JobAdminBase):
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         for job in queryset:
             try:
-                count = job_retry(job=job)
+                count = job_retry(job=job, enqueue=True)
             except JobStateError as exc:
                 self.message_user(request, f"#{job.pk}: {exc}", messages.ERROR)
                 continue
             if not count:
                 self.message_user(request, f"#{job.pk}: no failed or cancelled items.", messages.INFO)
-                continue
-            try:
-                job_enqueue(job=job)
-            except JobStateError as exc:
-                self.message_user(request, f"#{job.pk}: {count} item(s) reset, but: {exc}", messages.WARNING)
             else:
                 self.message_user(
                     request, f"#{job.pk}: {count} failed or cancelled item(s) queued again.", messages.SUCCESS

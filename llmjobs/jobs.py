@@ -324,7 +324,7 @@ def job_cancel(*, job: BatchJob) -> BatchJob:
     return job
 
 
-def job_retry(*, job: BatchJob) -> int:
+def job_retry(*, job: BatchJob, enqueue: bool = False) -> int:
     """Put the job's failed and cancelled items back to pending; returns how many.
 
     The rule is the same on every surface (``Item.RETRYABLE_STATUSES``): a
@@ -333,6 +333,10 @@ def job_retry(*, job: BatchJob) -> int:
     errors are cleared; ``attempts`` is kept. A finished or cancelled job goes
     back to draft, ready for ``job_enqueue``; a queued job stays queued and its
     task picks the items up. Refused while the job is running.
+
+    With ``enqueue``, a job that got items back is then queued for a worker
+    (``job_enqueue``); if that fails, ``JobStateError`` says how many items
+    were reset (they stay pending, ready for the next run).
     """
     with transaction.atomic():
         current = _locked(job)
@@ -343,6 +347,11 @@ def job_retry(*, job: BatchJob) -> int:
             current.mark_draft()
         current.refresh_counters()
         _copy_state(current, job)
+    if enqueue and count:
+        try:
+            job_enqueue(job=job)
+        except JobStateError as exc:
+            raise JobStateError(f"{count} item(s) reset, but: {exc}") from exc
     return count
 
 

@@ -562,6 +562,49 @@ def test_job_retry_then_enqueue(django_capture_on_commit_callbacks):
     assert job.status == J.QUEUED and job.task_id
 
 
+def test_job_retry_with_enqueue_queues_the_job_in_one_call(django_capture_on_commit_callbacks, monkeypatch):
+    job = create(texts=["a", "b"])
+    job.items.update(status=S.CANCELLED)
+    job.mark_finished()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_retry(job=job, enqueue=True) == 2
+    assert job.status == J.QUEUED and job.task_id
+    assert job_retry(job=job, enqueue=True) == 0  # nothing to retry: nothing queued again
+
+    from llmjobs import tasks
+
+    def boom(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(type(tasks.process_job_task), "enqueue", boom)
+    other = create(texts=["a"])
+    other.items.update(status=S.FAILED)
+    other.mark_finished()
+    # (in autocommit the message starts "1 item(s) reset, but: "; in a test transaction the
+    # on-commit enqueue fails when the transaction ends, after job_retry has returned)
+    with pytest.raises(JobStateError, match="could not enqueue the job: ConnectionError: broker down"):
+        with django_capture_on_commit_callbacks(execute=True):
+            job_retry(job=other, enqueue=True)
+    assert other.items.pending().count() == 1  # reset, ready for the next run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_retry_with_enqueue_says_what_was_reset_when_queueing_fails(monkeypatch):
+    from llmjobs import tasks
+
+    def boom(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(type(tasks.process_job_task), "enqueue", boom)
+    job = create(texts=["a", "b"])
+    job.items.update(status=S.FAILED)
+    job.mark_finished()
+    with pytest.raises(JobStateError, match=r"^2 item\(s\) reset, but: could not enqueue the job: ConnectionError"):
+        job_retry(job=job, enqueue=True)
+    job.refresh_from_db()
+    assert job.status == J.DRAFT and job.items.pending().count() == 2
+
+
 # --- export -------------------------------------------------------------------------------------
 
 

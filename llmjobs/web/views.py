@@ -188,7 +188,7 @@ def _cancel(request: HttpRequest, job: BatchJob) -> None:
 
 def _retry(request: HttpRequest, job: BatchJob) -> None:
     try:
-        count = jobs.job_retry(job=job)
+        count = jobs.job_retry(job=job, enqueue=True)
     except JobStateError as exc:
         messages.error(request, f"Could not retry: {exc}")
         return
@@ -196,7 +196,7 @@ def _retry(request: HttpRequest, job: BatchJob) -> None:
         messages.info(request, "No failed or cancelled items to retry.")
         return
     messages.success(request, f"{count:,} item(s) will be tried again.")
-    _enqueue(request, job)
+    messages.success(request, f"Job #{job.pk} is queued: {job.total:,} item(s).")
 
 
 def _job_action(act: Callable[[HttpRequest, BatchJob], None]) -> Callable[..., HttpResponse]:
