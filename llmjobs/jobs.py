@@ -294,9 +294,7 @@ def _enqueue_task(job_id: int, job: BatchJob) -> None:
     except Exception as exc:
         logger.exception("could not enqueue job %s", job_id)
         error = f"could not enqueue the job: {type(exc).__name__}: {exc}"
-        BatchJob.objects.filter(pk=job_id, status=BatchJob.Status.QUEUED).update(
-            status=BatchJob.Status.DRAFT, last_error=error
-        )
+        BatchJob.objects.filter(pk=job_id).unqueue(error)
         job.status, job.last_error = BatchJob.Status.DRAFT, error
         raise JobStateError(error) from exc
     task_id = str(result.id)

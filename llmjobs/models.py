@@ -77,6 +77,11 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         """The job's current status in the database (``None`` if it is gone); one small query."""
         return self.filter(pk=pk).values_list("status", flat=True).first()
 
+    def unqueue(self, error: str) -> int:
+        """Queued jobs whose task could not be enqueued: back to draft with ``error`` (one UPDATE;
+        a job a worker already took is left alone)."""
+        return self.filter(status=BatchJob.Status.QUEUED).update(status=BatchJob.Status.DRAFT, last_error=error)
+
     def add_to_counters(self, **deltas: int) -> int:
         """Add to the jobs' counters in one UPDATE (``F()`` arithmetic: safe against concurrent
         writers). Keywords: ``succeeded``, ``failed``, ``cancelled``, ``rate_limited``,
