@@ -48,6 +48,7 @@ __all__ = [
     "EXPORT_FIELDS",
     "EXPORT_FORMATS",
     "PREVIEW_COUNT",
+    "ExportFormat",
     "JobInputError",
     "JobStateError",
     "job_cancel",

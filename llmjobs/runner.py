@@ -18,8 +18,9 @@ at least every ``FLUSH_EVERY`` seconds or ``FLUSH_BATCH`` outcomes, so a
 again). A later run takes pending items and items whose lease expired, and
 never an item that already succeeded.
 
-Sync code (management commands, tasks, admin actions) calls ``process_job``,
-which goes through ``async_to_sync``; never ``asyncio.run`` inside a loop.
+Sync code (management commands, tasks, admin actions) goes through the
+services ``jobs.job_run`` and ``jobs.job_preview``, which reach the runner
+through ``async_to_sync``; never ``asyncio.run`` inside a loop.
 """
 
 from __future__ import annotations
