@@ -1,33 +1,43 @@
 """The admin: jobs with progress and sync actions over the services; items read-only.
 
-Actions are thin: they call ``jobs.py`` (enqueue, cancel, retry, export) or
-``runner.preview_job`` (which reaches the async engine through
-``async_to_sync``). A job's change page links to its items instead of
+Actions are thin: each parses the selection, calls one service from
+``jobs.py`` (enqueue, cancel, retry, export, preview; the preview reaches the
+async engine through ``async_to_sync``) and reports the result. A job's change page links to its items instead of
 rendering them inline, so a 100,000-item job opens instantly.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from .exceptions import JobStateError
 from .jobs import (
-    JobStateError,
+    PREVIEW_COUNT,
+    ExportFormat,
     job_cancel,
     job_enqueue,
-    job_export_lines,
-    job_retry_failed,
+    job_export_response,
+    job_preview,
+    job_retry,
+    preview_lines,
 )
 from .models import BatchJob, Item
 
-PREVIEW_COUNT = 5
+if TYPE_CHECKING:  # ModelAdmin is generic only in django-stubs
+    _JobAdminBase = admin.ModelAdmin[BatchJob]
+    _ItemAdminBase = admin.ModelAdmin[Item]
+else:
+    _JobAdminBase = _ItemAdminBase = admin.ModelAdmin
 
 
 def _progress_bar(job: BatchJob) -> str:
@@ -44,7 +54,7 @@ def _progress_bar(job: BatchJob) -> str:
 
 
 @admin.register(BatchJob)
-class BatchJobAdmin(admin.ModelAdmin):
+class BatchJobAdmin(_JobAdminBase):
     list_display = (
         "id",
         "name",
@@ -68,13 +78,7 @@ class BatchJobAdmin(admin.ModelAdmin):
         "status",
         "progress_display",
         "items_link",
-        "total",
-        "succeeded_count",
-        "failed_count",
-        "cancelled_count",
-        "input_tokens",
-        "output_tokens",
-        "cost_estimate",
+        *BatchJob.COUNTER_FIELDS,
         "created_at",
         "started_at",
         "finished_at",
@@ -88,20 +92,7 @@ class BatchJobAdmin(admin.ModelAdmin):
             {"fields": ("system_prompt", "prompt_template", "max_tokens", "stop_sequences")},
         ),
         ("Speed", {"fields": ("concurrency", "rate_limit_rpm")}),
-        (
-            "Counters",
-            {
-                "fields": (
-                    "total",
-                    "succeeded_count",
-                    "failed_count",
-                    "cancelled_count",
-                    "input_tokens",
-                    "output_tokens",
-                    "cost_estimate",
-                )
-            },
-        ),
+        ("Counters", {"fields": BatchJob.COUNTER_FIELDS}),
         ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error")}),
     )
 
@@ -133,7 +124,9 @@ class BatchJobAdmin(admin.ModelAdmin):
 
     # --- actions ---------------------------------------------------------------------
 
-    def _for_each(self, request: HttpRequest, queryset: QuerySet[BatchJob], service, done: str) -> None:
+    def _for_each(
+        self, request: HttpRequest, queryset: QuerySet[BatchJob], service: Callable[..., object], done: str
+    ) -> None:
         """Call ``service(job=...)`` on each selected job; report refusals per job, successes once."""
         count = 0
         for job in queryset:
@@ -154,51 +147,41 @@ class BatchJobAdmin(admin.ModelAdmin):
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         self._for_each(request, queryset, job_cancel, "{count} job(s) cancelled.")
 
-    @admin.action(description="Retry failed items")
+    @admin.action(description="Retry failed and cancelled items")
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         for job in queryset:
             try:
-                count = job_retry_failed(job=job)
+                count = job_retry(job=job, enqueue=True)
             except JobStateError as exc:
                 self.message_user(request, f"#{job.pk}: {exc}", messages.ERROR)
                 continue
             if not count:
-                self.message_user(request, f"#{job.pk}: no failed items.", messages.INFO)
-                continue
-            try:
-                job_enqueue(job=job)
-            except JobStateError as exc:
-                self.message_user(request, f"#{job.pk}: {count} item(s) reset, but: {exc}", messages.WARNING)
+                self.message_user(request, f"#{job.pk}: no failed or cancelled items.", messages.INFO)
             else:
-                self.message_user(request, f"#{job.pk}: {count} failed item(s) queued again.", messages.SUCCESS)
+                self.message_user(
+                    request, f"#{job.pk}: {count} failed or cancelled item(s) queued again.", messages.SUCCESS
+                )
 
-    def _export(self, request: HttpRequest, queryset: QuerySet[BatchJob], fmt: str) -> HttpResponse | None:
+    def _export(self, request: HttpRequest, queryset: QuerySet[BatchJob], fmt: ExportFormat) -> HttpResponseBase | None:
         jobs = list(queryset[:2])
         if len(jobs) != 1:
             self.message_user(request, "Select exactly one job to export.", messages.WARNING)
             return None
-        job = jobs[0]
-        content_type = "text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson; charset=utf-8"
-        response = StreamingHttpResponse(job_export_lines(job, fmt), content_type=content_type)  # type: ignore[arg-type]
-        response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.{fmt}"'
-        return response
+        return job_export_response(job=jobs[0], fmt=fmt)
 
     @admin.action(description="Export results as CSV")
-    def export_csv(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponseBase | None:
         return self._export(request, queryset, "csv")
 
     @admin.action(description="Export results as JSONL")
-    def export_jsonl(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
+    def export_jsonl(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponseBase | None:
         return self._export(request, queryset, "jsonl")
 
     @admin.action(description=f"Preview: run the first {PREVIEW_COUNT} pending items now")
     def preview(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
-        from .runner import preview_job  # sync -> async_to_sync -> the engine
-        from .views import preview_lines
-
         for job in queryset[:10]:
             try:
-                results = preview_job(job.pk, count=PREVIEW_COUNT)
+                results = job_preview(job=job)
             except Exception as exc:  # show the operator what went wrong
                 self.message_user(request, f"#{job.pk}: preview failed: {type(exc).__name__}: {exc}", messages.ERROR)
                 continue
@@ -228,7 +211,7 @@ class JobFilter(admin.SimpleListFilter):
 
 
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(_ItemAdminBase):
     """Read-only: items change only through jobs (runner, retry, cancel)."""
 
     list_display = (
@@ -253,17 +236,8 @@ class ItemAdmin(admin.ModelAdmin):
         "job",
         "position",
         "custom_id",
-        "status",
         "input",
-        "output",
-        "stop_reason",
-        "error_type",
-        "error_message",
-        "attempts",
-        "input_tokens",
-        "output_tokens",
-        "latency_ms",
-        "ttft_ms",
+        *Item.RESULT_FIELDS,
         "started_at",
         "finished_at",
         "lease_expires_at",

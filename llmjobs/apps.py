@@ -5,3 +5,6 @@ class LlmjobsConfig(AppConfig):
     name = "llmjobs"
     verbose_name = "LLM jobs"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import conf  # noqa: F401  (connects the setting_changed receiver that clears the settings cache)

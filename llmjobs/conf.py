@@ -1,21 +1,122 @@
-"""Where API calls go, decided once from settings.
+"""llmjobs' settings, typed and read once; and where API calls go.
 
-With ANTHROPIC_API_KEY set, calls go to the real Anthropic API (or to
-ANTHROPIC_BASE_URL when that is set too). Without a key they go to the
-embedded simulator at LLMJOBS_SIMULATOR_URL with a placeholder key, so the app
-works out of the box on a machine with no network.
+``llmjobs_settings()`` returns one frozen ``LLMJobsSettings``: every
+``LLMJOBS_*`` Django setting, with its type, its default and what it means.
+It is read from ``django.conf.settings`` on first use and cached; a
+``setting_changed`` receiver clears the cache, so ``override_settings`` (and
+pytest-django's ``settings`` fixture) work in tests. No other module reads an
+``LLMJOBS_*`` setting itself.
 
-The key itself is never rendered, logged or stored: only ``describe()`` is
-shown to people, and it names the target, not the key.
+``api_target()``: with ANTHROPIC_API_KEY set, calls go to the real Anthropic
+API (or to ANTHROPIC_BASE_URL when that is set too). Without a key they go to
+the embedded simulator at LLMJOBS_SIMULATOR_URL with a placeholder key, so the
+app works out of the box on a machine with no network. The key itself is
+never rendered, logged or stored: only ``describe()`` is shown to people, and
+it names the target, not the key.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast, get_args
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+__all__ = [
+    "SIMULATOR_PLACEHOLDER_KEY",
+    "ApiTarget",
+    "LLMJobsSettings",
+    "api_target",
+    "llmjobs_settings",
+]
 
 SIMULATOR_PLACEHOLDER_KEY = "sk-simulator-no-real-key"
+PREFIX = "LLMJOBS_"
+
+HttpTransport = Literal["aiohttp", "httpx"]
+
+
+def _setting(default: Any, meaning: str) -> Any:
+    """A field of ``LLMJobsSettings``: its default and what it means (shown in the README table)."""
+    return field(default=default, metadata={"meaning": meaning})
+
+
+@dataclass(frozen=True, slots=True)
+class LLMJobsSettings:
+    """Every ``LLMJOBS_*`` setting. The Django setting is the field's name, upper-cased, after ``LLMJOBS_``."""
+
+    simulator_url: str = _setting(
+        "http://127.0.0.1:8765", "Where the embedded simulator listens when no ANTHROPIC_API_KEY is set."
+    )
+    simulator_args: str = _setting(
+        "--ttft 0.3 --tps 60", "Flags for the simulator that `make run` (`manage.py serve`) starts."
+    )
+    models: tuple[str, ...] = _setting(
+        ("claude-haiku-4-5", "claude-sonnet-4-6", "claude-opus-4-6", "claude-sonnet-4-5"),
+        "Models offered in the forms.",
+    )
+    default_model: str = _setting("claude-haiku-4-5", "The model a form or `submit_job` picks when none is chosen.")
+    http_transport: HttpTransport = _setting(  # noqa: RUF009 (a Literal of str: immutable)
+        "aiohttp", "The SDK's HTTP transport: `aiohttp` (faster, less CPU) or `httpx`."
+    )
+    lease_seconds: float = _setting(
+        30.0, "How long a claimed item stays reserved without renewal: how soon a dead runner's items are taken over."
+    )
+    max_items: int = _setting(100_000, "Most items in one job.")
+    max_item_chars: int = _setting(100_000, "Largest single item, in characters of field values.")
+    max_upload_bytes: int = _setting(50 * 1024 * 1024, "Largest upload, in bytes (50 MiB).")
+
+    @classmethod
+    def from_django(cls) -> LLMJobsSettings:
+        """Read every field from ``django.conf.settings`` (the default when unset), coerced to its type."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = getattr(settings, PREFIX + f.name.upper(), f.default)
+            values[f.name] = _coerce(f.name, raw, f.default)
+        if values["http_transport"] not in get_args(HttpTransport):
+            raise ImproperlyConfigured(
+                f"{PREFIX}HTTP_TRANSPORT must be one of {', '.join(get_args(HttpTransport))}, "
+                f"got {values['http_transport']!r}"
+            )
+        values["http_transport"] = cast(HttpTransport, values["http_transport"])
+        return cls(**values)
+
+    @staticmethod
+    def setting_names() -> list[str]:
+        return [PREFIX + f.name.upper() for f in dataclasses.fields(LLMJobsSettings)]
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    try:
+        if isinstance(default, tuple):
+            if isinstance(raw, str):
+                raw = raw.split(",")
+            return tuple(str(v).strip() for v in raw if str(v).strip())
+        if isinstance(default, bool):
+            return bool(raw)
+        return type(default)(raw)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"{PREFIX}{name.upper()} must be a {type(default).__name__}, got {raw!r}") from None
+
+
+@functools.cache
+def llmjobs_settings() -> LLMJobsSettings:
+    """The settings, read once (cleared when a test overrides an ``LLMJOBS_*`` setting)."""
+    return LLMJobsSettings.from_django()
+
+
+@receiver(setting_changed)
+def _clear_cache(*, setting: str, **kwargs: Any) -> None:
+    if setting.startswith(PREFIX):
+        llmjobs_settings.cache_clear()
+
+
+# --- where API calls go ----------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +143,6 @@ def api_target() -> ApiTarget:
         )
     return ApiTarget(
         api_key=SIMULATOR_PLACEHOLDER_KEY,
-        base_url=settings.LLMJOBS_SIMULATOR_URL,
+        base_url=llmjobs_settings().simulator_url,
         is_simulator=True,
     )

@@ -1,14 +1,23 @@
-"""Services: the business operations on jobs (HackSoft style).
+"""Services: every operation on a job, written once (HackSoft style: ``job_<verb>``).
 
-Keyword-only, typed, transactional. Surfaces (admin, views, commands, tasks)
-call these and never change jobs or items on their own.
+Keyword-only, typed, transactional. Surfaces (admin actions, views, commands,
+tasks) parse their input, call one of these and render the result; they never
+change jobs or items on their own.
 
 - ``job_create``: validate everything, then write the job and its items in one
   transaction. Bad input raises ``JobInputError`` and creates nothing.
 - ``job_enqueue``: queue the job on Django's task framework (after commit).
-- ``job_cancel``, ``job_retry_failed``: bulk state changes, counters kept right.
-- ``job_export`` / ``job_export_rows`` / ``job_export_lines``: results in input
-  order, streamed.
+- ``job_run``: run the job now, in this process (sync; through ``async_to_sync``).
+- ``job_cancel``: cancel the job and its pending items.
+- ``job_retry``: put failed **and cancelled** items back to pending (one rule
+  on every surface: ``Item.RETRYABLE_STATUSES``).
+- ``job_preview``: run the first ``PREVIEW_COUNT`` pending items now.
+- ``job_export`` / ``job_export_lines`` / ``job_export_response``: results in
+  input order, streamed, as CSV or JSONL (one table of formats, ``EXPORT_FORMATS``).
+- ``recover_stalled_jobs``: re-enqueue running jobs whose runner died.
+
+Errors are ``JobInputError`` (bad input) and ``JobStateError`` (not now), from
+``llmjobs.exceptions``.
 """
 
 from __future__ import annotations
@@ -17,18 +26,29 @@ import csv
 import datetime
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import IO, Any, Literal, TextIO
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
 
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import transaction
+from django.http import StreamingHttpResponse
 from django.utils import timezone
+from django.utils.text import Truncator
 
+from .exceptions import JobInputError, JobStateError
 from .models import BatchJob, Item
-from .parsing import JobInputError, iter_file, iter_records, iter_texts
+from .parsing import iter_file, iter_records, iter_texts
 from .prompts import compile_template
+
+if TYPE_CHECKING:
+    from .engine import Outcome
+    from .runner import JobRunner, RunReport
 
 __all__ = [
     "EXPORT_FIELDS",
+    "EXPORT_FORMATS",
+    "PREVIEW_COUNT",
+    "ExportFormat",
     "JobInputError",
     "JobStateError",
     "job_cancel",
@@ -36,8 +56,12 @@ __all__ = [
     "job_enqueue",
     "job_export",
     "job_export_lines",
+    "job_export_response",
     "job_export_rows",
-    "job_retry_failed",
+    "job_preview",
+    "job_retry",
+    "job_run",
+    "preview_lines",
     "recover_stalled_jobs",
 ]
 
@@ -45,12 +69,10 @@ logger = logging.getLogger(__name__)
 
 BULK_BATCH_SIZE = 2000
 EXPORT_CHUNK_SIZE = 2000
+EXPORT_LINES_PER_HOP = 500  # lines read per trip to the ORM thread when streaming an export under ASGI
+PREVIEW_COUNT = 5  # items a preview runs now, on every surface
 CUSTOM_ID_FIELDS = ("custom_id", "id")
 CUSTOM_ID_MAX_LENGTH = 255
-
-
-class JobStateError(Exception):
-    """The job is not in a state that allows this operation; the message says why."""
 
 
 # --- create ---------------------------------------------------------------------------
@@ -68,7 +90,7 @@ def _positive_int(value: Any, what: str, *, allow_none: bool = False) -> int | N
             raise JobInputError(f"{what} must be a whole number, got {value!r}") from None
     if value < 1:
         raise JobInputError(f"{what} must be at least 1, got {value}")
-    return value
+    return int(value)
 
 
 def _custom_id(fields: Mapping[str, Any], where: str) -> str:
@@ -127,7 +149,7 @@ def job_create(
         raise JobInputError("choose a model")
     if len(model) > 100:
         raise JobInputError("the model name is over 100 characters long")
-    max_tokens = _positive_int(max_tokens, "max_tokens")
+    max_tokens = _positive_int(max_tokens, "max_tokens") or 1
     concurrency = _positive_int(concurrency, "concurrency", allow_none=True)
     rate_limit_rpm = _positive_int(rate_limit_rpm, "rate_limit_rpm", allow_none=True)
     if isinstance(stop_sequences, str):
@@ -242,7 +264,7 @@ def job_enqueue(*, job: BatchJob, force: bool = False) -> BatchJob:
     a job the database doesn't have yet, and its result id is stored in
     ``job.task_id``. A queued job is left as it is (idempotent). A running job
     is refused unless ``force`` (used by recovery, when its runner is known to
-    be dead). A finished job needs pending items first (``job_retry_failed``).
+    be dead). A finished job needs pending items first (``job_retry``).
     If the backend refuses the task, the job goes back to draft with the
     reason in ``last_error`` and ``JobStateError`` is raised.
     """
@@ -273,9 +295,7 @@ def _enqueue_task(job_id: int, job: BatchJob) -> None:
     except Exception as exc:
         logger.exception("could not enqueue job %s", job_id)
         error = f"could not enqueue the job: {type(exc).__name__}: {exc}"
-        BatchJob.objects.filter(pk=job_id, status=BatchJob.Status.QUEUED).update(
-            status=BatchJob.Status.DRAFT, last_error=error
-        )
+        BatchJob.objects.filter(pk=job_id).unqueue(error)
         job.status, job.last_error = BatchJob.Status.DRAFT, error
         raise JobStateError(error) from exc
     task_id = str(result.id)
@@ -296,49 +316,41 @@ def job_cancel(*, job: BatchJob) -> BatchJob:
             return job
         if current.is_finished:
             raise JobStateError(f"job {job.pk} has already finished ({current.get_status_display().lower()})")
-        now = timezone.now()
-        current.items.claimable(now).order_by().update(
-            status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=now
-        )
+        current.items.cancel_pending()
         current.mark_cancelled()
         current.refresh_counters()
         _copy_state(current, job)
     return job
 
 
-def job_retry_failed(*, job: BatchJob, include_cancelled: bool = False) -> int:
-    """Put failed (and with ``include_cancelled`` also cancelled) items back to pending.
+def job_retry(*, job: BatchJob, enqueue: bool = False) -> int:
+    """Put the job's failed and cancelled items back to pending; returns how many.
 
-    Their results and errors are cleared; ``attempts`` is kept. A finished job
-    goes back to draft, ready for ``job_enqueue``; a queued job stays queued
-    and its task picks the items up. Refused while the job is running.
-    Returns the number of items reset.
+    The rule is the same on every surface (``Item.RETRYABLE_STATUSES``): a
+    cancelled item was never answered, so retrying it pays for it once, like
+    running it would have; succeeded items are never touched. Results and
+    errors are cleared; ``attempts`` is kept. A finished or cancelled job goes
+    back to draft, ready for ``job_enqueue``; a queued job stays queued and its
+    task picks the items up. Refused while the job is running.
+
+    With ``enqueue``, a job that got items back is then queued for a worker
+    (``job_enqueue``); if that fails, ``JobStateError`` says how many items
+    were reset (they stay pending, ready for the next run).
     """
-    statuses = [Item.Status.FAILED]
-    if include_cancelled:
-        statuses.append(Item.Status.CANCELLED)
     with transaction.atomic():
         current = _locked(job)
         if current.status == BatchJob.Status.RUNNING:
             raise JobStateError(f"job {job.pk} is running: wait for it to finish, or cancel it")
-        count = current.items.filter(status__in=statuses).update(
-            status=Item.Status.PENDING,
-            output="",
-            stop_reason="",
-            error_type="",
-            error_message="",
-            input_tokens=None,
-            output_tokens=None,
-            latency_ms=None,
-            ttft_ms=None,
-            lease_expires_at=None,
-            started_at=None,
-            finished_at=None,
-        )
+        count = current.items.reset_for_retry()
         if count and current.status != BatchJob.Status.QUEUED:
             current.mark_draft()
         current.refresh_counters()
         _copy_state(current, job)
+    if enqueue and count:
+        try:
+            job_enqueue(job=job)
+        except JobStateError as exc:
+            raise JobStateError(f"{count} item(s) reset, but: {exc}") from exc
     return count
 
 
@@ -353,7 +365,7 @@ def recover_stalled_jobs(*, now: datetime.datetime | None = None) -> list[BatchJ
     in ``job_enqueue`` serializes concurrent recoveries).
     """
     now = now or timezone.now()
-    live = Item.objects.filter(status=Item.Status.RUNNING, lease_expires_at__gte=now)
+    live = Item.objects.live(now)
     candidates = (
         BatchJob.objects.filter(status=BatchJob.Status.RUNNING).exclude(pk__in=live.values("job_id")).order_by("pk")
     )
@@ -368,6 +380,50 @@ def recover_stalled_jobs(*, now: datetime.datetime | None = None) -> list[BatchJ
             continue
         recovered.append(job)
     return recovered
+
+
+# --- run / preview ----------------------------------------------------------------------
+
+
+def job_run(*, job: BatchJob, runner: JobRunner | None = None, **options: Any) -> RunReport:
+    """Run ``job`` now, in this process, until its items are done (or it is stopped).
+
+    Sync code's way into the async runner (``async_to_sync``, never
+    ``asyncio.run`` inside a loop). ``options`` go to ``JobRunner``; a caller
+    that needs to stop the run (``process_job``'s Ctrl-C) builds the
+    ``JobRunner`` itself and passes it as ``runner``.
+    """
+    from .runner import JobRunner  # the runner pulls in the engine and the SDK: import on use
+
+    runner = runner or JobRunner(job.pk, **options)
+    return async_to_sync(runner.run)()
+
+
+def job_preview(*, job: BatchJob, count: int = PREVIEW_COUNT) -> list[tuple[Item, Outcome]]:
+    """Run the first ``count`` pending items of ``job`` now; return them with their outcomes.
+
+    For checking a prompt before paying for the whole job: the answers are
+    kept on the items (never paid for twice) and the job's status is left as
+    it was. ``preview_lines`` turns the result into text for people.
+    """
+    from . import runner  # import on use (the engine and the SDK)
+
+    return runner.preview_job(job.pk, count=count)
+
+
+def preview_lines(results: Sequence[tuple[Item, Outcome]]) -> list[str]:
+    """One plain-text line per previewed item (escape it wherever it is shown)."""
+    lines = []
+    for item, outcome in results:
+        if outcome.ok:
+            text = Truncator(outcome.text or "").chars(400)
+            lines.append(f"Preview of item {item.position}: {text}")
+        else:
+            lines.append(
+                f"Preview of item {item.position} failed: {outcome.error_type}: "
+                f"{Truncator(outcome.error_message or '').chars(300)}"
+            )
+    return lines
 
 
 # --- export ---------------------------------------------------------------------------
@@ -409,29 +465,71 @@ def _csv_value(key: str, value: Any) -> Any:
     return "" if value is None else value
 
 
-def job_export_lines(job: BatchJob, fmt: Literal["csv", "jsonl"]) -> Iterator[str]:
+ExportFormat = Literal["csv", "jsonl"]
+
+# format -> Content-Type of its download
+EXPORT_FORMATS: dict[str, str] = {
+    "csv": "text/csv; charset=utf-8",
+    "jsonl": "application/x-ndjson; charset=utf-8",
+}
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in EXPORT_FORMATS:
+        raise JobInputError(f"unknown export format {fmt!r}: use csv or jsonl")
+
+
+def job_export_lines(job: BatchJob, fmt: ExportFormat) -> Iterator[str]:
     """The export as text lines (CSV with a header row, or JSONL), for streaming responses."""
+    _check_format(fmt)
     if fmt == "csv":
         writer = csv.writer(_Echo())
         yield writer.writerow(EXPORT_FIELDS)
         for row in job_export_rows(job):
             yield writer.writerow([_csv_value(k, v) for k, v in row.items()])
-    elif fmt == "jsonl":
+    else:
         for row in job_export_rows(job):
             yield json.dumps(row, ensure_ascii=False) + "\n"
-    else:
-        raise JobInputError(f"unknown export format {fmt!r}: use csv or jsonl")
 
 
-def job_export(*, job: BatchJob, fmt: Literal["csv", "jsonl"], out: TextIO) -> int:
+async def _aiter_in_thread(lines: Iterator[str]) -> AsyncIterator[str]:
+    """A sync iterator of export lines, read in the ORM's thread in hops of many lines."""
+
+    def hop() -> list[str]:
+        chunk = []
+        for line in lines:
+            chunk.append(line)
+            if len(chunk) >= EXPORT_LINES_PER_HOP:
+                break
+        return chunk
+
+    read = sync_to_async(hop)
+    while chunk := await read():
+        yield "".join(chunk)
+
+
+def job_export_response(*, job: BatchJob, fmt: ExportFormat, asgi: bool = False) -> StreamingHttpResponse:
+    """The export as a streamed download (``job-<id>.<fmt>``): the admin's and the pages' one builder.
+
+    Under ASGI (``asgi=True``) the content is an async iterator that reads the
+    database in hops on the ORM's thread; a sync iterator would be buffered whole.
+    """
+    _check_format(fmt)
+    lines = job_export_lines(job, fmt)
+    content: Any = _aiter_in_thread(lines) if asgi else lines
+    response = StreamingHttpResponse(content, content_type=EXPORT_FORMATS[fmt])
+    response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.{fmt}"'
+    return response
+
+
+def job_export(*, job: BatchJob, fmt: ExportFormat, out: TextIO) -> int:
     """Write the export to ``out``; returns the number of items written.
 
     Columns: ``EXPORT_FIELDS``. In CSV the input fields are one JSON column and
     empty values are empty cells; in JSONL they are an object and ``null``.
     Open files for CSV with ``newline=""``.
     """
-    if fmt not in ("csv", "jsonl"):
-        raise JobInputError(f"unknown export format {fmt!r}: use csv or jsonl")
+    _check_format(fmt)
     count = -1 if fmt == "csv" else 0
     for line in job_export_lines(job, fmt):
         out.write(line)

@@ -4,6 +4,8 @@ Style follows django-tasks-db: QuerySets carry the verbs (``.pending()``,
 ``.claimable(now)``...), and state changes are model methods that save only
 the fields they touch (``save(update_fields=[...])``). Business operations
 that span rows (create, enqueue, cancel, retry, export) live in ``jobs.py``.
+Leases are QuerySet verbs too (``claim``, ``renew``, ``release``,
+``cancel_pending``...), so the runner holds no SQL of its own.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import models
-from django.db.models import Count, Q, Sum
+from django.db import connection, models, transaction
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -71,6 +73,22 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
             return self.all()
         return self.filter(owner=user)
 
+    def status_of(self, pk: int) -> str | None:
+        """The job's current status in the database (``None`` if it is gone); one small query."""
+        return self.filter(pk=pk).values_list("status", flat=True).first()
+
+    def unqueue(self, error: str) -> int:
+        """Queued jobs whose task could not be enqueued: back to draft with ``error`` (one UPDATE;
+        a job a worker already took is left alone)."""
+        return self.filter(status=BatchJob.Status.QUEUED).update(status=BatchJob.Status.DRAFT, last_error=error)
+
+    def add_to_counters(self, **deltas: int) -> int:
+        """Add to the jobs' counters in one UPDATE (``F()`` arithmetic: safe against concurrent
+        writers). Keywords: ``succeeded``, ``failed``, ``cancelled``, ``rate_limited``,
+        ``retries`` (the ``*_count`` fields), ``input_tokens``, ``output_tokens``."""
+        fields = {BatchJob.COUNTER_OF.get(name, name): delta for name, delta in deltas.items()}
+        return self.update(**{field: F(field) + delta for field, delta in fields.items()})
+
 
 class BatchJob(models.Model):
     class Status(models.TextChoices):
@@ -81,6 +99,15 @@ class BatchJob(models.Model):
         FAILED = "failed", "Failed"
         PARTIALLY_FAILED = "partially_failed", "Partially failed"
         CANCELLED = "cancelled", "Cancelled"
+
+    # keyword of ``add_to_counters`` -> field, where they differ
+    COUNTER_OF = {
+        "succeeded": "succeeded_count",
+        "failed": "failed_count",
+        "cancelled": "cancelled_count",
+        "rate_limited": "rate_limited_count",
+        "retries": "retries_count",
+    }
 
     ACTIVE_STATUSES = (Status.QUEUED, Status.RUNNING)
     FINISHED_STATUSES = (
@@ -212,7 +239,7 @@ class BatchJob(models.Model):
         """
         if recount:
             self._recount()
-        current = type(self).objects.filter(pk=self.pk).values_list("status", flat=True).first()
+        current = type(self).objects.status_of(self.pk)
         if current == self.Status.CANCELLED or self.status == self.Status.CANCELLED or self.cancelled_count:
             self.status = self.Status.CANCELLED
         elif self.failed_count == 0 and self.succeeded_count >= self.total:
@@ -235,6 +262,13 @@ class BatchJob(models.Model):
         self.last_error = error
         self.finished_at = timezone.now()
         self.save(update_fields=["status", "last_error", "finished_at"])
+
+    def mark_interrupted(self) -> None:
+        """A run stopped early (Ctrl-C, shutdown): back to draft, saying how many items are left."""
+        left = self.total - self.done_count
+        self.status = self.Status.DRAFT
+        self.last_error = f"Interrupted with {left} item(s) left; run the job again to resume."
+        self.save(update_fields=["status", "last_error"])
 
     def mark_draft(self) -> None:
         """Back to draft (after a retry), ready to be enqueued again."""
@@ -314,9 +348,76 @@ class ItemQuerySet(models.QuerySet["Item"]):
             | Q(status=Item.Status.RUNNING, lease_expires_at__isnull=True)
         ).order_by("job_id", "position")
 
+    def unfinished(self) -> ItemQuerySet:
+        """Pending or running."""
+        return self.filter(status__in=[Item.Status.PENDING, Item.Status.RUNNING])
+
+    def retryable(self) -> ItemQuerySet:
+        """Items a retry puts back to pending: failed **and cancelled** ones (one rule on every surface)."""
+        return self.filter(status__in=Item.RETRYABLE_STATUSES)
+
+    def live(self, now: datetime.datetime | None = None) -> ItemQuerySet:
+        """Running items whose lease has not expired: a live runner holds them."""
+        return self.filter(status=Item.Status.RUNNING, lease_expires_at__gte=now or timezone.now())
+
+    # --- verbs (each one UPDATE, or one locked SELECT + UPDATE) ---------------------------
+
+    def claim(self, *, limit: int, lease: datetime.timedelta) -> list[tuple[int, Any]]:
+        """Take up to ``limit`` claimable items in position order: mark them running with a
+        lease of ``lease`` and return their ``(pk, input)``. Rows another runner has
+        locked are skipped (``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it)."""
+        now = timezone.now()
+        with transaction.atomic(using=self.db):
+            qs = self.claimable(now).order_by("position")
+            if connection.features.has_select_for_update_skip_locked:
+                qs = qs.select_for_update(skip_locked=True)
+            rows = list(qs.values_list("pk", "input")[:limit])
+            if rows:
+                Item.objects.filter(pk__in=[pk for pk, _ in rows]).update(
+                    status=Item.Status.RUNNING, lease_expires_at=now + lease, started_at=now
+                )
+        return rows
+
+    def renew(self, *, lease: datetime.timedelta) -> int:
+        """Extend the lease of the running items among these by ``lease`` from now."""
+        return self.filter(status=Item.Status.RUNNING).update(lease_expires_at=timezone.now() + lease)
+
     def release(self) -> int:
         """Put running items back to pending (a runner stopping cleanly); returns the count."""
         return self.filter(status=Item.Status.RUNNING).update(status=Item.Status.PENDING, lease_expires_at=None)
+
+    def cancel_pending(self, now: datetime.datetime | None = None) -> int:
+        """Cancel the claimable items (pending, or running with an expired lease); returns the count."""
+        now = now or timezone.now()
+        return (
+            self.claimable(now).order_by().update(status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=now)
+        )
+
+    def cancel_running(self) -> int:
+        """Cancel the running items among these (a runner that saw its job cancelled)."""
+        return self.filter(status=Item.Status.RUNNING).update(
+            status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=timezone.now()
+        )
+
+    def reset_for_retry(self) -> int:
+        """Put the retryable items back to pending, results and errors cleared, ``attempts`` kept."""
+        cleared = {
+            field.name: field.get_default()
+            for field in Item._meta.concrete_fields
+            if field.name in (*Item.RESULT_FIELDS, "lease_expires_at", "started_at", "finished_at")
+            and field.name not in ("status", "attempts")
+        }
+        return self.retryable().update(status=Item.Status.PENDING, **cleared)
+
+    def next_lease_expiry(self) -> datetime.datetime | None:
+        """When the first lease among these running items expires (``None``: no lease held)."""
+        return (
+            self.filter(status=Item.Status.RUNNING)
+            .exclude(lease_expires_at__isnull=True)
+            .order_by("lease_expires_at")
+            .values_list("lease_expires_at", flat=True)
+            .first()
+        )
 
 
 class Item(models.Model):
@@ -326,6 +427,24 @@ class Item(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
+
+    # What a retry puts back to pending, on every surface: a cancelled item was
+    # never answered, so retrying it costs what running it would have.
+    RETRYABLE_STATUSES = (Status.FAILED, Status.CANCELLED)
+
+    # What one attempt's outcome sets on an item.
+    RESULT_FIELDS = (
+        "status",
+        "output",
+        "stop_reason",
+        "error_type",
+        "error_message",
+        "attempts",
+        "input_tokens",
+        "output_tokens",
+        "latency_ms",
+        "ttft_ms",
+    )
 
     # No index of its own: the (job, position) unique index serves lookups by job.
     job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="items", db_index=False)
@@ -370,16 +489,3 @@ class Item(models.Model):
     def text(self) -> str:
         value = self.input.get("text", "") if isinstance(self.input, dict) else self.input
         return value if isinstance(value, str) else str(value)
-
-    def render_prompt(self, job: BatchJob | None = None) -> str:
-        """The user message for this item (``job`` saves a query when given)."""
-        from .prompts import render
-
-        job = job or self.job
-        return render(job.prompt_template, self.input)
-
-    def build_params(self, job: BatchJob | None = None) -> dict[str, Any]:
-        """Messages API parameters for this item."""
-        from .prompts import build_params
-
-        return build_params(job or self.job, self)

@@ -43,11 +43,12 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from django.conf import settings
+from .conf import llmjobs_settings
+from .exceptions import JobInputError
+from .prompts import format_value
 
 __all__ = [
     "FORMATS",
-    "JobInputError",
     "detect_format",
     "iter_file",
     "iter_records",
@@ -74,23 +75,19 @@ _EXTENSIONS = {
 Located = tuple[str, dict[str, Any]]
 
 
-class JobInputError(ValueError):
-    """Bad input for a job: the message is meant for the person who gave it."""
-
-
 # --- limits --------------------------------------------------------------------
 
 
 def max_items() -> int:
-    return int(getattr(settings, "LLMJOBS_MAX_ITEMS", 100_000))
+    return llmjobs_settings().max_items
 
 
 def max_item_chars() -> int:
-    return int(getattr(settings, "LLMJOBS_MAX_ITEM_CHARS", 100_000))
+    return llmjobs_settings().max_item_chars
 
 
 def max_upload_bytes() -> int:
-    return int(getattr(settings, "LLMJOBS_MAX_UPLOAD_BYTES", 50 * 1024 * 1024))
+    return llmjobs_settings().max_upload_bytes
 
 
 def _size(n: int) -> str:
@@ -142,12 +139,7 @@ def _limited(items: Iterable[Located]) -> Iterator[Located]:
         yield located
 
 
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    return json.dumps(value, ensure_ascii=False)
+_as_text = format_value  # a field value as text: the same rule as in prompts
 
 
 def _with_text(fields: dict[str, Any], text: Any) -> dict[str, Any]:

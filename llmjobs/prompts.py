@@ -24,14 +24,12 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .parsing import JobInputError
-
-if TYPE_CHECKING:
-    from .models import BatchJob, Item
+from .exceptions import JobInputError
 
 __all__ = [
+    "PromptSpec",
     "Template",
     "build_params",
     "compile_template",
@@ -175,7 +173,7 @@ def validate_template(
     if isinstance(sample_fields, Mapping):
         compiled.check(sample_fields)
         return
-    samples = list(sample_fields)
+    samples: list[Any] = list(sample_fields)
     if samples and all(isinstance(s, Mapping) for s in samples):
         for number, fields in enumerate(samples, 1):
             compiled.check(fields, f"item {number}")
@@ -196,13 +194,22 @@ def render(template: str, fields: Mapping[str, Any]) -> str:
     return compile_template(template).render(fields)
 
 
-def build_params(job: BatchJob, item: Item | Mapping[str, Any]) -> dict[str, Any]:
-    """Messages API parameters for one item of ``job``.
+class PromptSpec(Protocol):
+    """What a prompt needs from a job: plain attributes (a ``BatchJob`` has them, so does any object)."""
 
-    ``item`` is an ``Item`` or a dict of fields. There is deliberately no
-    ``temperature``/``top_p``/``top_k``: the current API version rejects them.
+    model: str
+    max_tokens: int
+    prompt_template: str
+    system_prompt: str
+    stop_sequences: Any
+
+
+def build_params(job: PromptSpec, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Messages API parameters for one item of ``job``, from the item's ``fields``.
+
+    There is deliberately no ``temperature``/``top_p``/``top_k``: the current
+    API version rejects them.
     """
-    fields = item if isinstance(item, Mapping) else item.input
     params: dict[str, Any] = {
         "model": job.model,
         "max_tokens": job.max_tokens,

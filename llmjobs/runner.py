@@ -7,15 +7,20 @@ thread** (``sync_to_async(..., thread_sensitive=False, executor=<its own
 single-thread executor>)``), so the event loop never waits on the database
 while requests are in flight.
 
-Crash safety: an item is marked running with a lease of ``LEASE_SECONDS`` when
+The runner is only that bridge: leases are ``ItemQuerySet`` verbs (``claim``,
+``renew``, ``release``, ``cancel_running``) and job state changes are
+``BatchJob`` methods (``mark_running``, ``mark_interrupted``...).
+
+Crash safety: an item is marked running with a lease of ``LLMJOBS_LEASE_SECONDS`` when
 claimed, and the lease is renewed while the runner lives. Outcomes are written
 at least every ``FLUSH_EVERY`` seconds or ``FLUSH_BATCH`` outcomes, so a
 ``kill -9`` loses at most that window of received answers (they are requested
 again). A later run takes pending items and items whose lease expired, and
 never an item that already succeeded.
 
-Sync code (management commands, tasks, admin actions) calls ``process_job``,
-which goes through ``async_to_sync``; never ``asyncio.run`` inside a loop.
+Sync code (management commands, tasks, admin actions) goes through the
+services ``jobs.job_run`` and ``jobs.job_preview``, which reach the runner
+through ``async_to_sync``; never ``asyncio.run`` inside a loop.
 """
 
 from __future__ import annotations
@@ -25,46 +30,30 @@ import datetime as dt
 import gc
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.conf import settings
 from django.db import close_old_connections, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
-from .conf import api_target
+from .conf import api_target, llmjobs_settings
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
 
-__all__ = ["JobRunner", "RunReport", "preview_job", "process_job", "run_job"]
+__all__ = ["JobRunner", "RunReport", "engine_counter", "preview_job", "process_job", "run_job"]
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 30.0  # a crashed runner's items are claimable again after this
 CLAIM_CHUNK = 500  # items claimed per query
 FLUSH_BATCH = 200  # outcomes per write
 FLUSH_EVERY = 0.25  # seconds: the most a kill -9 can lose of received answers
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
 
-_ITEM_FIELDS = [
-    "status",
-    "output",
-    "stop_reason",
-    "error_type",
-    "error_message",
-    "attempts",
-    "input_tokens",
-    "output_tokens",
-    "latency_ms",
-    "ttft_ms",
-    "lease_expires_at",
-    "finished_at",
-]
+_ITEM_FIELDS = [*Item.RESULT_FIELDS, "lease_expires_at", "finished_at"]
 
 
 @dataclass(slots=True)
@@ -81,6 +70,11 @@ class RunReport:
     aborted: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)  # previews only
+
+
+def engine_counter(stats: EngineStats, name: str) -> int:
+    """One of the engine's live counters (``rate_limited``, ``retries``...)."""
+    return int(getattr(stats, name))
 
 
 def _ms(seconds: float | None) -> int | None:
@@ -108,7 +102,7 @@ class JobRunner:
         self._engine_config = engine_config
         self._on_progress = on_progress
         if lease_seconds is None:
-            lease_seconds = float(getattr(settings, "LLMJOBS_LEASE_SECONDS", LEASE_SECONDS))
+            lease_seconds = llmjobs_settings().lease_seconds
         self.lease = dt.timedelta(seconds=lease_seconds)
         self.claim_chunk = claim_chunk
         self.flush_batch = flush_batch
@@ -198,11 +192,11 @@ class JobRunner:
             config=config,
             api_key=target.api_key,
             base_url=target.base_url,
-            transport=getattr(settings, "LLMJOBS_HTTP_TRANSPORT", "aiohttp"),
+            transport=llmjobs_settings().http_transport,
         )
         if self._stopping:  # stopped before the engine existed
             self.engine.cancel()
-        helpers: list[asyncio.Task] = []
+        helpers: list[asyncio.Task[None]] = []
         try:
             async with self.engine as engine:
                 helpers = [
@@ -221,7 +215,7 @@ class JobRunner:
                         elif outcome.status == "failed":
                             self.report.failed += 1
                         if len(self._buffer) >= self.flush_batch:
-                            self._buffer_event.set()
+                            self._wake_flusher()
                         if self._on_progress is not None:
                             self._on_progress(self)
                 except RunAborted as exc:
@@ -239,16 +233,20 @@ class JobRunner:
         await self._finish(helpers)
         return self.report
 
-    async def _finish(self, helpers: list[asyncio.Task]) -> None:
+    def _wake_flusher(self) -> None:
+        if self._buffer_event is not None:
+            self._buffer_event.set()
+
+    async def _finish(self, helpers: list[asyncio.Task[None]]) -> None:
         self._stopping = True
-        flusher, *others = helpers or [None]
+        flusher, others = (helpers[0], helpers[1:]) if helpers else (None, [])
         for task in others:
             task.cancel()
         if flusher is not None:
             # Never cancel the flusher mid-write (a batch taken from the buffer
             # would be lost): ask it to stop after its current write.
             self._closing = True
-            self._buffer_event.set()
+            self._wake_flusher()
             await asyncio.gather(flusher, return_exceptions=True)
         await asyncio.gather(*others, return_exceptions=True)
         await self._flush()
@@ -258,7 +256,7 @@ class JobRunner:
             self.report.stats = self.engine.stats.as_dict()
 
     # -- feeding the engine ------------------------------------------------------------
-    async def _calls(self) -> AsyncIterator[Call]:
+    async def _calls(self) -> AsyncGenerator[Call, None]:
         claim = self._db(self._claim)
         wait_for_leases = self._db(self._next_foreign_lease_expiry)
         claimed = 0
@@ -283,28 +281,18 @@ class JobRunner:
                     return
                 yield Call(key=item_id, params=params)
 
-    def _claim(self) -> list[tuple[int, dict]]:
+    def _claim(self) -> list[tuple[int, dict[str, Any]]]:
         job = self.job
-        now = timezone.now()
-        with transaction.atomic():
-            qs = Item.objects.filter(job_id=job.pk).claimable(now).order_by("position")
-            if connection.features.has_select_for_update_skip_locked:
-                qs = qs.select_for_update(skip_locked=True)
-            rows = list(qs.values_list("pk", "input")[: self.claim_chunk])
-            if not rows:
-                return []
-            ids = [pk for pk, _ in rows]
-            Item.objects.filter(pk__in=ids).update(
-                status=Item.Status.RUNNING, lease_expires_at=now + self.lease, started_at=now
-            )
-        self._held.update(ids)
+        assert job is not None
+        rows = Item.objects.filter(job_id=job.pk).claim(limit=self.claim_chunk, lease=self.lease)
+        self._held.update(pk for pk, _ in rows)
         return [(pk, build_params(job, fields)) for pk, fields in rows]
 
     def _next_foreign_lease_expiry(self) -> dt.datetime | None:
-        qs = Item.objects.filter(job_id=self.job_id, status=Item.Status.RUNNING).exclude(lease_expires_at__isnull=True)
+        qs = Item.objects.filter(job_id=self.job_id)
         if self._held:
             qs = qs.exclude(pk__in=list(self._held))
-        return qs.order_by("lease_expires_at").values_list("lease_expires_at", flat=True).first()
+        return qs.next_lease_expiry()
 
     async def _renew_leases(self) -> None:
         renew = self._db(self._renew)
@@ -315,12 +303,10 @@ class JobRunner:
     def _renew(self) -> None:
         held = list(self._held)
         if held:
-            Item.objects.filter(pk__in=held, status=Item.Status.RUNNING).update(
-                lease_expires_at=timezone.now() + self.lease
-            )
+            Item.objects.filter(pk__in=held).renew(lease=self.lease)
 
     async def _watch_cancel(self) -> None:
-        status_of = self._db(lambda: BatchJob.objects.filter(pk=self.job_id).values_list("status", flat=True).first())
+        status_of = self._db(lambda: BatchJob.objects.status_of(self.job_id))
         while True:
             await asyncio.sleep(CANCEL_POLL)
             if await status_of() == BatchJob.Status.CANCELLED:
@@ -330,20 +316,22 @@ class JobRunner:
 
     # -- writing outcomes ------------------------------------------------------------
     async def _flush_loop(self) -> None:
+        event = self._buffer_event
+        assert event is not None  # set by run()
         while not self._closing:
             try:
-                await asyncio.wait_for(self._buffer_event.wait(), self.flush_every)
+                await asyncio.wait_for(event.wait(), self.flush_every)
             except TimeoutError:
                 pass
-            self._buffer_event.clear()
+            event.clear()
             await self._flush()
 
     async def _flush(self) -> None:
         rate_limited = retries = 0
         stats = self.stats
         if stats is not None:  # engine counters since the last write
-            rate_limited = stats.rate_limited - self._written_rate_limited
-            retries = stats.retries - self._written_retries
+            rate_limited = engine_counter(stats, "rate_limited") - self._written_rate_limited
+            retries = engine_counter(stats, "retries") - self._written_retries
         if not self._buffer and not rate_limited and not retries:
             return
         batch, self._buffer = self._buffer, []
@@ -357,12 +345,13 @@ class JobRunner:
         released: list[int] = []
         succeeded = failed = cancelled = tokens_in = tokens_out = 0
         for o in batch:
+            key = cast(int, o.key)  # the runner's calls are keyed by item id
             if o.status == "cancelled" and not self._job_cancelled:
-                released.append(o.key)  # interrupted, not cancelled: back to pending
+                released.append(key)  # interrupted, not cancelled: back to pending
                 continue
             usage = o.usage or {}
             item = Item(
-                pk=o.key,
+                pk=key,
                 status=o.status,
                 output=o.text or "",
                 stop_reason=o.stop_reason or "",
@@ -389,14 +378,14 @@ class JobRunner:
             if items:
                 Item.objects.bulk_update(items, _ITEM_FIELDS, batch_size=500)
             if items or rate_limited or retries:
-                BatchJob.objects.filter(pk=self.job_id).update(
-                    succeeded_count=F("succeeded_count") + succeeded,
-                    failed_count=F("failed_count") + failed,
-                    cancelled_count=F("cancelled_count") + cancelled,
-                    input_tokens=F("input_tokens") + tokens_in,
-                    output_tokens=F("output_tokens") + tokens_out,
-                    rate_limited_count=F("rate_limited_count") + rate_limited,
-                    retries_count=F("retries_count") + retries,
+                BatchJob.objects.filter(pk=self.job_id).add_to_counters(
+                    succeeded=succeeded,
+                    failed=failed,
+                    cancelled=cancelled,
+                    input_tokens=tokens_in,
+                    output_tokens=tokens_out,
+                    rate_limited=rate_limited,
+                    retries=retries,
                 )
             if released:
                 self._release(released)
@@ -416,9 +405,8 @@ class JobRunner:
         self.report.status = job.status
         if job.status == BatchJob.Status.CANCELLED:
             return None
-        if not Item.objects.filter(job_id=job.pk).claimable().exists() and not (
-            Item.objects.filter(job_id=job.pk, status=Item.Status.RUNNING).exists()
-        ):
+        items = Item.objects.filter(job_id=job.pk)
+        if not items.claimable().exists() and not items.running().exists():
             job.mark_finished()
             self.report.status = job.status
             return None
@@ -431,9 +419,7 @@ class JobRunner:
         held = list(self._held)
         if held:
             if self._job_cancelled:
-                Item.objects.filter(pk__in=held, status=Item.Status.RUNNING).update(
-                    status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=timezone.now()
-                )
+                Item.objects.filter(pk__in=held).cancel_running()
             else:
                 self._release(held)
             self._held.clear()
@@ -453,15 +439,11 @@ class JobRunner:
             return job
         if self.report.interrupted:
             job.refresh_counters()
-            left = job.total - job.done_count
-            job.status = BatchJob.Status.DRAFT
-            job.last_error = f"Interrupted with {left} item(s) left; run the job again to resume."
-            job.save(update_fields=["status", "last_error"])
+            job.mark_interrupted()
             return job
-        unfinished = Item.objects.filter(
-            job_id=self.job_id, status__in=[Item.Status.PENDING, Item.Status.RUNNING]
-        ).exists()
-        if unfinished:  # e.g. retried items added while we ran: leave it for the next run
+        if (
+            Item.objects.filter(job_id=self.job_id).unfinished().exists()
+        ):  # e.g. retried items added while we ran: leave it for the next run
             job.refresh_counters()
             return job
         job.mark_finished()

@@ -16,6 +16,10 @@ __all__ = ["process_job_task"]
 @task()
 def process_job_task(job_id: int) -> None:
     """Process the pending items of job ``job_id`` (resumable; see ``runner``)."""
-    from llmjobs.runner import process_job  # imported lazily: the runner pulls in the engine
+    from .jobs import job_run
+    from .models import BatchJob
 
-    process_job(job_id)
+    job = BatchJob.objects.filter(pk=job_id).first()
+    if job is None:
+        raise BatchJob.DoesNotExist(f"job {job_id} does not exist")
+    job_run(job=job)

@@ -1,6 +1,7 @@
 """ASGI entry point: the app is served by uvicorn (`manage.py serve`)."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -9,7 +10,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_application = get_asgi_application()
 
 
-def _with_static_files(app):
+def _with_static_files(app: Any) -> Any:
     # uvicorn does not serve static files; in the embedded single-machine mode
     # Django's own ASGI static handler serves the admin's CSS/JS from the apps.
     from django.conf import settings
@@ -20,7 +21,7 @@ def _with_static_files(app):
     return app
 
 
-from llmjobs.playground import with_lifespan  # noqa: E402  (after Django is set up)
+from llmjobs.web.playground import with_lifespan  # noqa: E402  (after Django is set up)
 
 # Lifespan: server shutdown closes the playground's shared AsyncAnthropic client.
 application = with_lifespan(_with_static_files(django_application))

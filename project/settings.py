@@ -133,12 +133,15 @@ LOGGING = {
 }
 
 # --- llmjobs -----------------------------------------------------------------
+# Every LLMJOBS_* setting, its type, default and meaning: llmjobs/conf.py
+# (LLMJobsSettings). The app reads them only through llmjobs_settings().
 # With ANTHROPIC_API_KEY set, calls go to the real API (or ANTHROPIC_BASE_URL).
 # Without it, they go to the embedded simulator at LLMJOBS_SIMULATOR_URL,
 # which `make run` / `manage.py serve` start for you.
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "")
 LLMJOBS_SIMULATOR_URL = os.environ.get("LLMJOBS_SIMULATOR_URL", "http://127.0.0.1:8765")
+LLMJOBS_SIMULATOR_ARGS = os.environ.get("LLMJOBS_SIMULATOR_ARGS", "--ttft 0.3 --tps 60")
 LLMJOBS_DEFAULT_MODEL = os.environ.get("LLMJOBS_DEFAULT_MODEL", "claude-haiku-4-5")
 LLMJOBS_MODELS = env_list("LLMJOBS_MODELS", "claude-haiku-4-5,claude-sonnet-4-6,claude-opus-4-6,claude-sonnet-4-5")
 LLMJOBS_HTTP_TRANSPORT = os.environ.get("LLMJOBS_HTTP_TRANSPORT", "aiohttp")  # or "httpx"

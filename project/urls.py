@@ -10,5 +10,5 @@ urlpatterns = [
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
-    path("", include("llmjobs.urls")),
+    path("", include("llmjobs.web.urls")),
 ]

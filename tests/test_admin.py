@@ -123,11 +123,12 @@ def test_retry_failed_action(admin, admin_user_, django_capture_on_commit_callba
     with django_capture_on_commit_callbacks(execute=True):
         response = act(admin, "retry_failed", job)
     job.refresh_from_db()
-    assert "2 failed item(s) queued again" in " ".join(texts_of_messages(response))
+    # Retry is one rule on every surface, failed and cancelled items (issue 10): the messages say so.
+    assert "2 failed or cancelled item(s) queued again" in " ".join(texts_of_messages(response))
     assert job.status == BatchJob.Status.QUEUED
     assert job.items.filter(status=Item.Status.PENDING).count() == 2
     clean = finish(make_job(admin_user_))
-    assert "no failed items" in " ".join(texts_of_messages(act(admin, "retry_failed", clean)))
+    assert "no failed or cancelled items" in " ".join(texts_of_messages(act(admin, "retry_failed", clean)))
 
 
 def test_export_actions(admin, admin_user_):

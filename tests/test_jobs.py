@@ -20,7 +20,7 @@ from llmjobs.jobs import (
     job_enqueue,
     job_export,
     job_export_lines,
-    job_retry_failed,
+    job_retry,
 )
 from llmjobs.models import BatchJob, Item
 from llmjobs.parsing import parse_file, parse_texts
@@ -416,7 +416,7 @@ def test_template_fields_and_validate():
 def test_build_params_has_no_temperature():
     job = create(texts=["hello"], system="Be brief.", stop_sequences=["###"], max_tokens=64)
     item = job.items.get()
-    params = prompts.build_params(job, item)
+    params = prompts.build_params(job, item.input)
     assert params == {
         "model": "claude-haiku-4-5",
         "max_tokens": 64,
@@ -519,7 +519,7 @@ def test_job_cancel_refuses_a_finished_job():
         job_cancel(job=job)
 
 
-def test_job_retry_failed_resets_errors_and_keeps_attempts():
+def test_job_retry_resets_failed_and_cancelled_items_and_keeps_attempts():
     job = create(texts=["a", "b", "c", "d"])
     Item.objects.filter(job=job, position=0).update(status=S.SUCCEEDED, output="ok", attempts=1)
     Item.objects.filter(job=job, position__in=[1, 2]).update(
@@ -529,25 +529,26 @@ def test_job_retry_failed_resets_errors_and_keeps_attempts():
     job.mark_finished()
     assert job.status == J.CANCELLED
 
-    assert job_retry_failed(job=job) == 2
+    # One rule on every surface: failed and cancelled items are retried (issue 10;
+    # this test used to retry failed items first and cancelled ones with an option).
+    assert job_retry(job=job) == 3
     job.refresh_from_db()
     assert job.status == J.DRAFT and job.finished_at is None
-    assert (job.failed_count, job.cancelled_count, job.succeeded_count) == (0, 1, 1)
+    assert (job.failed_count, job.cancelled_count, job.succeeded_count) == (0, 0, 1)
     retried = job.items.filter(position__in=[1, 2])
     assert set(retried.values_list("status", "error_type", "error_message", "attempts", "latency_ms")) == {
         (S.PENDING, "", "", 3, None)
     }
     assert job.items.get(position=0).output == "ok"
-
-    assert job_retry_failed(job=job, include_cancelled=True) == 1
     assert job.items.pending().count() == 3
+    assert job_retry(job=job) == 0
 
 
 def test_job_retry_failed_refused_while_running():
     job = create(texts=["a"])
     job.mark_running()
     with pytest.raises(JobStateError, match="is running"):
-        job_retry_failed(job=job)
+        job_retry(job=job)
 
 
 def test_job_retry_then_enqueue(django_capture_on_commit_callbacks):
@@ -555,10 +556,53 @@ def test_job_retry_then_enqueue(django_capture_on_commit_callbacks):
     job.items.update(status=S.FAILED, error_type="api_error")
     job.mark_finished()
     assert job.status == J.FAILED
-    job_retry_failed(job=job)
+    job_retry(job=job)
     with django_capture_on_commit_callbacks(execute=True):
         job_enqueue(job=job)
     assert job.status == J.QUEUED and job.task_id
+
+
+def test_job_retry_with_enqueue_queues_the_job_in_one_call(django_capture_on_commit_callbacks, monkeypatch):
+    job = create(texts=["a", "b"])
+    job.items.update(status=S.CANCELLED)
+    job.mark_finished()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert job_retry(job=job, enqueue=True) == 2
+    assert job.status == J.QUEUED and job.task_id
+    assert job_retry(job=job, enqueue=True) == 0  # nothing to retry: nothing queued again
+
+    from llmjobs import tasks
+
+    def boom(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(type(tasks.process_job_task), "enqueue", boom)
+    other = create(texts=["a"])
+    other.items.update(status=S.FAILED)
+    other.mark_finished()
+    # (in autocommit the message starts "1 item(s) reset, but: "; in a test transaction the
+    # on-commit enqueue fails when the transaction ends, after job_retry has returned)
+    with pytest.raises(JobStateError, match="could not enqueue the job: ConnectionError: broker down"):
+        with django_capture_on_commit_callbacks(execute=True):
+            job_retry(job=other, enqueue=True)
+    assert other.items.pending().count() == 1  # reset, ready for the next run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_job_retry_with_enqueue_says_what_was_reset_when_queueing_fails(monkeypatch):
+    from llmjobs import tasks
+
+    def boom(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(type(tasks.process_job_task), "enqueue", boom)
+    job = create(texts=["a", "b"])
+    job.items.update(status=S.FAILED)
+    job.mark_finished()
+    with pytest.raises(JobStateError, match=r"^2 item\(s\) reset, but: could not enqueue the job: ConnectionError"):
+        job_retry(job=job, enqueue=True)
+    job.refresh_from_db()
+    assert job.status == J.DRAFT and job.items.pending().count() == 2
 
 
 # --- export -------------------------------------------------------------------------------------

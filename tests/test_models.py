@@ -10,6 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from llmjobs import prompts
 from llmjobs.models import BatchJob, Item, estimate_cost
 
 pytestmark = pytest.mark.django_db
@@ -246,11 +247,11 @@ def test_estimate_cost_matches_model_prefixes_and_unknown_is_zero():
     assert estimate_cost("some-other-model", 10**6, 10**6) == Decimal("0")
 
 
-def test_item_render_prompt_and_build_params():
+def test_item_prompt_and_params_come_from_the_prompts_functions():
     job = make_job(0, prompt_template="Summarize: {text}", system_prompt="Be brief.")
     item = Item.objects.create(job=job, position=0, input={"text": "hello"})
-    assert item.render_prompt() == "Summarize: hello"
-    params = item.build_params(job)
+    assert prompts.render(job.prompt_template, item.input) == "Summarize: hello"
+    params = prompts.build_params(job, item.input)
     assert params["messages"] == [{"role": "user", "content": "Summarize: hello"}]
     assert params["system"] == "Be brief."
     assert item.text == "hello"

@@ -22,9 +22,9 @@ from django.test import AsyncClient, Client
 from django.urls import reverse
 from django.utils import timezone
 
-from llmjobs import playground, progress
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
+from llmjobs.web import playground, progress
 
 XSS = '<script>alert("pwned")</script>'
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any, TextIO, cast
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from llmjobs.jobs import job_export
+from llmjobs.jobs import ExportFormat, job_export
 
 from ._common import get_job
 
@@ -17,7 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--format", dest="fmt", choices=["csv", "jsonl"], default="csv")
         parser.add_argument("-o", "--output", help="File to write (default: stdout)")
 
-    def handle(self, *args, job_id: int, fmt: str, output: str | None, **opts) -> None:
+    def handle(self, *args: Any, job_id: int, fmt: ExportFormat, output: str | None, **opts: Any) -> None:
         job = get_job(job_id)
         if output:
             try:
@@ -27,4 +29,4 @@ class Command(BaseCommand):
                 raise CommandError(f"{output}: {exc.strerror}") from None
             self.stderr.write(f"wrote {count} item(s) to {output}")
         else:
-            job_export(job=job, fmt=fmt, out=self.stdout._out)
+            job_export(job=job, fmt=fmt, out=cast(TextIO, self.stdout._out))  # the underlying stream

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand, CommandParser
 
 from ._common import get_job
@@ -13,7 +15,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("job_id", type=int)
 
-    def handle(self, *args, job_id: int, **opts) -> None:
+    def handle(self, *args: Any, job_id: int, **opts: Any) -> None:
         job = get_job(job_id)
         pending = job.total - job.done_count
         lines = [

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import signal
 import time
+from types import FrameType
+from typing import Any, TextIO, cast
 
-from asgiref.sync import async_to_sync
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from llmjobs.runner import JobRunner
+from llmjobs.jobs import job_run
+from llmjobs.runner import JobRunner, engine_counter
 
 from ._common import get_job
 
@@ -21,7 +23,7 @@ from ._common import get_job
 class ProgressBar:
     """A tqdm bar fed by the runner as items finish: done/total, items/s, 429s, ETA."""
 
-    def __init__(self, *, total: int, initial: int, disable: bool, stream) -> None:
+    def __init__(self, *, total: int, initial: int, disable: bool, stream: TextIO) -> None:
         self.bar = tqdm(total=total, initial=initial, unit="item", dynamic_ncols=True, disable=disable, file=stream)
         self._last_postfix = 0.0
 
@@ -32,7 +34,10 @@ class ProgressBar:
         if stats is not None and now - self._last_postfix > 0.5:
             self._last_postfix = now
             self.bar.set_postfix(
-                failed=runner.report.failed, r429=stats.rate_limited, inflight=stats.in_flight, refresh=False
+                failed=runner.report.failed,
+                r429=engine_counter(stats, "rate_limited"),
+                inflight=stats.in_flight,
+                refresh=False,
             )
         self.bar.refresh() if now - self.bar.last_print_t > self.bar.mininterval else None
 
@@ -47,21 +52,23 @@ class Command(BaseCommand):
         parser.add_argument("job_id", type=int)
         parser.add_argument("--no-progress", action="store_true", help="No progress bar")
 
-    def handle(self, *args, job_id: int, no_progress: bool, **opts) -> None:
+    def handle(self, *args: Any, job_id: int, no_progress: bool, **opts: Any) -> None:
         job = get_job(job_id)
         if job.status == job.Status.CANCELLED:
             raise CommandError(f"job {job_id} is cancelled")
-        bar = ProgressBar(total=job.total, initial=job.done_count, disable=no_progress, stream=self.stderr._out)
+        bar = ProgressBar(
+            total=job.total, initial=job.done_count, disable=no_progress, stream=cast(TextIO, self.stderr._out)
+        )
         runner = JobRunner(job_id, on_progress=bar)
 
-        def on_sigint(signum, frame):
+        def on_sigint(signum: int, frame: FrameType | None) -> None:
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
             bar.bar.write("Stopping: finishing writes, putting in-flight items back to pending...")
             runner.request_stop()
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            report = async_to_sync(runner.run)()
+            report = job_run(job=job, runner=runner)
         finally:
             signal.signal(signal.SIGINT, previous)
             bar.close()

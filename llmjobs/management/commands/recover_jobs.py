@@ -8,6 +8,8 @@ Workers run this at start (`make worker`); cron can run it too.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.management.base import BaseCommand
 
 from llmjobs.jobs import recover_stalled_jobs
@@ -16,7 +18,7 @@ from llmjobs.jobs import recover_stalled_jobs
 class Command(BaseCommand):
     help = "Re-enqueue running jobs whose runner died (all item leases expired)."
 
-    def handle(self, *args, **opts) -> None:
+    def handle(self, *args: Any, **opts: Any) -> None:
         recovered = recover_stalled_jobs()
         for job in recovered:
             self.stdout.write(f"re-enqueued job {job.pk} ({job.name})")

@@ -14,16 +14,14 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from llmjobs.conf import api_target
-
-# Realistic-feeling latency for demos: first token after ~0.3 s, ~60 tokens/s.
-DEFAULT_SIMULATOR_ARGS = "--ttft 0.3 --tps 60"
+from llmjobs.conf import api_target, llmjobs_settings
 
 
 def _port(value: str) -> int:
@@ -57,7 +55,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--no-worker", action="store_true", help="Do not start a background worker (db_worker).")
 
-    def handle(self, *args, host: str, port: int, no_simulator: bool, no_worker: bool, **options) -> None:
+    def handle(self, *args: Any, host: str, port: int, no_simulator: bool, no_worker: bool, **options: Any) -> None:
         import uvicorn
 
         from llmjobs.simulator.server import SimulatorProcess
@@ -65,11 +63,12 @@ class Command(BaseCommand):
         target = api_target()
         simulator = None
         if target.is_simulator and not no_simulator:
-            if _answers(target.base_url):
-                self.stdout.write(f"Using the simulator already running at {target.base_url}")
+            url = str(target.base_url)  # always set for the simulator
+            if _answers(url):
+                self.stdout.write(f"Using the simulator already running at {url}")
             else:
-                parts = urlsplit(target.base_url)
-                extra = shlex.split(os.environ.get("LLMJOBS_SIMULATOR_ARGS", DEFAULT_SIMULATOR_ARGS))
+                parts = urlsplit(url)
+                extra = shlex.split(llmjobs_settings().simulator_args)
                 simulator = SimulatorProcess(*extra, host=parts.hostname or "127.0.0.1", port=parts.port or 8765)
                 try:
                     simulator.start()

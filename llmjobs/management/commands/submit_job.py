@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
-from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from llmjobs.jobs import JobInputError, job_create
+from llmjobs.conf import llmjobs_settings
+from llmjobs.exceptions import JobInputError
+from llmjobs.jobs import job_create
 
 from ._common import positive_int
 
@@ -27,7 +29,7 @@ class Command(BaseCommand):
         parser.add_argument("--field", help="JSONL: the field that holds the text")
         parser.add_argument("--format", dest="fmt", choices=["csv", "jsonl", "txt"], help="Override the extension")
         parser.add_argument("--name", help="Job name (default: the file name)")
-        parser.add_argument("--model", default=settings.LLMJOBS_DEFAULT_MODEL)
+        parser.add_argument("--model", default=llmjobs_settings().default_model)
         parser.add_argument("--system", default="", help="System prompt")
         parser.add_argument("--max-tokens", type=positive_int, default=1024)
         parser.add_argument("--stop", action="append", default=[], help="Stop sequence (repeatable)")
@@ -37,7 +39,7 @@ class Command(BaseCommand):
         parser.add_argument("--rpm", type=positive_int, default=None, help="Requests-per-minute cap for this job")
         parser.add_argument("--run", action="store_true", help="Process the job now, with a progress bar")
 
-    def handle(self, *args, file: str, **opts) -> None:
+    def handle(self, *args: Any, file: str, **opts: Any) -> None:
         if file == "-":
             name, data, fmt = "stdin.txt", sys.stdin.buffer.read(), opts["fmt"] or "txt"
         else:

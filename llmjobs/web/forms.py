@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.conf import settings
 
-from .parsing import JobInputError, detect_format, max_upload_bytes
-from .prompts import compile_template
+from ..conf import llmjobs_settings
+from ..exceptions import JobInputError
+from ..parsing import detect_format, max_upload_bytes
+from ..prompts import compile_template
 
 __all__ = ["JobForm", "PlaygroundForm", "model_choices"]
 
@@ -17,14 +18,27 @@ CONCURRENCY_LIMIT = 512
 
 
 def model_choices() -> list[tuple[str, str]]:
-    models = list(getattr(settings, "LLMJOBS_MODELS", []) or [])
-    default = getattr(settings, "LLMJOBS_DEFAULT_MODEL", "")
+    conf = llmjobs_settings()
+    models = list(conf.models)
+    default = conf.default_model
     if default and default not in models:
         models.insert(0, default)
     return [(m, m) for m in models]
 
 
-def _size(n: int) -> str:
+class _ModelChoiceForm(forms.Form):
+    """Fills a subclass's ``model`` field with ``LLMJOBS_MODELS`` (``LLMJOBS_DEFAULT_MODEL`` first)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        choices = model_choices()
+        field = self.fields["model"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = choices
+        field.initial = llmjobs_settings().default_model or (choices[0][0] if choices else "")
+
+
+def _size(n: float) -> str:
     for unit in ("bytes", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
@@ -32,7 +46,7 @@ def _size(n: int) -> str:
     return str(n)
 
 
-class JobForm(forms.Form):
+class JobForm(_ModelChoiceForm):
     SOURCE_PASTE = "paste"
     SOURCE_FILE = "file"
 
@@ -73,14 +87,6 @@ class JobForm(forms.Form):
         help_text="Empty (recommended): automatic, adapted to your rate limits as the job runs.",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        choices = model_choices()
-        self.fields["model"].choices = choices
-        self.fields["model"].initial = getattr(settings, "LLMJOBS_DEFAULT_MODEL", "") or (
-            choices[0][0] if choices else ""
-        )
-
     def clean_prompt_template(self) -> str:
         template = self.cleaned_data.get("prompt_template") or ""
         try:
@@ -105,7 +111,7 @@ class JobForm(forms.Form):
         return upload
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         source = data.get("source")
         if source == self.SOURCE_PASTE and not (data.get("texts") or "").strip():
             self.add_error("texts", "Paste at least one line, or choose a file instead.")
@@ -138,21 +144,13 @@ class JobForm(forms.Form):
         return kwargs
 
 
-class PlaygroundForm(forms.Form):
+class PlaygroundForm(_ModelChoiceForm):
     prompt = forms.CharField(max_length=100_000, widget=forms.Textarea(attrs={"rows": 5}))
     system = forms.CharField(
         label="System prompt", max_length=20_000, required=False, widget=forms.Textarea(attrs={"rows": 2})
     )
     model = forms.ChoiceField(choices=[])
     max_tokens = forms.IntegerField(min_value=1, max_value=8192, initial=512)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        choices = model_choices()
-        self.fields["model"].choices = choices
-        self.fields["model"].initial = getattr(settings, "LLMJOBS_DEFAULT_MODEL", "") or (
-            choices[0][0] if choices else ""
-        )
 
     def params(self) -> dict[str, Any]:
         """Messages API parameters (after ``is_valid()``)."""

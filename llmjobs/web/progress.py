@@ -27,10 +27,10 @@ from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncHour, TruncMinute, TruncSecond
 from django.utils import timezone
 
+from ..models import BatchJob, Item
 from . import sse
-from .models import BatchJob, Item
 
-__all__ = ["Bucket", "progress_events", "snapshot_payload", "throughput"]
+__all__ = ["Bucket", "progress_events", "snapshot_payload", "throughput", "throughput_svg_context"]
 
 TICK = 0.5  # seconds between reads of the job's counters
 RATE_WINDOW = 10.0  # seconds of history behind items/s
@@ -42,13 +42,7 @@ LAST_ERRORS = 3
 
 _JOB_FIELDS = (
     "status",
-    "total",
-    "succeeded_count",
-    "failed_count",
-    "cancelled_count",
-    "input_tokens",
-    "output_tokens",
-    "cost_estimate",
+    *BatchJob.COUNTER_FIELDS,
     "started_at",
     "finished_at",
     "last_error",
@@ -207,6 +201,7 @@ def throughput(job: BatchJob, *, now: dt.datetime | None = None, max_buckets: in
     start = job.started_at
     end = job.finished_at or now or timezone.now()
     span = max((end - start).total_seconds(), 1.0)
+    trunc: type[TruncSecond | TruncMinute | TruncHour]
     if span <= 15 * 60:
         trunc, grain = TruncSecond, 1
     elif span <= 15 * 3600:
@@ -230,3 +225,45 @@ def throughput(job: BatchJob, *, now: dt.datetime | None = None, max_buckets: in
         items[index] += row["n"]
         retries[index] += max(int(row["attempts"] or 0) - row["n"], 0)
     return [Bucket(start=i * width, width=width, items=items[i], retries=retries[i]) for i in range(count)]
+
+
+# The plot's geometry, in SVG user units.
+SVG_WIDTH, SVG_HEIGHT, SVG_PAD = 640, 180, 32
+
+
+def throughput_svg_context(buckets: list[Bucket]) -> dict[str, Any]:
+    """Template context for ``llmjobs/throughput.svg``: bars of items/s and a line of retries/s."""
+    width, height, pad = SVG_WIDTH, SVG_HEIGHT, SVG_PAD
+    peak = max([b.items_per_s for b in buckets] + [b.retries_per_s for b in buckets] + [1.0])
+    plot_w, plot_h = width - 2 * pad, height - 2 * pad
+    bar_w = plot_w / len(buckets) if buckets else plot_w
+    bars, points = [], []
+    for i, b in enumerate(buckets):
+        h = plot_h * b.items_per_s / peak
+        bars.append(
+            {
+                "x": round(pad + i * bar_w, 1),
+                "y": round(pad + plot_h - h, 1),
+                "w": round(max(bar_w - 1, 1), 1),
+                "h": round(h, 1),
+                "title": f"{b.start:.0f}s: {b.items_per_s:.1f} items/s, {b.retries_per_s:.1f} retries/s",
+            }
+        )
+        ry = pad + plot_h - plot_h * b.retries_per_s / peak
+        points.append(f"{pad + (i + 0.5) * bar_w:.1f},{ry:.1f}")
+    span = buckets[-1].start + buckets[-1].width if buckets else 0
+    return {
+        "width": width,
+        "height": height,
+        "pad": pad,
+        "plot_w": plot_w,
+        "plot_h": plot_h,
+        "bars": bars,
+        "points": " ".join(points),
+        "peak": peak,
+        "span": span,
+        "has_retries": any(b.retries for b in buckets),
+        "empty": not buckets,
+        "bottom": pad + plot_h,
+        "right": pad + plot_w,
+    }

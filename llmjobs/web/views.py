@@ -1,0 +1,271 @@
+"""Thin views: parse the request, call one service (``llmjobs.jobs``), render.
+
+Every page needs a login, and every job is looked up through
+``BatchJob.objects.for_user(user)``: another user's job is a 404 on every page,
+action and stream (staff see all jobs). Every state change is a POST behind
+Django's CSRF middleware. Templates escape all model output.
+
+Two views are ``async def`` and stream Server-Sent Events under ASGI:
+``job_events`` (live progress, async ORM) and ``playground_stream`` (one
+streamed call through the shared client, token by token). When the client
+goes away, Django cancels the generator, which closes the upstream request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
+from django.core.handlers.asgi import ASGIRequest
+from django.core.paginator import Paginator
+from django.db import connection
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from .. import jobs
+from ..conf import api_target
+from ..exceptions import JobInputError, JobStateError
+from ..models import BatchJob, Item
+from . import sse
+from .forms import JobForm, PlaygroundForm
+from .playground import get_client, playground_events
+from .progress import progress_events, throughput, throughput_svg_context
+
+log = logging.getLogger(__name__)
+
+JOBS_PER_PAGE = 25
+ITEMS_PER_PAGE = 50
+
+
+def home(request: HttpRequest) -> HttpResponse:
+    return render(request, "llmjobs/home.html", {"api": api_target().describe()})
+
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """Liveness for load balancers and for `make run`'s own check."""
+
+    def db_ok() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            return bool(cursor.fetchone() == (1,))
+
+    target = api_target()
+    return JsonResponse(
+        {
+            "status": "ok",
+            "database": await sync_to_async(db_ok)(),
+            "api": "simulator" if target.is_simulator else "anthropic",
+        }
+    )
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _job_or_404(request: HttpRequest, pk: int) -> BatchJob:
+    return get_object_or_404(BatchJob.objects.for_user(request.user), pk=pk)
+
+
+def _job_url(job: BatchJob | int) -> str:
+    return reverse("llmjobs:job_detail", args=[job if isinstance(job, int) else job.pk])
+
+
+def _preview(request: HttpRequest, job: BatchJob) -> None:
+    """Run the first pending items now and show their outputs as messages."""
+    try:
+        results = jobs.job_preview(job=job)
+    except Exception as exc:  # an operator's check: say what happened, keep the page
+        log.exception("preview of job %s failed", job.pk)
+        messages.error(request, f"Preview failed: {type(exc).__name__}: {exc}")
+        return
+    if not results:
+        messages.warning(request, f"Nothing to preview: job #{job.pk} has no pending items.")
+        return
+    for line in jobs.preview_lines(results):
+        messages.info(request, line)
+
+
+def _attempt(request: HttpRequest, service: Callable[..., object], job: BatchJob, *, refused: str, done: str) -> None:
+    """Call ``service(job=job)``; say ``done`` (formatted with the job) or why it was refused."""
+    try:
+        service(job=job)
+    except JobStateError as exc:
+        messages.error(request, f"{refused}: {exc}")
+    else:
+        messages.success(request, done.format(job=job))
+
+
+def _enqueue(request: HttpRequest, job: BatchJob) -> None:
+    _attempt(
+        request,
+        jobs.job_enqueue,
+        job,
+        refused=f"Could not run job #{job.pk}",
+        done="Job #{job.pk} is queued: {job.total:,} item(s).",
+    )
+
+
+# --- jobs ------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    queryset = BatchJob.objects.for_user(request.user).select_related("owner")
+    page = Paginator(queryset, JOBS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "llmjobs/job_list.html", {"page": page, "jobs": page.object_list})
+
+
+@login_required
+def job_new(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        try:
+            form = JobForm(request.POST, request.FILES)
+            action = request.POST.get("action", "run")
+        except RequestDataTooBig:
+            form = JobForm()
+            form.add_error(
+                None,
+                "The pasted text is too large for a form post: upload it as a TXT, CSV or JSONL file instead.",
+            )
+            return _form_page(request, form, status=400)
+        if form.is_valid():
+            try:
+                job = jobs.job_create(owner=request.user, **form.service_kwargs())
+            except JobInputError as exc:
+                form.add_error(None, str(exc))
+            else:
+                if action == "preview":
+                    _preview(request, job)
+                elif action == "run":
+                    _enqueue(request, job)
+                else:
+                    messages.success(request, f"Job #{job.pk} saved as a draft.")
+                return redirect(_job_url(job))
+        return _form_page(request, form, status=400)
+    return _form_page(request, JobForm())
+
+
+def _form_page(request: HttpRequest, form: JobForm, status: int = 200) -> HttpResponse:
+    return render(request, "llmjobs/job_form.html", {"form": form, "preview_count": jobs.PREVIEW_COUNT}, status=status)
+
+
+@login_required
+@require_GET
+def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _job_or_404(request, pk)
+    items = job.items.order_by("position")
+    status = request.GET.get("status") or ""
+    if status in Item.Status.values:
+        items = items.filter(status=status)
+    else:
+        status = ""
+    page = Paginator(items, ITEMS_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "job": job,
+        "page": page,
+        "items": page.object_list,
+        "status_filter": status,
+        "item_statuses": Item.Status.choices,
+        "can_run": job.status == BatchJob.Status.DRAFT and job.remaining_count > 0,
+        "can_cancel": job.is_active,
+        "can_retry": job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
+        "preview_count": jobs.PREVIEW_COUNT,
+    }
+    return render(request, "llmjobs/job_detail.html", context)
+
+
+def _cancel(request: HttpRequest, job: BatchJob) -> None:
+    _attempt(request, jobs.job_cancel, job, refused="Could not cancel", done="Job #{job.pk} is cancelled.")
+
+
+def _retry(request: HttpRequest, job: BatchJob) -> None:
+    try:
+        count = jobs.job_retry(job=job, enqueue=True)
+    except JobStateError as exc:
+        messages.error(request, f"Could not retry: {exc}")
+        return
+    if not count:
+        messages.info(request, "No failed or cancelled items to retry.")
+        return
+    messages.success(request, f"{count:,} item(s) will be tried again.")
+    messages.success(request, f"Job #{job.pk} is queued: {job.total:,} item(s).")
+
+
+def _job_action(act: Callable[[HttpRequest, BatchJob], None]) -> Callable[..., HttpResponse]:
+    """A POST-only view over one of the user's jobs: ``act`` calls a service and
+    leaves messages; the browser goes back to the job page."""
+
+    @login_required
+    @require_POST
+    def view(request: HttpRequest, pk: int) -> HttpResponse:
+        job = _job_or_404(request, pk)
+        act(request, job)
+        return redirect(_job_url(job))
+
+    return view
+
+
+job_run = _job_action(_enqueue)
+job_preview = _job_action(_preview)
+job_cancel_view = _job_action(_cancel)
+job_retry_view = _job_action(_retry)
+
+
+@login_required
+@require_GET
+def job_export_view(request: HttpRequest, pk: int, fmt: str) -> StreamingHttpResponse:
+    job = _job_or_404(request, pk)
+    if fmt not in jobs.EXPORT_FORMATS:  # the URL pattern allows only these
+        raise Http404("No such format.")
+    return jobs.job_export_response(job=job, fmt=fmt, asgi=isinstance(request, ASGIRequest))  # type: ignore[arg-type]
+
+
+@login_required
+@require_GET
+def job_throughput_svg(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _job_or_404(request, pk)
+    context = throughput_svg_context(throughput(job))
+    response = render(request, "llmjobs/throughput.svg", context, content_type="image/svg+xml")
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+async def job_events(request: HttpRequest, pk: int) -> HttpResponseBase:
+    """Live progress as Server-Sent Events (async ORM; ends when the job finishes)."""
+    if request.method != "GET":
+        return HttpResponse(status=405, headers={"Allow": "GET"})
+    user = await request.auser()
+    job_id = await BatchJob.objects.for_user(user).filter(pk=pk).values_list("pk", flat=True).afirst()
+    if job_id is None:
+        raise Http404("No such job.")
+    return sse.EventStreamResponse(progress_events(job_id))
+
+
+# --- playground ------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def playground(request: HttpRequest) -> HttpResponse:
+    return render(request, "llmjobs/playground.html", {"form": PlaygroundForm(), "api": api_target().describe()})
+
+
+@login_required
+async def playground_stream(request: HttpRequest) -> HttpResponseBase:
+    """POST (CSRF-checked) -> one streamed answer, token by token, through the shared client."""
+    if request.method != "POST":
+        return HttpResponse(status=405, headers={"Allow": "POST"})
+    form = PlaygroundForm(request.POST)
+    if not form.is_valid():
+        return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+    client = await get_client()
+    return sse.EventStreamResponse(playground_events(client, form.params()))
