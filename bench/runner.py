@@ -146,6 +146,9 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         from django.conf import settings
 
         settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+        from llmjobs.conf import llmjobs_settings
+
+        llmjobs_settings.cache_clear()  # the settings object is read once
         # bare engine
         c0, t0 = cpu(), time.perf_counter()
         engine_lags, _ = asyncio.run(with_lag(run_bare_engine(n, sim.base_url)))

@@ -72,6 +72,11 @@ class CircuitBreaker:
     def is_open(self) -> bool:
         return self.state == OPEN
 
+    @property
+    def suspect(self) -> bool:
+        """Closed, but the last attempts all failed as in an outage: don't give up on an item now."""
+        return self.state == CLOSED and self._streak >= 2
+
     # -- dispatch --------------------------------------------------------------
     def delay(self, now: float) -> float | None:
         """Seconds until the next call may go out: 0 = now, None = wait for the probe in flight."""

@@ -639,6 +639,10 @@ class _Run:
             gov.on_failure(ticket, now)
         if outage:
             job.failures = failures_before
+        elif breaker.suspect and job.failures >= self.policy.max_attempts and is_outage(verdict):
+            # The API may be going down (the breaker has not decided yet): an item
+            # at the end of its budget waits for the verdict instead of failing now.
+            job.failures = self.policy.max_attempts - 1
         job.last_error = verdict
         if self._state != _RUNNING:
             if self._state == _CANCELLING:

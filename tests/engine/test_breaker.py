@@ -135,3 +135,13 @@ async def test_items_survive_a_simulated_outage_of_every_kind(sim, mode):
     assert [o for o in outcomes if o.status != "succeeded"] == []
     assert len(outcomes) == n and breaker.opens >= 1
     assert sim.stats()["prompts"]["extra_paid_calls"] == 0
+
+
+def test_two_outage_failures_in_a_row_make_it_suspect_until_an_answer():
+    b = CircuitBreaker(threshold=10)
+    b.on_outage_failure(0.0)
+    assert not b.suspect
+    b.on_outage_failure(0.1)
+    assert b.suspect and not b.is_open
+    b.on_answer(0.2)
+    assert not b.suspect
