@@ -67,6 +67,15 @@ class LLMJobsSettings:
     lease_seconds: float = _setting(
         30.0, "How long a claimed item stays reserved without renewal: how soon a dead runner's items are taken over."
     )
+    db_outage_seconds: float = _setting(
+        120.0,
+        "How long a run keeps retrying a database that cannot be written (holding answers, sending nothing new) "
+        "before it stops with a non-zero exit.",
+    )
+    drain_seconds: float = _setting(
+        10.0,
+        "On SIGTERM/SIGINT (or a cancel), how long in-flight calls may finish and be stored before they are cut off.",
+    )
     max_items: int = _setting(100_000, "Most items in one job.")
     max_item_chars: int = _setting(100_000, "Largest single item, in characters of field values.")
     max_upload_bytes: int = _setting(50 * 1024 * 1024, "Largest upload, in bytes (50 MiB).")

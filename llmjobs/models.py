@@ -399,6 +399,16 @@ class ItemQuerySet(models.QuerySet["Item"]):
             status=Item.Status.CANCELLED, lease_expires_at=None, finished_at=timezone.now()
         )
 
+    def fail(self, *, error_type: str, error_message: str, now: datetime.datetime | None = None) -> int:
+        """Fail these items for a reason of their own (a prompt that can't be rendered)."""
+        return self.update(
+            status=Item.Status.FAILED,
+            error_type=error_type[:64],
+            error_message=error_message,
+            lease_expires_at=None,
+            finished_at=now or timezone.now(),
+        )
+
     def reset_for_retry(self) -> int:
         """Put the retryable items back to pending, results and errors cleared, ``attempts`` kept."""
         cleared = {

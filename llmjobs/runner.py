@@ -13,10 +13,27 @@ The runner is only that bridge: leases are ``ItemQuerySet`` verbs (``claim``,
 
 Crash safety: an item is marked running with a lease of ``LLMJOBS_LEASE_SECONDS`` when
 claimed, and the lease is renewed while the runner lives. Outcomes are written
-at least every ``FLUSH_EVERY`` seconds or ``FLUSH_BATCH`` outcomes, so a
-``kill -9`` loses at most that window of received answers (they are requested
+as soon as ``FLUSH_BATCH`` of them wait or the oldest has waited ``FLUSH_EVERY``
+seconds, whichever comes first, so a ``kill -9`` loses only the calls in
+flight plus well under half a second of received answers (they are requested
 again). A later run takes pending items and items whose lease expired, and
 never an item that already succeeded.
+
+Durability: every database call retries over a fresh connection, with
+backoff, while the database cannot be reached (``OperationalError`` /
+``InterfaceError``: a held SQLite lock, a terminated PostgreSQL backend). While
+answers cannot be written the run holds at most ``MAX_BUFFER`` of them and
+sends nothing new (backpressure: the engine stops dispatching when its outcomes
+are not consumed); calls in flight finish. After ``LLMJOBS_DB_OUTAGE_SECONDS``
+the run gives up with a one-line reason in ``RunReport.aborted``: it never
+reports success, and what it still holds is released if the database allows.
+
+Stopping keeps what was paid for: ``request_stop()`` (a first SIGTERM/SIGINT,
+or the job cancelled elsewhere) stops dispatching and lets in-flight calls
+finish for up to ``LLMJOBS_DRAIN_SECONDS``; their answers are stored as
+succeeded, the rest goes back to pending (or is cancelled, for a cancel).
+``request_stop(now=True)`` (a second signal) cancels in-flight calls at once
+and still releases the leases.
 
 Sync code (management commands, tasks, admin actions) goes through the
 services ``jobs.job_run`` and ``jobs.job_preview``, which reach the runner
@@ -29,14 +46,18 @@ import asyncio
 import datetime as dt
 import gc
 import logging
+import random
+import signal
 import threading
-from collections.abc import AsyncGenerator, Callable
+import time
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.db import close_old_connections, connection, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from .conf import api_target, llmjobs_settings
@@ -44,14 +65,35 @@ from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
 
-__all__ = ["JobRunner", "RunReport", "engine_counter", "preview_job", "process_job", "run_job"]
+__all__ = [
+    "DatabaseUnavailable",
+    "JobRunner",
+    "RunReport",
+    "engine_counter",
+    "preview_job",
+    "process_job",
+    "run_job",
+    "stop_on_signals",
+]
 
 log = logging.getLogger(__name__)
 
 CLAIM_CHUNK = 500  # items claimed per query
-FLUSH_BATCH = 200  # outcomes per write
-FLUSH_EVERY = 0.25  # seconds: the most a kill -9 can lose of received answers
+FLUSH_BATCH = 100  # outcomes waiting that trigger a write at once
+FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses at most about this)
+MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
+DB_RETRY_BASE = 0.05  # seconds: first wait before retrying a failed database call
+DB_RETRY_MAX = 2.0  # seconds: longest wait between database retries
+FINAL_DB_BUDGET = 5.0  # seconds: retries of the last flush and release after the run gave up
+
+# Errors of a database that is (for now) unreachable or locked: retried over a fresh connection.
+_TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed unwritable past ``LLMJOBS_DB_OUTAGE_SECONDS``."""
+
 
 _ITEM_FIELDS = [*Item.RESULT_FIELDS, "lease_expires_at", "finished_at"]
 
@@ -68,6 +110,7 @@ class RunReport:
     released: int = 0
     interrupted: bool = False
     aborted: str = ""
+    db_retries: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)  # previews only
 
@@ -95,7 +138,10 @@ class JobRunner:
         claim_chunk: int = CLAIM_CHUNK,
         flush_batch: int = FLUSH_BATCH,
         flush_every: float = FLUSH_EVERY,
+        max_buffer: int = MAX_BUFFER,
         limit: int | None = None,
+        db_outage_seconds: float | None = None,
+        drain_seconds: float | None = None,
     ) -> None:
         self.job_id = job_id
         self._client = client
@@ -107,6 +153,10 @@ class JobRunner:
         self.claim_chunk = claim_chunk
         self.flush_batch = flush_batch
         self.flush_every = flush_every
+        self.max_buffer = max(max_buffer, flush_batch)
+        conf = llmjobs_settings()
+        self.db_outage_seconds = conf.db_outage_seconds if db_outage_seconds is None else db_outage_seconds
+        self.drain_seconds = conf.drain_seconds if drain_seconds is None else drain_seconds
         # A preview: run at most ``limit`` items now and leave the job's status alone.
         self.limit = limit
         if limit is not None:
@@ -120,7 +170,9 @@ class JobRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llmjobs-writer-{job_id}")
         self._held: set[int] = set()  # claimed by us, outcome not yet written
         self._buffer: list[Outcome] = []
+        self._buffer_since = 0.0  # loop time of the oldest unwritten outcome
         self._buffer_event: asyncio.Event | None = None
+        self._space: asyncio.Event | None = None  # set when the buffer has room again
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._closing = False
@@ -128,33 +180,88 @@ class JobRunner:
         self._written_retries = 0
         self._interrupted = False
         self._job_cancelled = False
+        self._draining = False
+        self._hard_stop = threading.Event()  # a second stop: no more waiting, on the loop or the database
+        self._db_down_since: float | None = None  # monotonic time of the first failure of the current outage
+        self._db_gave_up = False
+        self._last_renew = time.monotonic()
 
     # -- the writer ------------------------------------------------------------------
-    def _db(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
+        """``fn`` as a coroutine run on the writer thread, retried while the database is down."""
+
         def in_writer(*args: Any, **kwargs: Any) -> Any:
             self.writer_thread_ids.add(threading.get_ident())
-            return fn(*args, **kwargs)
+            return self._retrying(fn, args, kwargs, budget)
 
         return sync_to_async(in_writer, thread_sensitive=False, executor=self._executor)
 
+    def _retrying(self, fn: Callable[..., Any], args: Any, kwargs: Any, budget: float | None) -> Any:
+        """Call ``fn`` (on the writer thread); on a transient database error close the
+        connection (the next query opens a fresh one) and retry with backoff, until the
+        outage has lasted ``db_outage_seconds`` (or ``budget`` seconds of this call)."""
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except _TRANSIENT_DB_ERRORS as exc:
+                failures += 1
+                self.report.db_retries += 1
+                now = time.monotonic()
+                if self._db_down_since is None:
+                    self._db_down_since = now
+                    log.warning("job %s: database error, retrying: %s", self.job_id, _one_line(exc))
+                try:
+                    connection.close()
+                except Exception:  # a broken connection may fail to close: it is gone either way
+                    log.debug("closing the broken connection failed", exc_info=True)
+                down_for = now - self._db_down_since
+                if budget is not None:  # the last writes of a run that stops: a budget of their own
+                    limit_reached = now - started >= budget
+                else:
+                    limit_reached = down_for >= self.db_outage_seconds or self._db_gave_up or self._hard_stop.is_set()
+                if limit_reached:
+                    raise DatabaseUnavailable(
+                        f"the database could not be written for {down_for:.0f} s "
+                        f"({type(exc).__name__}: {_one_line(exc)})"
+                    ) from exc
+                delay = min(DB_RETRY_MAX, DB_RETRY_BASE * 2 ** min(failures - 1, 10))
+                self._hard_stop.wait(delay * (0.5 + random.random() / 2))
+                continue
+            if self._db_down_since is not None:
+                log.warning("job %s: database back after %.1f s", self.job_id, time.monotonic() - self._db_down_since)
+                self._db_down_since = None
+            return result
+
     # -- control ---------------------------------------------------------------------
-    def request_stop(self) -> None:
-        """Stop soon, putting in-flight items back to pending. Safe from any thread
-        (a signal handler, for instance)."""
+    def request_stop(self, *, now: bool = False) -> None:
+        """Stop soon: send nothing new, let in-flight calls finish (up to ``drain_seconds``)
+        and store their answers, put the rest back to pending. With ``now`` (or on a
+        second call), cancel in-flight calls at once; leases are still released. Safe from
+        any thread (a signal handler, for instance)."""
+        hard = now or self._draining
+        self._draining = True
+        if hard:
+            self._hard_stop.set()
         loop = self._loop
         if loop is None or loop.is_closed():
             self._interrupted = self._stopping = True
             return
-        loop.call_soon_threadsafe(self._stop, True)
+        loop.call_soon_threadsafe(self._stop, True, hard)
 
-    def _stop(self, interrupted: bool) -> None:
+    def _stop(self, interrupted: bool, hard: bool = False) -> None:
         if interrupted:
             self._interrupted = True
         self._stopping = True
         if self.engine is not None:
-            self.engine.cancel()
-        if self._buffer_event is not None:
-            self._buffer_event.set()
+            if hard:
+                self.engine.cancel()
+            else:
+                self.engine.drain(self.drain_seconds)
+        self._wake_flusher()
+        if self._space is not None:
+            self._space.set()
 
     @property
     def stats(self) -> EngineStats | None:
@@ -169,14 +276,22 @@ class JobRunner:
         gc.freeze()
         self._loop = asyncio.get_running_loop()
         self._buffer_event = asyncio.Event()
+        self._space = asyncio.Event()
         try:
             return await self._run()
         finally:
-            await self._db(lambda: connection.close())()  # the writer thread's own connection
+            try:
+                await self._db(lambda: connection.close(), budget=0)()  # the writer thread's own connection
+            except Exception:
+                log.debug("closing the writer's connection failed", exc_info=True)
             self._executor.shutdown(wait=False)
 
     async def _run(self) -> RunReport:
-        job = await self._db(self._start)()
+        try:
+            job = await self._db(self._start)()
+        except DatabaseUnavailable as exc:
+            self.report.aborted = str(exc)
+            return self.report
         if job is None:
             return self.report
         self.job = job
@@ -195,7 +310,7 @@ class JobRunner:
             transport=llmjobs_settings().http_transport,
         )
         if self._stopping:  # stopped before the engine existed
-            self.engine.cancel()
+            self._stop(self._interrupted, self._hard_stop.is_set())
         helpers: list[asyncio.Task[None]] = []
         try:
             async with self.engine as engine:
@@ -207,6 +322,8 @@ class JobRunner:
                 calls = self._calls()
                 try:
                     async for outcome in engine.run(calls):
+                        if not self._buffer:
+                            self._buffer_since = self._loop.time()
                         self._buffer.append(outcome)
                         if self.limit is not None:
                             self.report.outcomes.append(outcome)
@@ -218,6 +335,8 @@ class JobRunner:
                             self._wake_flusher()
                         if self._on_progress is not None:
                             self._on_progress(self)
+                        if len(self._buffer) >= self.max_buffer:
+                            await self._wait_for_room()
                 except RunAborted as exc:
                     self.report.aborted = f"{exc.error_type}: {exc.message}"
                     log.error("job %s stopped: %s", self.job_id, self.report.aborted)
@@ -232,6 +351,16 @@ class JobRunner:
             raise
         await self._finish(helpers)
         return self.report
+
+    async def _wait_for_room(self) -> None:
+        """Backpressure: answers can't be written. Stop consuming outcomes (the engine then
+        stops dispatching; calls in flight finish) until the writer catches up."""
+        space = self._space
+        assert space is not None
+        self._wake_flusher()
+        while len(self._buffer) >= self.max_buffer and not self._db_gave_up and not self._hard_stop.is_set():
+            space.clear()
+            await space.wait()
 
     def _wake_flusher(self) -> None:
         if self._buffer_event is not None:
@@ -249,11 +378,38 @@ class JobRunner:
             self._wake_flusher()
             await asyncio.gather(flusher, return_exceptions=True)
         await asyncio.gather(*others, return_exceptions=True)
-        await self._flush()
-        job = await self._db(self._conclude)()
-        self.report.status = job.status
+        budget = FINAL_DB_BUDGET if (self._db_gave_up or self._hard_stop.is_set()) else None
+        try:
+            await self._flush(budget=budget)
+        except DatabaseUnavailable as exc:
+            self._give_up(exc)
         if self.engine is not None:
             self.report.stats = self.engine.stats.as_dict()
+        try:
+            job = await self._db(self._conclude, budget=budget)()
+        except DatabaseUnavailable as exc:
+            self._give_up(exc)
+            self.report.status = BatchJob.Status.RUNNING  # as the database last knew it; never "succeeded"
+            log.error(
+                "job %s: %d item(s) still leased; they go back to pending when their lease expires",
+                self.job_id,
+                len(self._held),
+            )
+            return
+        self.report.status = job.status
+
+    def _give_up(self, exc: DatabaseUnavailable) -> None:
+        if not self.report.aborted:
+            unsaved = len(self._buffer)
+            self.report.aborted = f"{exc}; {unsaved} answer(s) not stored" if unsaved else str(exc)
+            log.error("job %s stopped: %s", self.job_id, self.report.aborted)
+        self._db_gave_up = True
+        self._interrupted = True
+        self._stopping = True
+        if self.engine is not None:
+            self.engine.cancel()  # nothing more can be stored: stop paying
+        if self._space is not None:
+            self._space.set()
 
     # -- feeding the engine ------------------------------------------------------------
     async def _calls(self) -> AsyncGenerator[Call, None]:
@@ -263,14 +419,22 @@ class JobRunner:
         while not self._stopping:
             if self.limit is not None and claimed >= self.limit:
                 return
-            batch = await claim()
+            try:
+                batch = await claim()
+            except DatabaseUnavailable as exc:
+                self._give_up(exc)
+                return
             claimed += len(batch)
             if not batch:
                 if self.limit is not None:
                     return
                 # Items still leased by a runner that may have died: wait for the
                 # lease to expire, then take them (a live runner renews its own).
-                expiry = await wait_for_leases()
+                try:
+                    expiry = await wait_for_leases()
+                except DatabaseUnavailable as exc:
+                    self._give_up(exc)
+                    return
                 if expiry is None or self._stopping:
                     return
                 delay = (expiry - timezone.now()).total_seconds() + 0.05
@@ -284,9 +448,31 @@ class JobRunner:
     def _claim(self) -> list[tuple[int, dict[str, Any]]]:
         job = self.job
         assert job is not None
+        if time.monotonic() - self._last_renew > self.lease.total_seconds() / 3:
+            # After a stall (a database outage) our own leases may have lapsed: renew them
+            # before claiming, so that we never claim (and pay for) an item we still hold.
+            self._renew()
         rows = Item.objects.filter(job_id=job.pk).claim(limit=self.claim_chunk, lease=self.lease)
         self._held.update(pk for pk, _ in rows)
-        return [(pk, build_params(job, fields)) for pk, fields in rows]
+        calls: list[tuple[int, dict[str, Any]]] = []
+        broken: list[tuple[int, str]] = []
+        for pk, fields in rows:
+            try:
+                calls.append((pk, build_params(job, fields)))
+            except Exception as exc:  # the item can't be rendered: it fails, the job goes on
+                broken.append((pk, f"{type(exc).__name__}: {_one_line(exc)}"))
+        if broken:
+            self._fail_unrenderable(broken)
+        return calls
+
+    def _fail_unrenderable(self, broken: list[tuple[int, str]]) -> None:
+        now = timezone.now()
+        with transaction.atomic():
+            for pk, reason in broken:
+                Item.objects.filter(pk=pk).fail(error_type="prompt_error", error_message=reason, now=now)
+            BatchJob.objects.filter(pk=self.job_id).add_to_counters(failed=len(broken))
+        self._held.difference_update(pk for pk, _ in broken)
+        self.report.failed += len(broken)
 
     def _next_foreign_lease_expiry(self) -> dt.datetime | None:
         qs = Item.objects.filter(job_id=self.job_id)
@@ -298,35 +484,64 @@ class JobRunner:
         renew = self._db(self._renew)
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
-            await renew()
+            try:
+                await renew()
+            except DatabaseUnavailable as exc:
+                self._give_up(exc)
+                return
 
     def _renew(self) -> None:
         held = list(self._held)
         if held:
             Item.objects.filter(pk__in=held).renew(lease=self.lease)
+        self._last_renew = time.monotonic()
 
     async def _watch_cancel(self) -> None:
         status_of = self._db(lambda: BatchJob.objects.status_of(self.job_id))
         while True:
             await asyncio.sleep(CANCEL_POLL)
-            if await status_of() == BatchJob.Status.CANCELLED:
+            try:
+                status = await status_of()
+            except DatabaseUnavailable as exc:
+                self._give_up(exc)
+                return
+            if status == BatchJob.Status.CANCELLED:
+                # Cancelled elsewhere: send nothing new; answers already on their way
+                # (paid for) are stored; what is left is cancelled.
                 self._job_cancelled = True
                 self._stop(interrupted=False)
                 return
 
     # -- writing outcomes ------------------------------------------------------------
     async def _flush_loop(self) -> None:
+        """Write outcomes when ``flush_batch`` of them wait or the oldest has waited
+        ``flush_every`` seconds, whichever comes first."""
         event = self._buffer_event
-        assert event is not None  # set by run()
+        loop = self._loop
+        assert event is not None and loop is not None  # set by run()
         while not self._closing:
+            if len(self._buffer) < self.flush_batch and not self._due(loop):
+                wait = self.flush_every
+                if self._buffer:
+                    wait = self._buffer_since + self.flush_every - loop.time()
+                try:
+                    await asyncio.wait_for(event.wait(), max(wait, 0.001))
+                except TimeoutError:
+                    pass
+                event.clear()
+                continue
             try:
-                await asyncio.wait_for(event.wait(), self.flush_every)
-            except TimeoutError:
-                pass
-            event.clear()
-            await self._flush()
+                await self._flush()
+            except DatabaseUnavailable as exc:
+                self._give_up(exc)
+                return
+            if self._space is not None and len(self._buffer) < self.max_buffer:
+                self._space.set()
 
-    async def _flush(self) -> None:
+    def _due(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return bool(self._buffer) and loop.time() - self._buffer_since >= self.flush_every * 0.99
+
+    async def _flush(self, budget: float | None = None) -> None:
         rate_limited = retries = 0
         stats = self.stats
         if stats is not None:  # engine counters since the last write
@@ -335,9 +550,16 @@ class JobRunner:
         if not self._buffer and not rate_limited and not retries:
             return
         batch, self._buffer = self._buffer, []
+        if self._loop is not None:
+            self._buffer_since = self._loop.time()
+        try:
+            await self._db(self._write, budget=budget)(batch, rate_limited, retries)
+        except BaseException:
+            # Not written: keep the answers, oldest first, for the next try (or the report).
+            self._buffer[:0] = batch
+            raise
         self._written_rate_limited += rate_limited
         self._written_retries += retries
-        await self._db(self._write)(batch, rate_limited, retries)
 
     def _write(self, batch: list[Outcome], rate_limited: int = 0, retries: int = 0) -> None:
         now = timezone.now()
@@ -428,6 +650,10 @@ class JobRunner:
             job.refresh_counters()
             return job
         self.report.interrupted = self._interrupted and not self._job_cancelled
+        if self._db_gave_up:  # resumable: the unwritten items go back to pending (or their lease expires)
+            job.refresh_counters()
+            job.mark_interrupted()
+            return job
         if self._job_cancelled or job.status == BatchJob.Status.CANCELLED:
             job.refresh_counters()
             if job.status != BatchJob.Status.CANCELLED:
@@ -448,6 +674,49 @@ class JobRunner:
             return job
         job.mark_finished()
         return job
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+@contextmanager
+def stop_on_signals(
+    runner: JobRunner,
+    *,
+    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
+    on_signal: Callable[[int, bool], None] | None = None,
+    chain_first: bool = False,
+) -> Iterator[None]:
+    """While in the block, SIGTERM and SIGINT stop ``runner`` cleanly: the first drains
+    (``request_stop()``), a second stops at once (``request_stop(now=True)``), leases
+    released either way. ``on_signal(signum, hard)`` is told first. With ``chain_first``
+    the handler that was installed before (a worker's own graceful shutdown) is also
+    called on the first signal, so the worker stops after this job. Only in the main
+    thread (where signal handlers live); elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        hard = bool(seen)
+        seen.append(signum)
+        if on_signal is not None:
+            on_signal(signum, hard)
+        runner.request_stop(now=hard)
+        before = previous.get(signum)
+        if chain_first and not hard and callable(before):
+            before(signum, frame)
+
+    for signum in signals:
+        signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, before in previous.items():
+            signal.signal(signum, before)
 
 
 async def run_job(job_id: int, **options: Any) -> RunReport:

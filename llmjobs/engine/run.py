@@ -189,6 +189,12 @@ class Engine:
         for r in list(self._runs):
             r.cancel()
 
+    def drain(self, timeout: float) -> None:
+        """Stop dispatching; let in-flight calls finish and report (for up to ``timeout``
+        seconds, then they are cancelled). Calls not in flight are reported ``cancelled``."""
+        for r in list(self._runs):
+            r.drain(timeout)
+
     async def run(self, calls: Iterable[Call] | AsyncIterable[Call]) -> AsyncIterator[Outcome]:
         """Yield an :class:`Outcome` for every call taken from ``calls``, as they complete.
 
@@ -242,6 +248,7 @@ class _Run:
     __slots__ = (
         "_abort",
         "_dispatcher",
+        "_drain_timer",
         "_exhausted",
         "_finished",
         "_heap",
@@ -293,6 +300,7 @@ class _Run:
         self._held: _Job | None = None
         self._finished = False
         self._dispatcher: asyncio.Task | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- outcomes ------------------------------------------------------------
     def _emit(self, job: _Job, outcome: Outcome) -> None:
@@ -349,6 +357,8 @@ class _Run:
                 raise RunAborted(self._abort.error_type, self._abort.message, self._undone_keys)
         finally:
             self.engine._runs.discard(self)
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
             if not task.done():
                 self.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -365,6 +375,11 @@ class _Run:
         if self._state == _RUNNING:
             self._state = _CANCELLING
             self._stop_everything()
+
+    def drain(self, timeout: float) -> None:
+        if self._state == _RUNNING and self._drain_timer is None:
+            self._drain_timer = self.loop.call_later(max(timeout, 0.0), self.cancel)
+            self._wake()
 
     def _stop_everything(self) -> None:
         for t in list(self._tasks):
@@ -411,6 +426,11 @@ class _Run:
         try:
             while self._state == _RUNNING:
                 own = self._tasks
+                if self._drain_timer is not None:  # draining: let what is in flight finish
+                    if not own:
+                        break
+                    await self._sleep(None)
+                    continue
                 if gov.in_flight >= int(gov.ceiling) or len(self._out) >= self._out_limit:
                     await self._sleep(None if own else 0.05)
                     continue
@@ -425,6 +445,9 @@ class _Run:
                         if self._state != _RUNNING:
                             self._held = job
                             break
+                        if self._drain_timer is not None:
+                            self._held = job
+                            continue
                         now = gov.now()
                     if job is None:
                         if heap:
@@ -454,7 +477,7 @@ class _Run:
                     # starting hundreds of tasks in one loop turn stalls the loop.
                     await asyncio.sleep(0)
         finally:
-            if self._state != _RUNNING or self._tasks:
+            if self._state != _RUNNING or self._tasks or self._drain_timer is not None:
                 await self._wind_down()
 
     async def _wind_down(self) -> None:
