@@ -304,14 +304,18 @@ def _enqueue_task(job_id: int, job: BatchJob) -> None:
 
 
 def job_cancel(*, job: BatchJob) -> BatchJob:
-    """Cancel ``job``: its pending items (and running ones whose lease expired) are
-    cancelled in one UPDATE and the job is marked cancelled. Items in flight at
-    a live runner finish or are cancelled by that runner, which watches the
-    job's status. Cancelling a cancelled job does nothing; a finished one is
-    refused."""
+    """Cancel ``job``: its pending items (and running ones whose lease expired: their
+    runner is gone) are cancelled in one UPDATE and the job is marked cancelled.
+    Items in flight at a live runner are that runner's: it watches the job's
+    status, stores the answers already on their way (paid for) as succeeded and
+    cancels the rest. Cancelling a cancelled job again cancels what a dead
+    runner left behind once its leases expired (``recover_stalled_jobs`` does
+    too); a finished job is refused."""
     with transaction.atomic():
         current = _locked(job)
         if current.status == BatchJob.Status.CANCELLED:
+            if current.items.cancel_pending():  # a dead runner's items whose lease has expired since
+                current.refresh_counters()
             _copy_state(current, job)
             return job
         if current.is_finished:
@@ -366,6 +370,10 @@ def recover_stalled_jobs(*, now: datetime.datetime | None = None) -> list[BatchJ
     """
     now = now or timezone.now()
     live = Item.objects.live(now)
+    # A cancelled job whose runner died with items in flight: cancel them once their lease expired.
+    for job in BatchJob.objects.filter(status=BatchJob.Status.CANCELLED, items__status=Item.Status.RUNNING).distinct():
+        if job.items.cancel_pending(now):
+            job.refresh_counters()
     candidates = (
         BatchJob.objects.filter(status=BatchJob.Status.RUNNING).exclude(pk__in=live.values("job_id")).order_by("pk")
     )

@@ -19,14 +19,12 @@ flight plus well under half a second of received answers (they are requested
 again). A later run takes pending items and items whose lease expired, and
 never an item that already succeeded.
 
-Durability: every database call retries over a fresh connection, with
-backoff, while the database cannot be reached (``OperationalError`` /
-``InterfaceError``: a held SQLite lock, a terminated PostgreSQL backend). While
-answers cannot be written the run holds at most ``MAX_BUFFER`` of them and
-sends nothing new (backpressure: the engine stops dispatching when its outcomes
-are not consumed); calls in flight finish. After ``LLMJOBS_DB_OUTAGE_SECONDS``
-the run gives up with a one-line reason in ``RunReport.aborted``: it never
-reports success, and what it still holds is released if the database allows.
+Durability: every database call is retried over a fresh connection while the
+database can't be reached (``writer.DbRetry``). Meanwhile the run holds at most
+``MAX_BUFFER`` answers and sends nothing new (backpressure: the engine stops
+dispatching when its outcomes are not consumed); calls in flight finish. After
+``LLMJOBS_DB_OUTAGE_SECONDS`` it gives up with a one-line reason in
+``RunReport.aborted``, never reporting success, releasing what it can.
 
 Stopping keeps what was paid for: ``request_stop()`` (a first SIGTERM/SIGINT,
 or the job cancelled elsewhere) stops dispatching and lets in-flight calls
@@ -46,34 +44,33 @@ import asyncio
 import datetime as dt
 import gc
 import logging
-import random
-import signal
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
-from django.db import InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from .conf import api_target, llmjobs_settings
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
+from .stopping import stop_on_signals
+from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, one_line, outcome_rows
 
 __all__ = [
-    "DatabaseUnavailable",
+    "DatabaseUnavailable",  # re-exported from .writer
     "JobRunner",
     "RunReport",
     "engine_counter",
     "preview_job",
     "process_job",
     "run_job",
-    "stop_on_signals",
+    "stop_on_signals",  # re-exported from .stopping
 ]
 
 log = logging.getLogger(__name__)
@@ -83,19 +80,6 @@ FLUSH_BATCH = 100  # outcomes waiting that trigger a write at once
 FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses at most about this)
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
-DB_RETRY_BASE = 0.05  # seconds: first wait before retrying a failed database call
-DB_RETRY_MAX = 2.0  # seconds: longest wait between database retries
-FINAL_DB_BUDGET = 5.0  # seconds: retries of the last flush and release after the run gave up
-
-# Errors of a database that is (for now) unreachable or locked: retried over a fresh connection.
-_TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
-
-
-class DatabaseUnavailable(Exception):
-    """The database stayed unwritable past ``LLMJOBS_DB_OUTAGE_SECONDS``."""
-
-
-_ITEM_FIELDS = [*Item.RESULT_FIELDS, "lease_expires_at", "finished_at"]
 
 
 @dataclass(slots=True)
@@ -118,10 +102,6 @@ class RunReport:
 def engine_counter(stats: EngineStats, name: str) -> int:
     """One of the engine's live counters (``rate_limited``, ``retries``...)."""
     return int(getattr(stats, name))
-
-
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else max(0, round(seconds * 1000))
 
 
 class JobRunner:
@@ -182,8 +162,9 @@ class JobRunner:
         self._job_cancelled = False
         self._draining = False
         self._hard_stop = threading.Event()  # a second stop: no more waiting, on the loop or the database
-        self._db_down_since: float | None = None  # monotonic time of the first failure of the current outage
-        self._db_gave_up = False
+        self._retry = DbRetry(
+            label=f"job {job_id}", outage_seconds=self.db_outage_seconds, stop=self._hard_stop, report=self.report
+        )
         self._last_renew = time.monotonic()
 
     # -- the writer ------------------------------------------------------------------
@@ -192,47 +173,9 @@ class JobRunner:
 
         def in_writer(*args: Any, **kwargs: Any) -> Any:
             self.writer_thread_ids.add(threading.get_ident())
-            return self._retrying(fn, args, kwargs, budget)
+            return self._retry.call(fn, *args, budget=budget, **kwargs)
 
         return sync_to_async(in_writer, thread_sensitive=False, executor=self._executor)
-
-    def _retrying(self, fn: Callable[..., Any], args: Any, kwargs: Any, budget: float | None) -> Any:
-        """Call ``fn`` (on the writer thread); on a transient database error close the
-        connection (the next query opens a fresh one) and retry with backoff, until the
-        outage has lasted ``db_outage_seconds`` (or ``budget`` seconds of this call)."""
-        started = time.monotonic()
-        failures = 0
-        while True:
-            try:
-                result = fn(*args, **kwargs)
-            except _TRANSIENT_DB_ERRORS as exc:
-                failures += 1
-                self.report.db_retries += 1
-                now = time.monotonic()
-                if self._db_down_since is None:
-                    self._db_down_since = now
-                    log.warning("job %s: database error, retrying: %s", self.job_id, _one_line(exc))
-                try:
-                    connection.close()
-                except Exception:  # a broken connection may fail to close: it is gone either way
-                    log.debug("closing the broken connection failed", exc_info=True)
-                down_for = now - self._db_down_since
-                if budget is not None:  # the last writes of a run that stops: a budget of their own
-                    limit_reached = now - started >= budget
-                else:
-                    limit_reached = down_for >= self.db_outage_seconds or self._db_gave_up or self._hard_stop.is_set()
-                if limit_reached:
-                    raise DatabaseUnavailable(
-                        f"the database could not be written for {down_for:.0f} s "
-                        f"({type(exc).__name__}: {_one_line(exc)})"
-                    ) from exc
-                delay = min(DB_RETRY_MAX, DB_RETRY_BASE * 2 ** min(failures - 1, 10))
-                self._hard_stop.wait(delay * (0.5 + random.random() / 2))
-                continue
-            if self._db_down_since is not None:
-                log.warning("job %s: database back after %.1f s", self.job_id, time.monotonic() - self._db_down_since)
-                self._db_down_since = None
-            return result
 
     # -- control ---------------------------------------------------------------------
     def request_stop(self, *, now: bool = False) -> None:
@@ -323,7 +266,7 @@ class JobRunner:
                 try:
                     async for outcome in engine.run(calls):
                         if not self._buffer:
-                            self._buffer_since = self._loop.time()
+                            self._buffer_since = asyncio.get_running_loop().time()
                         self._buffer.append(outcome)
                         if self.limit is not None:
                             self.report.outcomes.append(outcome)
@@ -358,7 +301,7 @@ class JobRunner:
         space = self._space
         assert space is not None
         self._wake_flusher()
-        while len(self._buffer) >= self.max_buffer and not self._db_gave_up and not self._hard_stop.is_set():
+        while len(self._buffer) >= self.max_buffer and not self._retry.gave_up and not self._hard_stop.is_set():
             space.clear()
             await space.wait()
 
@@ -378,7 +321,7 @@ class JobRunner:
             self._wake_flusher()
             await asyncio.gather(flusher, return_exceptions=True)
         await asyncio.gather(*others, return_exceptions=True)
-        budget = FINAL_DB_BUDGET if (self._db_gave_up or self._hard_stop.is_set()) else None
+        budget = FINAL_DB_BUDGET if (self._retry.gave_up or self._hard_stop.is_set()) else None
         try:
             await self._flush(budget=budget)
         except DatabaseUnavailable as exc:
@@ -390,11 +333,7 @@ class JobRunner:
         except DatabaseUnavailable as exc:
             self._give_up(exc)
             self.report.status = BatchJob.Status.RUNNING  # as the database last knew it; never "succeeded"
-            log.error(
-                "job %s: %d item(s) still leased; they go back to pending when their lease expires",
-                self.job_id,
-                len(self._held),
-            )
+            log.error("job %s: %d item(s) still leased until their lease expires", self.job_id, len(self._held))
             return
         self.report.status = job.status
 
@@ -403,7 +342,7 @@ class JobRunner:
             unsaved = len(self._buffer)
             self.report.aborted = f"{exc}; {unsaved} answer(s) not stored" if unsaved else str(exc)
             log.error("job %s stopped: %s", self.job_id, self.report.aborted)
-        self._db_gave_up = True
+        self._retry.gave_up = True
         self._interrupted = True
         self._stopping = True
         if self.engine is not None:
@@ -416,34 +355,29 @@ class JobRunner:
         claim = self._db(self._claim)
         wait_for_leases = self._db(self._next_foreign_lease_expiry)
         claimed = 0
-        while not self._stopping:
-            if self.limit is not None and claimed >= self.limit:
-                return
-            try:
+        try:
+            while not self._stopping:
+                if self.limit is not None and claimed >= self.limit:
+                    return
                 batch = await claim()
-            except DatabaseUnavailable as exc:
-                self._give_up(exc)
-                return
-            claimed += len(batch)
-            if not batch:
-                if self.limit is not None:
-                    return
-                # Items still leased by a runner that may have died: wait for the
-                # lease to expire, then take them (a live runner renews its own).
-                try:
+                claimed += len(batch)
+                if not batch:
+                    if self.limit is not None:
+                        return
+                    # Items still leased by a runner that may have died: wait for the
+                    # lease to expire, then take them (a live runner renews its own).
                     expiry = await wait_for_leases()
-                except DatabaseUnavailable as exc:
-                    self._give_up(exc)
-                    return
-                if expiry is None or self._stopping:
-                    return
-                delay = (expiry - timezone.now()).total_seconds() + 0.05
-                await asyncio.sleep(min(max(delay, 0.05), self.lease.total_seconds()))
-                continue
-            for item_id, params in batch:
-                if self._stopping:
-                    return
-                yield Call(key=item_id, params=params)
+                    if expiry is None or self._stopping:
+                        return
+                    delay = (expiry - timezone.now()).total_seconds() + 0.05
+                    await asyncio.sleep(min(max(delay, 0.05), self.lease.total_seconds()))
+                    continue
+                for item_id, params in batch:
+                    if self._stopping:
+                        return
+                    yield Call(key=item_id, params=params)
+        except DatabaseUnavailable as exc:
+            self._give_up(exc)
 
     def _claim(self) -> list[tuple[int, dict[str, Any]]]:
         job = self.job
@@ -460,7 +394,7 @@ class JobRunner:
             try:
                 calls.append((pk, build_params(job, fields)))
             except Exception as exc:  # the item can't be rendered: it fails, the job goes on
-                broken.append((pk, f"{type(exc).__name__}: {_one_line(exc)}"))
+                broken.append((pk, f"{type(exc).__name__}: {one_line(exc)}"))
         if broken:
             self._fail_unrenderable(broken)
         return calls
@@ -562,55 +496,16 @@ class JobRunner:
         self._written_retries += retries
 
     def _write(self, batch: list[Outcome], rate_limited: int = 0, retries: int = 0) -> None:
-        now = timezone.now()
-        items: list[Item] = []
-        released: list[int] = []
-        succeeded = failed = cancelled = tokens_in = tokens_out = 0
-        for o in batch:
-            key = cast(int, o.key)  # the runner's calls are keyed by item id
-            if o.status == "cancelled" and not self._job_cancelled:
-                released.append(key)  # interrupted, not cancelled: back to pending
-                continue
-            usage = o.usage or {}
-            item = Item(
-                pk=key,
-                status=o.status,
-                output=o.text or "",
-                stop_reason=o.stop_reason or "",
-                error_type=(o.error_type or "")[:64],
-                error_message=o.error_message or "",
-                attempts=o.attempts,
-                input_tokens=usage.get("input_tokens"),
-                output_tokens=usage.get("output_tokens"),
-                latency_ms=_ms(o.latency),
-                ttft_ms=_ms(o.ttft),
-                lease_expires_at=None,
-                finished_at=now,
-            )
-            items.append(item)
-            if o.status == "succeeded":
-                succeeded += 1
-            elif o.status == "failed":
-                failed += 1
-            else:
-                cancelled += 1
-            tokens_in += (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
-            tokens_out += usage.get("output_tokens") or 0
+        rows = outcome_rows(batch, cancel=self._job_cancelled)
         with transaction.atomic():
-            if items:
-                Item.objects.bulk_update(items, _ITEM_FIELDS, batch_size=500)
-            if items or rate_limited or retries:
+            if rows.items:
+                Item.objects.bulk_update(rows.items, ITEM_FIELDS, batch_size=500)
+            if rows.items or rate_limited or retries:
                 BatchJob.objects.filter(pk=self.job_id).add_to_counters(
-                    succeeded=succeeded,
-                    failed=failed,
-                    cancelled=cancelled,
-                    input_tokens=tokens_in,
-                    output_tokens=tokens_out,
-                    rate_limited=rate_limited,
-                    retries=retries,
+                    **rows.counters, rate_limited=rate_limited, retries=retries
                 )
-            if released:
-                self._release(released)
+            if rows.released:
+                self._release(rows.released)
         self._held.difference_update(o.key for o in batch)
 
     def _release(self, ids: list[int]) -> int:
@@ -626,6 +521,8 @@ class JobRunner:
             raise BatchJob.DoesNotExist(f"job {self.job_id} does not exist")
         self.report.status = job.status
         if job.status == BatchJob.Status.CANCELLED:
+            if Item.objects.filter(job_id=job.pk).cancel_pending():  # what a dead runner left behind
+                job.refresh_counters()
             return None
         items = Item.objects.filter(job_id=job.pk)
         if not items.claimable().exists() and not items.running().exists():
@@ -650,7 +547,7 @@ class JobRunner:
             job.refresh_counters()
             return job
         self.report.interrupted = self._interrupted and not self._job_cancelled
-        if self._db_gave_up:  # resumable: the unwritten items go back to pending (or their lease expires)
+        if self._retry.gave_up:  # resumable: the unwritten items go back to pending (or their lease expires)
             job.refresh_counters()
             job.mark_interrupted()
             return job
@@ -674,49 +571,6 @@ class JobRunner:
             return job
         job.mark_finished()
         return job
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-@contextmanager
-def stop_on_signals(
-    runner: JobRunner,
-    *,
-    signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT),
-    on_signal: Callable[[int, bool], None] | None = None,
-    chain_first: bool = False,
-) -> Iterator[None]:
-    """While in the block, SIGTERM and SIGINT stop ``runner`` cleanly: the first drains
-    (``request_stop()``), a second stops at once (``request_stop(now=True)``), leases
-    released either way. ``on_signal(signum, hard)`` is told first. With ``chain_first``
-    the handler that was installed before (a worker's own graceful shutdown) is also
-    called on the first signal, so the worker stops after this job. Only in the main
-    thread (where signal handlers live); elsewhere it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {signum: signal.getsignal(signum) for signum in signals}
-    seen: list[int] = []
-
-    def handler(signum: int, frame: Any) -> None:
-        hard = bool(seen)
-        seen.append(signum)
-        if on_signal is not None:
-            on_signal(signum, hard)
-        runner.request_stop(now=hard)
-        before = previous.get(signum)
-        if chain_first and not hard and callable(before):
-            before(signum, frame)
-
-    for signum in signals:
-        signal.signal(signum, handler)
-    try:
-        yield
-    finally:
-        for signum, before in previous.items():
-            signal.signal(signum, before)
 
 
 async def run_job(job_id: int, **options: Any) -> RunReport:

@@ -1,6 +1,10 @@
 """Background tasks on Django's task framework (``django.tasks``).
 
-Thin on purpose: a task loads ids and calls a service. The default backend is
+Thin on purpose: a task loads ids and calls a service. A worker asked to stop
+(SIGTERM/SIGINT to ``db_worker``) does not wait for the whole job: the running
+job drains its in-flight calls, releases the rest and is marked interrupted
+(resumable), then the worker's own graceful shutdown goes on; a second signal
+stops the job at once. The default backend is
 django-tasks-db (``manage.py db_worker``); any other ``django.tasks`` backend
 works without a code change. Enqueue through ``jobs.job_enqueue``, which does
 it after the transaction commits.
@@ -18,8 +22,15 @@ def process_job_task(job_id: int) -> None:
     """Process the pending items of job ``job_id`` (resumable; see ``runner``)."""
     from .jobs import job_run
     from .models import BatchJob
+    from .runner import JobRunner, stop_on_signals
 
     job = BatchJob.objects.filter(pk=job_id).first()
     if job is None:
         raise BatchJob.DoesNotExist(f"job {job_id} does not exist")
-    job_run(job=job)
+    runner = JobRunner(job.pk)
+    # The worker (django-tasks-db's db_worker) runs tasks in its main thread with its own
+    # SIGTERM/SIGINT handler, which only stops it *after* the task: the job must notice.
+    with stop_on_signals(runner, chain_first=True):
+        report = job_run(job=job, runner=runner)
+    if report.aborted:
+        raise RuntimeError(f"job {job_id} stopped: {report.aborted}")

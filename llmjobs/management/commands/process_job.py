@@ -1,21 +1,24 @@
 """`manage.py process_job ID`: run a job now, with a tqdm progress bar.
 
-Ctrl-C stops cleanly: in-flight items go back to pending and a later run
-resumes them. A second Ctrl-C stops at once (leases then expire in 30 s).
+SIGINT (Ctrl-C) or SIGTERM stops cleanly: nothing new is sent, calls in
+flight may finish for ``LLMJOBS_DRAIN_SECONDS`` and their answers are stored,
+the rest goes back to pending, and the job is marked interrupted (run again to
+resume; exit status 130). A second signal stops at once, still releasing the
+leases. A run that can't go on (the database unwritable past
+``LLMJOBS_DB_OUTAGE_SECONDS``, a bad key...) exits non-zero with one line.
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from types import FrameType
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from llmjobs.jobs import job_run
-from llmjobs.runner import JobRunner, engine_counter
+from llmjobs.runner import JobRunner, engine_counter, stop_on_signals
 
 from ._common import get_job
 
@@ -25,11 +28,15 @@ class ProgressBar:
 
     def __init__(self, *, total: int, initial: int, disable: bool, stream: TextIO) -> None:
         self.bar = tqdm(total=total, initial=initial, unit="item", dynamic_ncols=True, disable=disable, file=stream)
+        self.initial = initial  # a disabled tqdm has no ``initial`` of its own
+        self.disabled = disable
         self._last_postfix = 0.0
 
     def __call__(self, runner: JobRunner) -> None:
+        if self.disabled:
+            return
         stats = runner.stats
-        self.bar.n = runner.report.succeeded + runner.report.failed + self.bar.initial
+        self.bar.n = runner.report.succeeded + runner.report.failed + self.initial
         now = time.monotonic()
         if stats is not None and now - self._last_postfix > 0.5:
             self._last_postfix = now
@@ -61,16 +68,21 @@ class Command(BaseCommand):
         )
         runner = JobRunner(job_id, on_progress=bar)
 
-        def on_sigint(signum: int, frame: FrameType | None) -> None:
-            signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
-            bar.bar.write("Stopping: finishing writes, putting in-flight items back to pending...")
-            runner.request_stop()
+        def on_signal(signum: int, hard: bool) -> None:
+            name = signal.Signals(signum).name
+            if hard:
+                message = f"{name} again: stopping now, putting in-flight items back to pending..."
+            else:
+                message = (
+                    f"{name}: stopping; in-flight calls may finish for {runner.drain_seconds:g} s "
+                    f"and are stored, the rest goes back to pending ({name} again to stop now)..."
+                )
+            tqdm.write(message, file=cast(TextIO, self.stderr._out))
 
-        previous = signal.signal(signal.SIGINT, on_sigint)
         try:
-            report = job_run(job=job, runner=runner)
+            with stop_on_signals(runner, on_signal=on_signal):
+                report = job_run(job=job, runner=runner)
         finally:
-            signal.signal(signal.SIGINT, previous)
             bar.close()
         job.refresh_from_db()
         summary = (
@@ -78,6 +90,8 @@ class Command(BaseCommand):
             f"{job.failed_count} failed, {job.cancelled_count} cancelled of {job.total}; "
             f"{job.input_tokens} input / {job.output_tokens} output tokens, ~${job.cost_estimate}"
         )
+        if report.db_retries:
+            summary += f"; {report.db_retries} database error(s) retried"
         if report.aborted:
             raise CommandError(f"job {job.pk} stopped: {report.aborted}")
         if report.interrupted:

@@ -1,0 +1,169 @@
+"""The runner's writer: database calls that survive an outage, and outcomes -> item rows.
+
+Every database call of a run goes through :class:`DbRetry` on the runner's one
+writer thread. A transient error (``OperationalError`` / ``InterfaceError``: a
+held SQLite lock, a terminated PostgreSQL backend, a dropped connection) closes
+the thread's connection, so that the next try opens a fresh one, and is retried
+with exponential backoff and jitter. When the database has been unreachable
+for ``outage_seconds`` (``LLMJOBS_DB_OUTAGE_SECONDS``), :class:`DatabaseUnavailable`
+says so in one line. Writes are transactions of idempotent row updates, so a
+retried write never counts an outcome twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
+
+from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
+
+from .engine import Outcome
+from .models import Item
+
+__all__ = [
+    "FINAL_DB_BUDGET",
+    "ITEM_FIELDS",
+    "DatabaseUnavailable",
+    "DbRetry",
+    "OutcomeRows",
+    "one_line",
+    "outcome_rows",
+]
+
+log = logging.getLogger("llmjobs.runner")
+
+DB_RETRY_BASE = 0.05  # seconds: first wait before retrying a failed database call
+DB_RETRY_MAX = 2.0  # seconds: longest wait between database retries
+FINAL_DB_BUDGET = 5.0  # seconds: retries of the last flush and release of a run that stops
+
+# Errors of a database that is (for now) unreachable or locked: retried over a fresh connection.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
+
+ITEM_FIELDS = [*Item.RESULT_FIELDS, "lease_expires_at", "finished_at"]
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed unwritable past ``LLMJOBS_DB_OUTAGE_SECONDS``."""
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _Report(Protocol):
+    db_retries: int
+
+
+class DbRetry:
+    """Runs database calls, retrying transient errors over a fresh connection.
+
+    One instance per run, used from the writer thread only. ``down_since`` is
+    shared by all calls, so the outage limit counts from the first failure of
+    the current outage whatever the call. ``stop`` (a second Ctrl-C) ends the
+    waiting at once; ``gave_up`` makes later calls fail on their first error.
+    """
+
+    __slots__ = ("down_since", "gave_up", "label", "outage_seconds", "report", "stop")
+
+    def __init__(self, *, label: str, outage_seconds: float, stop: threading.Event, report: _Report) -> None:
+        self.label = label
+        self.outage_seconds = outage_seconds
+        self.stop = stop
+        self.report = report
+        self.down_since: float | None = None  # monotonic time of the first failure of this outage
+        self.gave_up = False
+
+    def call(self, fn: Callable[..., Any], *args: Any, budget: float | None = None, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, retried until it works or the outage has lasted too long.
+        With ``budget``, retried for at most ``budget`` seconds of this call instead
+        (the last flush and release of a run that stops)."""
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except TRANSIENT_DB_ERRORS as exc:
+                failures += 1
+                self.report.db_retries += 1
+                now = time.monotonic()
+                if self.down_since is None:
+                    self.down_since = now
+                    log.warning("%s: database error, retrying: %s", self.label, one_line(exc))
+                try:
+                    connection.close()  # the next query opens a fresh connection
+                except Exception:  # a broken connection may fail to close: it is gone either way
+                    log.debug("closing the broken connection failed", exc_info=True)
+                down_for = now - self.down_since
+                if budget is not None:
+                    give_up = now - started >= budget
+                else:
+                    give_up = down_for >= self.outage_seconds or self.gave_up or self.stop.is_set()
+                if give_up:
+                    raise DatabaseUnavailable(
+                        f"the database could not be written for {down_for:.0f} s "
+                        f"({type(exc).__name__}: {one_line(exc)})"
+                    ) from exc
+                delay = min(DB_RETRY_MAX, DB_RETRY_BASE * 2 ** min(failures - 1, 10))
+                self.stop.wait(delay * (0.5 + random.random() / 2))
+                continue
+            if self.down_since is not None:
+                log.warning("%s: database back after %.1f s", self.label, time.monotonic() - self.down_since)
+                self.down_since = None
+            return result
+
+
+@dataclass(slots=True)
+class OutcomeRows:
+    """One batch of outcomes as item rows to update, ids to release, counter deltas."""
+
+    items: list[Item] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else max(0, round(seconds * 1000))
+
+
+def outcome_rows(batch: list[Outcome], *, cancel: bool, now: dt.datetime | None = None) -> OutcomeRows:
+    """Item rows for ``batch``. A succeeded or failed outcome is stored as such (an answer
+    that arrived is kept whatever happened since); a cancelled one is released back to
+    pending, or stored as cancelled when the job itself was cancelled (``cancel``)."""
+    now = now or timezone.now()
+    rows = OutcomeRows()
+    counts = dict.fromkeys(("succeeded", "failed", "cancelled", "input_tokens", "output_tokens"), 0)
+    for o in batch:
+        key = cast(int, o.key)  # the runner's calls are keyed by item id
+        if o.status == "cancelled" and not cancel:
+            rows.released.append(key)  # interrupted, not cancelled: back to pending
+            continue
+        usage = o.usage or {}
+        rows.items.append(
+            Item(
+                pk=key,
+                status=o.status,
+                output=o.text or "",
+                stop_reason=o.stop_reason or "",
+                error_type=(o.error_type or "")[:64],
+                error_message=o.error_message or "",
+                attempts=o.attempts,
+                input_tokens=usage.get("input_tokens"),
+                output_tokens=usage.get("output_tokens"),
+                latency_ms=_ms(o.latency),
+                ttft_ms=_ms(o.ttft),
+                lease_expires_at=None,
+                finished_at=now,
+            )
+        )
+        counts[o.status if o.status in ("succeeded", "failed") else "cancelled"] += 1
+        counts["input_tokens"] += (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+        counts["output_tokens"] += usage.get("output_tokens") or 0
+    rows.counters = counts
+    return rows
