@@ -84,6 +84,8 @@ class Command(BaseCommand):
                 report = job_run(job=job, runner=runner)
         finally:
             bar.close()
+        if report.aborted:  # before reading the job again: the database may be what failed
+            raise CommandError(f"job {job.pk} stopped: {report.aborted}")
         job.refresh_from_db()
         summary = (
             f"job {job.pk}: {job.get_status_display().lower()} - {job.succeeded_count} succeeded, "
@@ -92,8 +94,6 @@ class Command(BaseCommand):
         )
         if report.db_retries:
             summary += f"; {report.db_retries} database error(s) retried"
-        if report.aborted:
-            raise CommandError(f"job {job.pk} stopped: {report.aborted}")
         if report.interrupted:
             raise CommandError(
                 f"interrupted: {job.total - job.done_count} item(s) left pending; "
