@@ -7,9 +7,8 @@ thread** (``sync_to_async(..., thread_sensitive=False, executor=<its own
 single-thread executor>)``), so the event loop never waits on the database
 while requests are in flight.
 
-The runner is only that bridge: leases are ``ItemQuerySet`` verbs (``claim``,
-``renew``, ``release``, ``cancel_running``) and job state changes are
-``BatchJob`` methods (``mark_running``, ``mark_interrupted``...).
+Leases are ``ItemQuerySet`` verbs (``claim``, ``renew``, ``release``...), job
+state changes ``BatchJob`` methods (``mark_running``, ``mark_interrupted``...).
 
 Crash safety: an item is marked running with a lease of ``LLMJOBS_LEASE_SECONDS`` when
 claimed, and the lease is renewed while the runner lives. Outcomes are written
@@ -60,7 +59,7 @@ from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
 from .stopping import stop_on_signals
-from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, one_line, outcome_rows
+from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, fail_items, one_line, outcome_rows
 
 __all__ = [
     "DatabaseUnavailable",  # re-exported from .writer
@@ -79,6 +78,7 @@ CLAIM_CHUNK = 500  # items claimed per query
 FLUSH_BATCH = 100  # outcomes waiting that trigger a write at once
 FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses at most about this)
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
+STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
 
 
@@ -150,7 +150,8 @@ class JobRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llmjobs-writer-{job_id}")
         self._held: set[int] = set()  # claimed by us, outcome not yet written
         self._buffer: list[Outcome] = []
-        self._buffer_since = 0.0  # loop time of the oldest unwritten outcome
+        self._buffer_since = 0.0  # loop time of the oldest outcome in the buffer
+        self._unwritten_since: float | None = None  # ... of the oldest not yet committed (buffer or write)
         self._buffer_event: asyncio.Event | None = None
         self._space: asyncio.Event | None = None  # set when the buffer has room again
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,10 +199,7 @@ class JobRunner:
             self._interrupted = True
         self._stopping = True
         if self.engine is not None:
-            if hard:
-                self.engine.cancel()
-            else:
-                self.engine.drain(self.drain_seconds)
+            self.engine.cancel() if hard else self.engine.drain(self.drain_seconds)
         self._wake_flusher()
         if self._space is not None:
             self._space.set()
@@ -267,6 +265,8 @@ class JobRunner:
                     async for outcome in engine.run(calls):
                         if not self._buffer:
                             self._buffer_since = asyncio.get_running_loop().time()
+                            if self._unwritten_since is None:
+                                self._unwritten_since = self._buffer_since
                         self._buffer.append(outcome)
                         if self.limit is not None:
                             self.report.outcomes.append(outcome)
@@ -373,11 +373,20 @@ class JobRunner:
                     await asyncio.sleep(min(max(delay, 0.05), self.lease.total_seconds()))
                     continue
                 for item_id, params in batch:
+                    while self._writes_stalled() and not self._stopping:
+                        await asyncio.sleep(0.05)  # backpressure: nothing new while answers can't be stored
                     if self._stopping:
                         return
                     yield Call(key=item_id, params=params)
         except DatabaseUnavailable as exc:
             self._give_up(exc)
+
+    def _writes_stalled(self) -> bool:
+        """The database is failing, or answers have waited past ``STALL_SECONDS`` (a write
+        blocked on a lock): hold new calls back until they are stored."""
+        since = self._unwritten_since
+        late = since is not None and asyncio.get_running_loop().time() - since > STALL_SECONDS
+        return late or self._retry.down_since is not None
 
     def _claim(self) -> list[tuple[int, dict[str, Any]]]:
         job = self.job
@@ -396,17 +405,10 @@ class JobRunner:
             except Exception as exc:  # the item can't be rendered: it fails, the job goes on
                 broken.append((pk, f"{type(exc).__name__}: {one_line(exc)}"))
         if broken:
-            self._fail_unrenderable(broken)
+            fail_items(self.job_id, broken, error_type="prompt_error")
+            self._held.difference_update(pk for pk, _ in broken)
+            self.report.failed += len(broken)
         return calls
-
-    def _fail_unrenderable(self, broken: list[tuple[int, str]]) -> None:
-        now = timezone.now()
-        with transaction.atomic():
-            for pk, reason in broken:
-                Item.objects.filter(pk=pk).fail(error_type="prompt_error", error_message=reason, now=now)
-            BatchJob.objects.filter(pk=self.job_id).add_to_counters(failed=len(broken))
-        self._held.difference_update(pk for pk, _ in broken)
-        self.report.failed += len(broken)
 
     def _next_foreign_lease_expiry(self) -> dt.datetime | None:
         qs = Item.objects.filter(job_id=self.job_id)
@@ -491,7 +493,9 @@ class JobRunner:
         except BaseException:
             # Not written: keep the answers, oldest first, for the next try (or the report).
             self._buffer[:0] = batch
+            self._buffer_since = self._unwritten_since or self._buffer_since
             raise
+        self._unwritten_since = self._buffer_since if self._buffer else None
         self._written_rate_limited += rate_limited
         self._written_retries += retries
 

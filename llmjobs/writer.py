@@ -21,11 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from .engine import Outcome
-from .models import Item
+from .models import BatchJob, Item
 
 __all__ = [
     "FINAL_DB_BUDGET",
@@ -33,6 +33,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DbRetry",
     "OutcomeRows",
+    "fail_items",
     "one_line",
     "outcome_rows",
 ]
@@ -167,3 +168,12 @@ def outcome_rows(batch: list[Outcome], *, cancel: bool, now: dt.datetime | None 
         counts["output_tokens"] += usage.get("output_tokens") or 0
     rows.counters = counts
     return rows
+
+
+def fail_items(job_id: int, failures: list[tuple[int, str]], *, error_type: str) -> None:
+    """Fail items of job ``job_id`` for reasons of their own (``(pk, reason)``), counters too."""
+    now = timezone.now()
+    with transaction.atomic():
+        for pk, reason in failures:
+            Item.objects.filter(pk=pk).fail(error_type=error_type, error_message=reason, now=now)
+        BatchJob.objects.filter(pk=job_id).add_to_counters(failed=len(failures))
