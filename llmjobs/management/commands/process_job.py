@@ -15,6 +15,7 @@ import time
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 from tqdm import tqdm
 
 from llmjobs.jobs import job_run
@@ -86,6 +87,7 @@ class Command(BaseCommand):
             bar.close()
         if report.aborted:  # before reading the job again: the database may be what failed
             raise CommandError(f"job {job.pk} stopped: {report.aborted}")
+        connection.close()  # this thread's connection may have died during the run: read over a fresh one
         job.refresh_from_db()
         summary = (
             f"job {job.pk}: {job.get_status_display().lower()} - {job.succeeded_count} succeeded, "
