@@ -83,6 +83,7 @@ class FaultSite:
             PYTHONUNBUFFERED="1",
             LLMJOBS_LEASE_SECONDS="4",  # a dead runner's items come back sooner
         )
+        self.env.setdefault("SECRET_KEY", "fault-tests-only-secret")
         self.env.update(env)
         self.manage("migrate", "--noinput", "-v0")
         self._logs = 0
@@ -452,10 +453,11 @@ def scenario_worker_sigterm(site: FaultSite, *, n: int, concurrency: int, ttft: 
     return final
 
 
-def scenario_api_faults(site: FaultSite, *, n: int, concurrency: int, **rates: float) -> Row:
-    """Random API faults (``cut_stream``, ``bad_json``, ``fail_should_retry_false``...)."""
+def scenario_api_faults(site: FaultSite, *, n: int, concurrency: int, max_tokens: int = 32, **rates: float) -> Row:
+    """Random API faults (``cut_stream``, ``bad_json``, ``fail_should_retry_false``...).
+    A ``max_tokens`` above the SDK's non-streaming limit makes every call a stream."""
     site.sim.configure(ttft=0.01, **rates)
-    job_id = site.submit(n, "--concurrency", str(concurrency))
+    job_id = site.submit(n, "--concurrency", str(concurrency), "--max-tokens", str(max_tokens))
     started = time.monotonic()
     result = site.manage("process_job", str(job_id), "--no-progress", check=False)
     label = ", ".join(f"{k}={v:g}" for k, v in rates.items())
