@@ -34,8 +34,9 @@ def stop_on_signals(
     ``on_signal(signum, hard)`` is told first. With ``chain_first`` the handler
     installed before (a worker's own graceful shutdown, e.g. django-tasks-db's
     ``db_worker``) is called on the first signal too, so the worker stops after
-    this job instead of waiting for the next. Signal handlers live in the main
-    thread: anywhere else this does nothing."""
+    this job instead of waiting for the next. A third signal ends the process
+    (default handlers). Signal handlers live in the main thread: anywhere else
+    this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -48,8 +49,11 @@ def stop_on_signals(
         if on_signal is not None:
             on_signal(signum, hard)
         runner.request_stop(now=hard)
+        if hard:  # a third signal gets the default behaviour (the process ends without cleanup)
+            for each in signals:
+                signal.signal(each, signal.SIG_DFL)
         before = previous.get(signum)
-        if chain_first and not hard and callable(before):
+        if chain_first and not hard and callable(before) and before is not signal.default_int_handler:
             before(signum, frame)
 
     for signum in signals:

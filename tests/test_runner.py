@@ -196,3 +196,36 @@ def test_429s_and_retries_are_counted_on_the_job_not_as_failures(api):
     assert job.status == BatchJob.Status.SUCCEEDED and job.failed_count == 0
     assert job.rate_limited_count == 1
     assert job.retries_count >= 2
+
+
+def test_request_stop_drains_in_flight_calls_and_keeps_what_was_paid_for(api):
+    api.configure(ttft=0.3)
+    job = make_job(200, concurrency=10)
+    asked = threading.Event()
+
+    def stop_after_some(runner: JobRunner) -> None:
+        if runner.report.succeeded >= 10 and not asked.is_set():
+            asked.set()
+            runner.request_stop()  # as a first SIGTERM/SIGINT would
+
+    report = async_to_sync(JobRunner(job.pk, on_progress=stop_after_some).run)()
+    job.refresh_from_db()
+    assert report.interrupted and job.status == BatchJob.Status.DRAFT
+    counts = {s: job.items.filter(status=s).count() for s in Item.Status.values}
+    assert counts["running"] == counts["cancelled"] == counts["failed"] == 0
+    assert counts["succeeded"] + counts["pending"] == 200 and counts["pending"] > 0
+    paid = sum(entry["paid"] for entry in api.stats()["prompt_counts"].values())
+    assert paid == counts["succeeded"]  # every answer that was paid for is stored
+    assert counts["succeeded"] >= 11  # the calls in flight when asked finished and were kept
+
+
+def test_an_item_that_cannot_be_rendered_fails_and_the_job_goes_on(api):
+    job = make_job(5)
+    Item.objects.filter(job=job, position=2).update(input={"other": 1})
+    report = process_job(job.pk)
+    job.refresh_from_db()
+    assert (report.succeeded, report.failed) == (4, 1)
+    item = job.items.get(position=2)
+    assert item.status == Item.Status.FAILED and item.error_type == "prompt_error"
+    assert "text" in item.error_message
+    assert job.status == BatchJob.Status.PARTIALLY_FAILED and job.failed_count == 1
