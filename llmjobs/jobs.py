@@ -26,6 +26,7 @@ from django.utils import timezone
 from .models import BatchJob, Item
 from .parsing import JobInputError, iter_file, iter_records, iter_texts
 from .prompts import compile_template
+from .security import spreadsheet_safe
 
 __all__ = [
     "EXPORT_FIELDS",
@@ -406,7 +407,7 @@ class _Echo:
 def _csv_value(key: str, value: Any) -> Any:
     if key == "input":
         return json.dumps(value, ensure_ascii=False)
-    return "" if value is None else value
+    return "" if value is None else spreadsheet_safe(value)  # no formula injection in a spreadsheet
 
 
 def job_export_lines(job: BatchJob, fmt: Literal["csv", "jsonl"]) -> Iterator[str]:
