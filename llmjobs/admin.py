@@ -26,6 +26,7 @@ from .jobs import (
     job_retry_failed,
 )
 from .models import BatchJob, Item
+from .security import may_act_on
 
 PREVIEW_COUNT = 5
 
@@ -132,11 +133,32 @@ class BatchJobAdmin(admin.ModelAdmin):
         )
 
     # --- actions ---------------------------------------------------------------------
+    # Each action declares the permission it needs (Django hides it and refuses a
+    # forged POST without it), and acts only on jobs the user may change: their
+    # own, or anyone's with change_batchjob (see security.may_act_on).
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("llmjobs.run_batchjob")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("llmjobs.cancel_batchjob")
+
+    def _actionable(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> list[BatchJob]:
+        """The selected jobs this user may act on; the others are refused, one message each."""
+        jobs = []
+        for job in queryset:
+            if may_act_on(request.user, job):
+                jobs.append(job)
+            else:
+                self.message_user(
+                    request, f"#{job.pk}: not yours, and you may not change others' jobs.", messages.ERROR
+                )
+        return jobs
 
     def _for_each(self, request: HttpRequest, queryset: QuerySet[BatchJob], service, done: str) -> None:
         """Call ``service(job=...)`` on each selected job; report refusals per job, successes once."""
         count = 0
-        for job in queryset:
+        for job in self._actionable(request, queryset):
             try:
                 service(job=job)
             except JobStateError as exc:
@@ -146,17 +168,17 @@ class BatchJobAdmin(admin.ModelAdmin):
         if count:
             self.message_user(request, done.format(count=count), messages.SUCCESS)
 
-    @admin.action(description="Run in background")
+    @admin.action(description="Run in background", permissions=["run"])
     def run_in_background(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         self._for_each(request, queryset, job_enqueue, "{count} job(s) queued for the workers.")
 
-    @admin.action(description="Cancel")
+    @admin.action(description="Cancel", permissions=["cancel"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         self._for_each(request, queryset, job_cancel, "{count} job(s) cancelled.")
 
-    @admin.action(description="Retry failed items")
+    @admin.action(description="Retry failed items", permissions=["run"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
-        for job in queryset:
+        for job in self._actionable(request, queryset):
             try:
                 count = job_retry_failed(job=job)
             except JobStateError as exc:
@@ -183,20 +205,20 @@ class BatchJobAdmin(admin.ModelAdmin):
         response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.{fmt}"'
         return response
 
-    @admin.action(description="Export results as CSV")
+    @admin.action(description="Export results as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
         return self._export(request, queryset, "csv")
 
-    @admin.action(description="Export results as JSONL")
+    @admin.action(description="Export results as JSONL", permissions=["view"])
     def export_jsonl(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponse | None:
         return self._export(request, queryset, "jsonl")
 
-    @admin.action(description=f"Preview: run the first {PREVIEW_COUNT} pending items now")
+    @admin.action(description=f"Preview: run the first {PREVIEW_COUNT} pending items now", permissions=["run"])
     def preview(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         from .runner import preview_job  # sync -> async_to_sync -> the engine
         from .views import preview_lines
 
-        for job in queryset[:10]:
+        for job in self._actionable(request, queryset[:10]):
             try:
                 results = preview_job(job.pk, count=PREVIEW_COUNT)
             except Exception as exc:  # show the operator what went wrong

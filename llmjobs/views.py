@@ -22,7 +22,7 @@ import anthropic
 from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
 from django.db import connection
@@ -48,6 +48,7 @@ from .jobs import (
 from .models import BatchJob, Item
 from .playground import get_client
 from .progress import progress_events, throughput
+from .security import may_act_on
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,14 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 def _job_or_404(request: HttpRequest, pk: int) -> BatchJob:
     return get_object_or_404(BatchJob.objects.for_user(request.user), pk=pk)
+
+
+def _job_to_change(request: HttpRequest, pk: int) -> BatchJob:
+    """A job this user may act on: 404 if they can't see it, 403 if they may only look."""
+    job = _job_or_404(request, pk)
+    if not may_act_on(request.user, job):
+        raise PermissionDenied("You may view this job but not change it.")
+    return job
 
 
 def _job_url(job: BatchJob | int) -> str:
@@ -183,15 +192,16 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         status = ""
     page = Paginator(items, ITEMS_PER_PAGE).get_page(request.GET.get("page"))
+    mine = may_act_on(request.user, job)  # a viewer of others' jobs gets no action buttons
     context = {
         "job": job,
         "page": page,
         "items": page.object_list,
         "status_filter": status,
         "item_statuses": Item.Status.choices,
-        "can_run": job.status == BatchJob.Status.DRAFT and job.remaining_count > 0,
-        "can_cancel": job.is_active,
-        "can_retry": job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
+        "can_run": mine and job.status == BatchJob.Status.DRAFT and job.remaining_count > 0,
+        "can_cancel": mine and job.is_active,
+        "can_retry": mine and job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
     }
     return render(request, "llmjobs/job_detail.html", context)
 
@@ -199,7 +209,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def job_run(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
+    job = _job_to_change(request, pk)
     _enqueue(request, job)
     return redirect(_job_url(job))
 
@@ -207,7 +217,7 @@ def job_run(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def job_preview(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
+    job = _job_to_change(request, pk)
     _preview(request, job)
     return redirect(_job_url(job))
 
@@ -215,7 +225,7 @@ def job_preview(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def job_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
+    job = _job_to_change(request, pk)
     try:
         job_cancel(job=job)
     except JobStateError as exc:
@@ -228,7 +238,7 @@ def job_cancel_view(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def job_retry_view(request: HttpRequest, pk: int) -> HttpResponse:
-    job = _job_or_404(request, pk)
+    job = _job_to_change(request, pk)
     try:
         count = job_retry_failed(job=job, include_cancelled=True)
     except JobStateError as exc:
@@ -321,7 +331,10 @@ async def job_events(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method != "GET":
         return HttpResponse(status=405, headers={"Allow": "GET"})
     user = await request.auser()
-    job_id = await BatchJob.objects.for_user(user).filter(pk=pk).values_list("pk", flat=True).afirst()
+    # for_user asks user.has_perm, which reads the database: do it off the loop.
+    job_id = await sync_to_async(
+        lambda: BatchJob.objects.for_user(user).filter(pk=pk).values_list("pk", flat=True).first()
+    )()
     if job_id is None:
         raise Http404("No such job.")
     return sse.EventStreamResponse(progress_events(job_id))

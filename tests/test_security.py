@@ -117,7 +117,7 @@ def test_template_brace_errors_show_the_braces_to_type():
 
 # --- CSV formula injection --------------------------------------------------------------------
 
-FORMULAS = ["=HYPERLINK(\"http://evil\",\"x\")", "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
+FORMULAS = ['=HYPERLINK("http://evil","x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
 
 
 @pytest.mark.parametrize(
@@ -173,3 +173,93 @@ def test_csv_export_neutralises_formulas_in_export_job(db, tmp_path: Path):
     call_command("export_job", str(job.pk), "--format", "csv", "-o", str(out), stdout=io.StringIO())
     with out.open(encoding="utf-8", newline="") as f:
         _assert_neutralised(list(csv.DictReader(f)))
+
+
+# --- admin actions follow permissions and ownership; visibility follows permissions -------
+
+CHANGELIST = "admin:llmjobs_batchjob_changelist"
+
+
+def _staff(username: str, *codenames: str):
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username, password="pw", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="llmjobs", codename__in=codenames))
+    return user
+
+
+def _act(client, action: str, *jobs: BatchJob):
+    return client.post(
+        reverse(CHANGELIST), {"action": action, "_selected_action": [j.pk for j in jobs], "index": 0}, follow=True
+    )
+
+
+def _snapshot(job: BatchJob) -> tuple:
+    job.refresh_from_db()
+    statuses = tuple(job.items.order_by("position").values_list("status", "output"))
+    return (job.status, job.task_id, job.cancelled_count, statuses)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_view_only_staff_cannot_preview_cancel_run_or_retry_from_the_changelist(client, sim, settings):
+    settings.ANTHROPIC_API_KEY = ""
+    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+    owner = get_user_model().objects.create_user("owner")
+    viewer = _staff("viewer", "view_batchjob")
+    client.force_login(viewer)
+    draft = make_job(owner, n=6, name="draft")
+    failed = finish(make_job(owner, n=3, name="failed"), failed=2)
+    page = client.get(reverse(CHANGELIST)).content.decode()
+    assert "draft" in page and 'value="export_csv"' in page  # they may look and export
+    for action in ("run_in_background", "cancel_jobs", "retry_failed", "preview"):
+        assert f'value="{action}"' not in page, action  # the actions are not offered...
+    before = {job.pk: _snapshot(job) for job in (draft, failed)}
+    for action in ("preview", "cancel_jobs", "run_in_background", "retry_failed"):
+        response = _act(client, action, draft, failed)  # ...and a forged POST does nothing
+        assert response.status_code == 200
+        assert "No action selected" in response.content.decode(), action
+    assert {job.pk: _snapshot(job) for job in (draft, failed)} == before
+    assert sim.stats()["by_status"] == {}  # nothing was spent
+
+
+def test_staff_who_may_run_acts_only_on_their_own_jobs_without_change_permission(client, db):
+    runner = _staff("runner", "view_batchjob", "run_batchjob", "cancel_batchjob")
+    other = get_user_model().objects.create_user("other")
+    client.force_login(runner)
+    mine, theirs = make_job(runner, name="mine"), make_job(other, name="theirs")
+    response = _act(client, "cancel_jobs", mine, theirs)
+    text = response.content.decode()
+    assert "1 job(s) cancelled" in text and f"#{theirs.pk}: not yours" in text
+    mine.refresh_from_db(), theirs.refresh_from_db()
+    assert mine.status == BatchJob.Status.CANCELLED and theirs.status == BatchJob.Status.DRAFT
+    # With change_batchjob too, others' jobs are theirs to act on.
+    boss = _staff("boss", "view_batchjob", "change_batchjob", "cancel_batchjob")
+    client.force_login(boss)
+    assert "1 job(s) cancelled" in _act(client, "cancel_jobs", theirs).content.decode()
+    theirs.refresh_from_db()
+    assert theirs.status == BatchJob.Status.CANCELLED
+
+
+def test_is_staff_alone_does_not_show_others_jobs_on_the_pages(client, db):
+    owner = get_user_model().objects.create_user("owner")
+    staff = get_user_model().objects.create_user("staffer", is_staff=True)
+    theirs = make_job(owner, name="owners-secret-job")
+    client.force_login(staff)
+    assert "owners-secret-job" not in client.get(reverse("llmjobs:job_list")).content.decode()
+    assert client.get(reverse("llmjobs:job_detail", args=[theirs.pk])).status_code == 404
+    assert list(BatchJob.objects.for_user(staff)) == []
+
+
+def test_viewing_others_jobs_does_not_allow_acting_on_them_on_the_pages(client, db):
+    owner = get_user_model().objects.create_user("owner")
+    viewer = _staff("viewer", "view_batchjob")
+    job = make_job(owner, name="owners-job")
+    failed = finish(make_job(owner, name="failed-job"), failed=1)
+    client.force_login(viewer)
+    page = client.get(reverse("llmjobs:job_detail", args=[job.pk])).content.decode()
+    assert "owners-job" in page and "Preview 5" not in page
+    for name in ("job_run", "job_preview", "job_cancel", "job_retry"):
+        for target in (job, failed):
+            assert client.post(reverse(f"llmjobs:{name}", args=[target.pk])).status_code == 403, name
+    job.refresh_from_db(), failed.refresh_from_db()
+    assert job.status == BatchJob.Status.DRAFT and failed.status == BatchJob.Status.PARTIALLY_FAILED
