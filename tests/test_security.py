@@ -263,3 +263,39 @@ def test_viewing_others_jobs_does_not_allow_acting_on_them_on_the_pages(client, 
             assert client.post(reverse(f"llmjobs:{name}", args=[target.pk])).status_code == 403, name
     job.refresh_from_db(), failed.refresh_from_db()
     assert job.status == BatchJob.Status.DRAFT and failed.status == BatchJob.Status.PARTIALLY_FAILED
+
+
+# --- login throttling (django-axes, enabled as in production) -------------------------------
+
+
+@pytest.mark.parametrize("login_url", ["/accounts/login/", "/admin/login/"])
+def test_login_locks_out_a_username_and_ip_after_the_failure_limit(client, db, settings, login_url):
+    from django.test import Client
+
+    assert settings.AXES_ENABLED and settings.AXES_FAILURE_LIMIT == 5
+    get_user_model().objects.create_user("victim", password="right-password-1", is_staff=True)
+    get_user_model().objects.create_user("bystander", password="right-password-2", is_staff=True)
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        response = client.post(login_url, {"username": "victim", "password": "guess"})
+        assert response.status_code == 200  # the form again, with an error
+    locked = client.post(login_url, {"username": "victim", "password": "guess"})
+    assert locked.status_code == 429
+    text = locked.content.decode()
+    assert "Too many failed logins" in text and "Try again in 15 minutes" in text
+    # Now even the right password is refused for this username from this address...
+    again = client.post(login_url, {"username": "victim", "password": "right-password-1"})
+    assert again.status_code == 429 and "_auth_user_id" not in client.session
+    # ...but another username from the same address, and the same username from another, still log in.
+    assert client.post(login_url, {"username": "bystander", "password": "right-password-2"}).status_code == 302
+    elsewhere = Client(REMOTE_ADDR="203.0.113.9")
+    assert elsewhere.post(login_url, {"username": "victim", "password": "right-password-1"}).status_code == 302
+
+
+def test_a_successful_login_resets_the_failure_count(client, db, settings):
+    get_user_model().objects.create_user("ann", password="right-password-1")
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        client.post("/accounts/login/", {"username": "ann", "password": "guess"})
+    assert client.post("/accounts/login/", {"username": "ann", "password": "right-password-1"}).status_code == 302
+    client.logout()
+    for _ in range(settings.AXES_FAILURE_LIMIT - 1):
+        assert client.post("/accounts/login/", {"username": "ann", "password": "guess"}).status_code == 200
