@@ -63,21 +63,15 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness for load balancers and for `make run`'s own check."""
+    """Liveness for load balancers and for `make run`'s own check: nothing about the
+    configuration (staff see details at /healthz/details)."""
 
     def db_ok() -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             return cursor.fetchone() == (1,)
 
-    target = api_target()
-    return JsonResponse(
-        {
-            "status": "ok",
-            "database": await sync_to_async(db_ok)(),
-            "api": "simulator" if target.is_simulator else "anthropic",
-        }
-    )
+    return JsonResponse({"status": "ok", "database": await sync_to_async(db_ok)()})
 
 
 # --- helpers ---------------------------------------------------------------------------

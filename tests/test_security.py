@@ -299,3 +299,39 @@ def test_a_successful_login_resets_the_failure_count(client, db, settings):
     client.logout()
     for _ in range(settings.AXES_FAILURE_LIMIT - 1):
         assert client.post("/accounts/login/", {"username": "ann", "password": "guess"}).status_code == 200
+
+
+# --- anonymous pages and /healthz tell nothing of the configuration ----------------------------
+
+
+def test_anonymous_home_and_healthz_reveal_nothing_about_the_api_target(client, db, settings):
+    settings.ANTHROPIC_API_KEY = ""
+    settings.LLMJOBS_SIMULATOR_URL = "http://10.9.8.7:8765"
+    for url in ("/", "/healthz", reverse("login"), "/admin/login/"):
+        body = client.get(url).content.decode().lower()
+        for secret in ("10.9.8.7", "simulator", "anthropic api", "api.anthropic.com", "sqlite"):
+            assert secret not in body, (url, secret)
+    assert client.get("/healthz").json() == {"status": "ok", "database": True}
+    settings.ANTHROPIC_API_KEY = "sk-ant-secret"
+    settings.ANTHROPIC_BASE_URL = "https://llm-gateway.internal.example"
+    for url in ("/", "/healthz"):
+        body = client.get(url).content.decode()
+        assert "llm-gateway" not in body and "Anthropic" not in body and "sk-ant" not in body, url
+
+
+def test_detailed_health_is_for_staff_only(client, db, settings):
+    settings.ANTHROPIC_API_KEY = ""
+    settings.LLMJOBS_SIMULATOR_URL = "http://10.9.8.7:8765"
+    url = reverse("healthz_details")
+    anonymous = client.get(url)
+    assert anonymous.status_code == 302 and "/admin/login/" in anonymous["Location"]
+    client.force_login(get_user_model().objects.create_user("plain"))
+    assert client.get(url).status_code == 302  # logged in, but not staff
+    client.force_login(get_user_model().objects.create_user("ops", is_staff=True))
+    details = client.get(url).json()
+    assert details["status"] == "ok" and details["database"]["ok"] is True
+    assert details["api"] == {
+        "target": "embedded simulator at http://10.9.8.7:8765 (no ANTHROPIC_API_KEY set)",
+        "simulator": True,
+    }
+    assert "sk-" not in str(details)
