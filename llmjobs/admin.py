@@ -18,6 +18,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from .api_errors import PreviewError
 from .jobs import (
     JobStateError,
     job_cancel,
@@ -221,6 +222,9 @@ class BatchJobAdmin(admin.ModelAdmin):
         for job in self._actionable(request, queryset[:10]):
             try:
                 results = preview_job(job.pk, count=PREVIEW_COUNT)
+            except PreviewError as exc:  # the API refused the run (bad key, no permission): plain words
+                self.message_user(request, f"#{job.pk}: preview failed: {exc}", messages.ERROR)
+                continue
             except Exception as exc:  # show the operator what went wrong
                 self.message_user(request, f"#{job.pk}: preview failed: {type(exc).__name__}: {exc}", messages.ERROR)
                 continue

@@ -33,6 +33,7 @@ from django.utils.text import Truncator
 from django.views.decorators.http import require_GET, require_POST
 
 from . import sse
+from .api_errors import PreviewError
 from .conf import api_target
 from .engine import AttemptTimeout, StreamError, TextStream
 from .forms import JobForm, PlaygroundForm
@@ -99,6 +100,9 @@ def _preview(request: HttpRequest, job: BatchJob, count: int = PREVIEW_COUNT) ->
 
     try:
         results = preview_job(job.pk, count=count)
+    except PreviewError as exc:  # the API refused the run (bad key, no permission): plain words
+        messages.error(request, f"Preview failed: {exc}")
+        return
     except Exception as exc:  # an operator's check: say what happened, keep the page
         log.exception("preview of job %s failed", job.pk)
         messages.error(request, f"Preview failed: {type(exc).__name__}: {exc}")

@@ -335,3 +335,62 @@ def test_detailed_health_is_for_staff_only(client, db, settings):
         "simulator": True,
     }
     assert "sk-" not in str(details)
+
+
+# --- preview says "authentication failed" in plain words (a real 401 from the simulator) --------
+
+
+@pytest.fixture(scope="module")
+def keyed_simulator():
+    from llmjobs.simulator.server import SimulatorProcess
+
+    with SimulatorProcess("--api-key", "the-right-key") as server:
+        yield server
+
+
+@pytest.fixture
+def wrong_key(settings, keyed_simulator):
+    settings.ANTHROPIC_API_KEY = "a-wrong-key"
+    settings.ANTHROPIC_BASE_URL = keyed_simulator.base_url
+    return keyed_simulator
+
+
+def _messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def _assert_plain_auth_error(text: str) -> None:
+    assert "Preview failed" in text or "preview failed" in text
+    assert "rejected the server's API key (authentication failed)" in text
+    assert "invalid x-api-key" in text  # the API's own words are kept
+    assert "a-wrong-key" not in text and "the-right-key" not in text
+    assert "no pending items" not in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_preview_on_the_job_page_shows_an_authentication_error_in_plain_words(client, wrong_key):
+    user = get_user_model().objects.create_user("ann")
+    client.force_login(user)
+    job = make_job(user, n=7)
+    response = client.post(reverse("llmjobs:job_preview", args=[job.pk]), follow=True)
+    errors = [m for m in _messages(response) if "review failed" in m]
+    assert len(errors) == 1
+    _assert_plain_auth_error(errors[0])
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.DRAFT and job.items.filter(status=Item.Status.PENDING).count() == 7
+
+
+@pytest.mark.django_db(transaction=True)
+def test_preview_5_on_the_new_job_form_shows_an_authentication_error_in_plain_words(client, wrong_key):
+    client.force_login(get_user_model().objects.create_user("ann"))
+    response = client.post(reverse("llmjobs:job_new"), form_data(action="preview"), follow=True)
+    _assert_plain_auth_error(" ".join(_messages(response)))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_preview_shows_an_authentication_error_in_plain_words(client, wrong_key):
+    root = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(root)
+    job = make_job(root, n=3)
+    response = _act(client, "preview", job)
+    _assert_plain_auth_error(" ".join(_messages(response)))
