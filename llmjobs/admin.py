@@ -18,6 +18,7 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from .admin_forms import BatchJobAdminForm
 from .api_errors import PreviewError
 from .jobs import (
     JobStateError,
@@ -107,8 +108,18 @@ class BatchJobAdmin(admin.ModelAdmin):
         ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error")}),
     )
 
+    form = BatchJobAdminForm  # the web form's checks: template against the items, model, limits
+    # What a job ran with is history once it left the draft state.
+    frozen_fields = ("model", "system_prompt", "prompt_template", "max_tokens", "stop_sequences")
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs come with items: create them with the web form or `manage.py submit_job`
+
+    def get_readonly_fields(self, request: HttpRequest, obj: BatchJob | None = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.status != BatchJob.Status.DRAFT:
+            fields += self.frozen_fields
+        return fields
 
     @admin.display(description="progress")
     def progress_display(self, job: BatchJob) -> str:

@@ -394,3 +394,76 @@ def test_admin_preview_shows_an_authentication_error_in_plain_words(client, wron
     job = make_job(root, n=3)
     response = _act(client, "preview", job)
     _assert_plain_auth_error(" ".join(_messages(response)))
+
+
+# --- the admin change form: the web form's validation; a job that ran is read-only -------------
+
+
+def _change_form_data(job: BatchJob, **kw) -> dict:
+    data = {
+        "name": job.name,
+        "owner": job.owner_id or "",
+        "model": job.model,
+        "system_prompt": job.system_prompt,
+        "prompt_template": job.prompt_template,
+        "max_tokens": job.max_tokens,
+        "stop_sequences": "[]",
+        "concurrency": "",
+        "rate_limit_rpm": "",
+        "_save": "Save",
+    }
+    data.update(kw)
+    return data
+
+
+@pytest.fixture
+def root_client(client, db):
+    root = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(root)
+    client.user = root
+    return client
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"prompt_template": "Summarize {text"}, "is never closed"),
+        ({"prompt_template": "About {topic}: {text}"}, "placeholder {topic} is not in the data"),
+        ({"model": "gpt-4"}, "Select a valid choice"),
+        ({"max_tokens": "10000000"}, "less than or equal to 64000"),
+        ({"concurrency": "0"}, "greater than or equal to 1"),
+        ({"stop_sequences": '["", 3]'}, "non-blank strings"),
+    ],
+)
+def test_admin_change_form_validates_as_the_web_form(root_client, changes, message):
+    job = make_job(root_client.user, n=2)
+    url = reverse("admin:llmjobs_batchjob_change", args=[job.pk])
+    response = root_client.post(url, _change_form_data(job, **changes))
+    assert response.status_code == 200  # the form again, not a redirect
+    assert message in response.content.decode()
+    job.refresh_from_db()
+    assert job.prompt_template == "Summarize: {text}" and job.model == "claude-haiku-4-5" and job.max_tokens == 1024
+
+
+def test_admin_change_form_saves_a_valid_draft(root_client):
+    job = make_job(root_client.user, n=2)
+    url = reverse("admin:llmjobs_batchjob_change", args=[job.pk])
+    response = root_client.post(url, _change_form_data(job, prompt_template="Classify: {text}", max_tokens="50"))
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.prompt_template == "Classify: {text}" and job.max_tokens == 50
+
+
+def test_a_finished_jobs_template_model_and_inputs_are_read_only_in_the_admin(root_client):
+    job = finish(make_job(root_client.user, n=2))
+    url = reverse("admin:llmjobs_batchjob_change", args=[job.pk])
+    page = root_client.get(url).content.decode()
+    for field in ("prompt_template", "model", "system_prompt", "max_tokens", "stop_sequences"):
+        assert f'name="{field}"' not in page, field
+    assert 'name="name"' in page  # the name can still be changed
+    response = root_client.post(
+        url, _change_form_data(job, name="renamed", prompt_template="Hacked {text}", model="claude-opus-4-6")
+    )
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.name == "renamed" and job.prompt_template == "Summarize: {text}" and job.model == "claude-haiku-4-5"
