@@ -21,7 +21,7 @@ __all__ = ["BatchJobAdminForm"]
 CHECK_CHUNK = 2000  # items read per query when checking a template against the data
 
 
-class BatchJobAdminForm(forms.ModelForm):
+class BatchJobAdminForm(forms.ModelForm[BatchJob]):
     class Meta:
         model = BatchJob
         fields = (

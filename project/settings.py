@@ -214,4 +214,6 @@ AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_VERBOSE = env_bool("AXES_VERBOSE", False)  # no banner on every manage.py run; lockouts are still logged
-LOGGING["loggers"]["axes"] = {"level": "WARNING"}  # lockouts (warnings) are logged, every login (info) is not
+_loggers = LOGGING["loggers"]
+assert isinstance(_loggers, dict)
+_loggers["axes"] = {"level": "WARNING"}  # lockouts (warnings) are logged, every login (info) is not
