@@ -77,6 +77,28 @@ def test_hostile_jsonl_submit_job_is_a_one_line_error(db, tmp_path, case):
     assert not BatchJob.objects.exists()
 
 
+OTHER_HOSTILE_FILES: dict[str, tuple[str, bytes, str]] = {
+    "zip-as-jsonl": ("data.jsonl", b"PK\x03\x04" + b"\x00" * 200, "ZIP archive"),
+    "zip-bomb-as-csv": ("bomb.csv", b"PK\x03\x04\x14\x00" + b"\x00" * 1000, "ZIP archive"),
+    "gzip": ("data.txt", b"\x1f\x8b\x08\x00" + b"\xff" * 100, "not UTF-8"),
+    "utf16": ("data.txt", "hello\n".encode("utf-16"), "UTF-16"),
+    "10mb-txt-line": ("big.txt", b"a" * TEN_MB + b"\n", "over the limit"),
+    "10mb-csv-cell": ("big.csv", b"text\n" + b"a" * TEN_MB + b"\n", "line 2"),
+    "nul": ("data.txt", b"ok\nbad\x00line\n", "NUL"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OTHER_HOSTILE_FILES))
+def test_other_hostile_files_are_form_errors(alice, case):
+    name, data, message = OTHER_HOSTILE_FILES[case]
+    response = alice.post(
+        reverse("llmjobs:job_new"),
+        form_data(source="file", texts="", file=SimpleUploadedFile(name, data), action="draft"),
+    )
+    assert response.status_code == 400 and message in response.content.decode()
+    assert not BatchJob.objects.exists()
+
+
 @pytest.mark.parametrize(
     ("name", "data", "texts"),
     [
