@@ -39,6 +39,7 @@ from .exceptions import JobInputError, JobStateError
 from .models import BatchJob, Item
 from .parsing import iter_file, iter_records, iter_texts
 from .prompts import compile_template
+from .security import spreadsheet_safe
 
 if TYPE_CHECKING:
     from .engine import Outcome
@@ -462,7 +463,7 @@ class _Echo:
 def _csv_value(key: str, value: Any) -> Any:
     if key == "input":
         return json.dumps(value, ensure_ascii=False)
-    return "" if value is None else value
+    return "" if value is None else spreadsheet_safe(value)  # no formula injection in a spreadsheet
 
 
 ExportFormat = Literal["csv", "jsonl"]

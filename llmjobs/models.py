@@ -66,10 +66,10 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         return self.filter(status__in=BatchJob.FINISHED_STATUSES)
 
     def for_user(self, user: Any) -> BatchJobQuerySet:
-        """The jobs ``user`` may see: staff see every job, others their own."""
+        """The jobs ``user`` may see: their own, or every job with ``llmjobs.view_batchjob``."""
         if user is None or not getattr(user, "is_authenticated", False):
             return self.none()
-        if user.is_staff or user.is_superuser:
+        if user.has_perm("llmjobs.view_batchjob"):  # True for active superusers; is_staff alone is not enough
             return self.all()
         return self.filter(owner=user)
 
@@ -169,6 +169,10 @@ class BatchJob(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "batch job"
+        permissions = [
+            ("run_batchjob", "Can run, preview and retry batch jobs (spends API money)"),
+            ("cancel_batchjob", "Can cancel batch jobs"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(max_tokens__gte=1), name="llmjobs_job_max_tokens_gte_1"),
             models.CheckConstraint(

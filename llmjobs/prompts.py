@@ -123,13 +123,13 @@ def compile_template(template: str) -> Template:
             continue
         if char == "}":
             raise JobInputError(
-                f"template: a single '}}' at {_position(template, i)}; write '}}}}}}}}' for a literal brace"
+                f"template: a single '}}' at {_position(template, i)}; write '}}}}' for a literal brace"
             )
         close = template.find("}", i + 1)
         reopen = template.find("{", i + 1)
         if close == -1 or (reopen != -1 and reopen < close):
             raise JobInputError(
-                f"template: '{{' at {_position(template, i)} is never closed; write '{{{{{{{{' for a literal brace"
+                f"template: '{{' at {_position(template, i)} is never closed; write '{{{{' for a literal brace"
             )
         raw = template[i + 1 : close]
         name = raw.strip()

@@ -468,5 +468,10 @@ def preview_job(job_id: int, *, count: int = 5, **options: Any) -> list[tuple[It
     the job's status is left as it was. Sync: for admin actions and views.
     """
     report = async_to_sync(run_job)(job_id, limit=count, **options)
+    if report.aborted and not report.outcomes:  # e.g. a 401: say so, not "nothing to preview"
+        from .api_errors import PreviewError, plain_api_error
+
+        error_type, _, message = report.aborted.partition(": ")
+        raise PreviewError(plain_api_error(error_type, message))
     items = Item.objects.in_bulk([o.key for o in report.outcomes])
     return [(items[o.key], o) for o in report.outcomes if o.key in items]

@@ -39,12 +39,17 @@ def fast_passwords(settings):
 
 @pytest.fixture
 def users(db):
+    from django.contrib.auth.models import Permission
+
     User = get_user_model()
-    return {
+    users = {
         "alice": User.objects.create_user("alice", password="pw-alice-123"),
         "bob": User.objects.create_user("bob", password="pw-bob-123"),
         "staff": User.objects.create_user("staff", password="pw-staff-123", is_staff=True),
     }
+    # Seeing others' jobs is a permission, not is_staff.
+    users["staff"].user_permissions.add(Permission.objects.get(codename="view_batchjob"))
+    return users
 
 
 @pytest.fixture

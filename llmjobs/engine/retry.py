@@ -188,7 +188,9 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(FAIL, PERMANENT, type(exc).__name__, str(exc) or repr(exc))
 
 
-_OUTAGE_TYPES = frozenset({"connection_error", "timeout", "api_error", "overloaded_error", "incomplete_stream"})
+# Timeouts and cut streams are left out: one item's long answer or odd content
+# can cause them, and a run of one such item must still end.
+_OUTAGE_TYPES = frozenset({"connection_error", "api_error", "overloaded_error"})
 
 
 def is_outage(verdict: Verdict) -> bool:
