@@ -408,7 +408,7 @@ class _Run:
                         else:
                             return
                         continue
-                in_cost = job.in_raw * gov.input_factor
+                in_cost = gov.estimate_input(job.in_raw)
                 d = gov.delay(in_cost, job.out_cost, now)
                 if d > 0:
                     self._held = job
@@ -445,7 +445,7 @@ class _Run:
         return [job.call.key for _, job in sorted(self._live.items())]
 
     def _launch(self, job: _Job, in_cost: float, now: float) -> None:
-        ticket = self.gov.acquire(in_cost, job.out_cost, now)
+        ticket = self.gov.acquire(in_cost, job.out_cost, now)  # in_raw = in_cost / the factor now (exact)
         if job.started is None:
             job.started = now
         job.attempts += 1
