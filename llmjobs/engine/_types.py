@@ -93,6 +93,9 @@ class EngineConfig:
     pause_max: float = 30.0
     #: learn limits from response headers
     learn_limits: bool = True
+    #: seconds of warm-up at most: one call in flight until the first answer, to learn the
+    #: account's limits before the first wave (0 = off)
+    warmup: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:

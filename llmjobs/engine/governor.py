@@ -132,6 +132,8 @@ class Governor:
         "_seq",
         "_streak",
         "_succ_level",
+        "_warm_until",
+        "_warmup",
         "_win",
         "_win_529s",
         "ceiling",
@@ -147,6 +149,7 @@ class Governor:
         "ssthresh",
         "w_max",
         "waited",
+        "warming",
     )
 
     def __init__(
@@ -160,6 +163,7 @@ class Governor:
         pause_base: float = 0.05,
         pause_max: float = 30.0,
         learn: bool = True,
+        warmup: float = 0.0,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -194,6 +198,11 @@ class Governor:
         self._pause_base = pause_base
         self._pause_max = pause_max
         self.learn = learn
+        # one call in flight until the first answer (at most `warmup` seconds), while the
+        # limits are unknown: a first wave at the initial ceiling could only meet them with 429s
+        self.warming = warmup > 0
+        self._warmup = warmup
+        self._warm_until: float | None = None
 
     # -- clock -----------------------------------------------------------
     def now(self) -> float:
@@ -208,7 +217,21 @@ class Governor:
 
     # -- dispatch --------------------------------------------------------
     def free_slots(self) -> int:
+        if self.warming and self.warmup_left() > 0:
+            return 1 - self.in_flight
         return int(self.ceiling) - self.in_flight
+
+    def warmup_left(self, now: float | None = None) -> float:
+        """Seconds the warm-up (one call in flight until the first answer) may still last."""
+        if not self.warming:
+            return 0.0
+        if self._warm_until is None:
+            return self._warmup
+        left = self._warm_until - (self.now() if now is None else now)
+        if left <= 0:
+            self.warming = False
+            return 0.0
+        return left
 
     def estimate_input(self, raw: float) -> float:
         return raw * self.input_factor
@@ -252,6 +275,8 @@ class Governor:
             self.input_tokens.debit(in_cost, now),
             self.output_tokens.debit(out_cost, now),
         )
+        if self.warming and self._warm_until is None:
+            self._warm_until = now + self._warmup
         self.in_flight = level = self.in_flight + 1
         if level > self.peak_in_flight:
             self.peak_in_flight = level
@@ -306,6 +331,7 @@ class Governor:
         if not ticket.open:
             return False
         ticket.open = False
+        self.warming = False
         self.in_flight -= 1
         return True
 

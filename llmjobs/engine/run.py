@@ -128,6 +128,7 @@ class Engine:
             pause_base=config.pause_base,
             pause_max=config.pause_max,
             learn=config.learn_limits,
+            warmup=config.warmup,
         )
         self.policy = RetryPolicy(
             max_attempts=config.max_attempts,
@@ -385,8 +386,9 @@ class _Run:
         try:
             while self._state == _RUNNING:
                 own = self._tasks
-                if gov.in_flight >= int(gov.ceiling) or len(self._out) >= self._out_limit:
-                    await self._sleep(None if own else 0.05)
+                if gov.free_slots() <= 0 or len(self._out) >= self._out_limit:
+                    warm = gov.warmup_left()
+                    await self._sleep(warm if warm > 0 else (None if own else 0.05))
                     continue
                 job = self._held
                 self._held = None
