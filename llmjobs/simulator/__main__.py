@@ -12,7 +12,9 @@ from .config import CLI_DEFAULTS, FIELD_HELP, SimConfig, cli_flag
 _TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The CLI parser; with ``suppress_defaults`` only the flags actually given
+    end up in the parsed namespace."""
     parser = argparse.ArgumentParser(
         prog="python -m llmjobs.simulator",
         description="Anthropic-compatible Messages API simulator (rate limits, latency, faults). "
@@ -32,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
             cli_flag(name),
             dest=name,
             type=_TYPES[kind],
-            default=CLI_DEFAULTS[name],
+            default=argparse.SUPPRESS if suppress_defaults else CLI_DEFAULTS[name],
             metavar=name.upper(),
             help=FIELD_HELP[name],
         )
@@ -46,9 +48,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .app import SimulatorApp
     from .config import ConfigError
 
+    changes = {name: getattr(args, name) for name in SimConfig.__annotations__}
+    if args.tier:  # the preset sets the limits, except those given explicitly
+        given = vars(build_parser(suppress_defaults=True).parse_args(argv))
+        for name in ("rpm", "itpm", "otpm", "burst"):
+            if name not in given:
+                del changes[name]
     config = SimConfig()
     try:
-        config.update({name: getattr(args, name) for name in SimConfig.__annotations__})
+        config.update(changes)
     except ConfigError as exc:
         sys.exit(f"error: {exc}")
     app = SimulatorApp(config)

@@ -16,11 +16,10 @@ Token counts are ``ceil(chars / 4)`` everywhere.
 
 from __future__ import annotations
 
-import hashlib
-import random
 import re
 
-import orjson
+from .extraction import EXTRACT_HINT, extract
+from .generic import digest, generic
 
 __all__ = ["count_tokens", "finish", "make_answer"]
 
@@ -28,10 +27,6 @@ __all__ = ["count_tokens", "finish", "make_answer"]
 def count_tokens(text: str) -> int:
     """About four characters a token, rounded up."""
     return (len(text) + 3) // 4
-
-
-def _digest(text: str) -> int:
-    return int.from_bytes(hashlib.sha1(text.encode("utf-8", "surrogatepass")).digest()[:8], "big")
 
 
 # --------------------------------------------------------------------------- classification
@@ -174,7 +169,7 @@ def _classify(labels: list[str], document: str) -> str:
         return labels[lowered.index("neutral")]
     if "spam" in lowered and len(labels) == 2:  # no spam words: the other label (ham, not_spam, ...)
         return labels[1 - lowered.index("spam")]
-    return labels[_digest(document) % len(labels)]
+    return labels[digest(document) % len(labels)]
 
 
 # --------------------------------------------------------------------------- summarisation
@@ -221,287 +216,6 @@ def _summarize(document: str) -> str:
     return summary
 
 
-# --------------------------------------------------------------------------- extraction
-_EXTRACT_HINT = re.compile(r"\bextract\w*\b", re.I)
-_EXTRACT_FIELDS = re.compile(
-    r"\bextract\w*\s+(?:all\s+|the\s+|any\s+)*([\w ,/-]{2,120}?)\s*(?:\bfrom\b|\bin\b|\bout of\b|\bas\b|:|\.|\n|$)",
-    re.I,
-)
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_URL = re.compile(r"https?://[^\s\"'<>]+")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
-_DATE = re.compile(
-    r"\b(?:\d{4}-\d{2}-\d{2}|\d{1,2}/\d{1,2}/\d{2,4}|"
-    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]*\.? \d{1,2}(?:st|nd|rd|th)?,? \d{4}|"
-    r"\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)[a-z]* \d{4})\b"
-)
-_AMOUNT = re.compile(r"[$€£]\s?\d[\d,]*(?:\.\d+)?|\b\d[\d,]*(?:\.\d+)?\s?(?:USD|EUR|GBP|dollars|euros)\b")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")
-_PROPER = re.compile(r"\b[A-Z][a-z]+(?:\s+[A-Z][a-z]+)+\b")
-_CAPITAL_ANY = re.compile(r"\b[A-Z][a-zA-Z]+\b")
-_STOP_CAPS = frozenset(
-    [
-        "The",
-        "A",
-        "An",
-        "I",
-        "It",
-        "This",
-        "That",
-        "These",
-        "Those",
-        "In",
-        "On",
-        "At",
-        "Of",
-        "For",
-        "And",
-        "But",
-        "Or",
-        "If",
-        "When",
-        "We",
-        "You",
-        "He",
-        "She",
-        "They",
-    ]
-)
-
-_EXTRACTORS: list[tuple[tuple[str, ...], re.Pattern[str]]] = [
-    (("email", "e-mail", "mail"), _EMAIL),
-    (("url", "link", "website"), _URL),
-    (("phone", "telephone", "mobile"), _PHONE),
-    (("date", "day", "deadline", "when"), _DATE),
-    (("amount", "price", "total", "cost", "sum", "fee", "money"), _AMOUNT),
-    (
-        (
-            "name",
-            "person",
-            "people",
-            "author",
-            "customer",
-            "who",
-            "organization",
-            "company",
-            "entit",
-            "location",
-            "place",
-            "city",
-        ),
-        _PROPER,
-    ),
-    (("number", "count", "quantity", "age", "year", "id"), _NUMBER),
-]
-
-
-def _proper_names(document: str) -> list[str]:
-    names = list(dict.fromkeys(_PROPER.findall(document)))
-    words = {w for name in names for w in name.split()}
-    for word in _CAPITAL_ANY.findall(document):
-        if word not in words and word not in _STOP_CAPS:
-            words.add(word)
-            names.append(word)
-    return names
-
-
-def _extract(prompt: str, document: str) -> str:
-    keys: list[str] = []
-    match = _EXTRACT_FIELDS.search(prompt)
-    if match:
-        for raw in re.split(r"\s*(?:,|/|\band\b|\bor\b)\s*", match.group(1)):
-            words = raw.strip().lower().split()
-            if words and len(words) <= 3 and words[0] not in ("information", "data", "info", "details", "json", "text"):
-                key = "_".join(words)
-                if key not in keys:
-                    keys.append(key)
-    result: dict[str, object] = {}
-    for key in keys[:8]:
-        pattern = next((pat for names, pat in _EXTRACTORS if any(n in key for n in names)), None)
-        found = list(dict.fromkeys(m.strip() for m in pattern.findall(document))) if pattern else []
-        if pattern is _PROPER:
-            found = _proper_names(document)
-        if key.endswith("s") and not key.endswith("ss"):
-            result[key] = found[:10]
-        else:
-            result[key] = found[0] if found else None
-    if not result:
-        result = {
-            "entities": _proper_names(document)[:10],
-            "numbers": list(dict.fromkeys(_NUMBER.findall(document)))[:10],
-        }
-        emails = _EMAIL.findall(document)
-        if emails:
-            result["emails"] = emails[:10]
-    return orjson.dumps(result).decode()
-
-
-# --------------------------------------------------------------------------- generic text
-_VOCAB = [
-    "the",
-    "a",
-    "system",
-    "request",
-    "answer",
-    "result",
-    "data",
-    "value",
-    "process",
-    "model",
-    "batch",
-    "call",
-    "time",
-    "response",
-    "item",
-    "token",
-    "limit",
-    "rate",
-    "queue",
-    "worker",
-    "error",
-    "retry",
-    "stream",
-    "client",
-    "server",
-    "test",
-    "method",
-    "approach",
-    "design",
-    "pattern",
-    "simple",
-    "clear",
-    "fast",
-    "reliable",
-    "careful",
-    "useful",
-    "important",
-    "concurrent",
-    "parallel",
-    "async",
-    "bounded",
-    "steady",
-    "should",
-    "could",
-    "would",
-    "can",
-    "will",
-    "may",
-    "often",
-    "usually",
-    "typically",
-    "therefore",
-    "however",
-    "also",
-    "then",
-    "first",
-    "next",
-    "this",
-    "that",
-    "each",
-    "every",
-    "many",
-    "several",
-    "some",
-    "all",
-    "few",
-    "one",
-    "two",
-    "three",
-    "when",
-    "while",
-    "because",
-    "so",
-    "and",
-    "or",
-    "but",
-    "with",
-    "without",
-    "for",
-    "from",
-    "into",
-    "over",
-    "under",
-    "between",
-    "across",
-    "through",
-    "after",
-    "before",
-    "during",
-    "handles",
-    "returns",
-    "keeps",
-    "uses",
-    "sends",
-    "reads",
-    "writes",
-    "checks",
-    "improves",
-    "reduces",
-    "measures",
-    "waits",
-    "runs",
-    "schedules",
-    "limits",
-    "tracks",
-]
-_TOPIC_WORD = re.compile(r"[A-Za-z][A-Za-z'-]{4,}")
-_COMMON = frozenset(
-    [
-        "about",
-        "above",
-        "after",
-        "again",
-        "their",
-        "there",
-        "these",
-        "those",
-        "which",
-        "would",
-        "could",
-        "should",
-        "where",
-        "while",
-        "please",
-        "write",
-        "short",
-        "answer",
-        "question",
-        "explain",
-        "describe",
-        "tell",
-        "give",
-        "using",
-    ]
-)
-
-
-def _generic(prompt: str, answer_tokens: int) -> str:
-    seed = _digest(prompt)
-    rng = random.Random(seed)
-    tokens = answer_tokens if answer_tokens > 0 else 20 + seed % 101
-    target_chars = tokens * 4
-    topics = [w for w in dict.fromkeys(_TOPIC_WORD.findall(prompt)) if w.lower() not in _COMMON][:6]
-    parts: list[str] = []
-    length = 0
-    if topics:
-        opening = f"Regarding {', '.join(topics[:3])}:"
-        parts.append(opening)
-        length = len(opening)
-    while length < target_chars:
-        words = [rng.choice(_VOCAB) for _ in range(rng.randint(6, 14))]
-        if topics and rng.random() < 0.5:
-            words[rng.randrange(len(words))] = rng.choice(topics)
-        sentence = " ".join(words)
-        sentence = sentence[0].upper() + sentence[1:] + "."
-        parts.append(sentence)
-        length += len(sentence) + 1
-    text = " ".join(parts)
-    if len(text) > target_chars:
-        cut = text.rfind(" ", 0, target_chars)
-        text = text[: cut if cut > target_chars // 2 else target_chars].rstrip(" ,.") + "."
-    return text
-
-
 # --------------------------------------------------------------------------- entry points
 def make_answer(system: str, user: str, prefill: str, answer_tokens: int = 0) -> str:
     """The answer text for a prompt (before max_tokens/stop_sequences).
@@ -540,12 +254,12 @@ def _answer(prompt: str, system: str, user: str, answer_tokens: int) -> str:
         return _summarize(_strip_instruction(user, match))
     if _SUMMARY_HINT.search(system):
         return _summarize(user)
-    match = _EXTRACT_HINT.search(user)
+    match = EXTRACT_HINT.search(user)
     if match:
-        return _extract(prompt, _strip_instruction(user, match))
-    if _EXTRACT_HINT.search(system):
-        return _extract(prompt, user)
-    return _generic(prompt, answer_tokens)
+        return extract(prompt, _strip_instruction(user, match))
+    if EXTRACT_HINT.search(system):
+        return extract(prompt, user)
+    return generic(prompt, answer_tokens)
 
 
 def finish(text: str, max_tokens: int, stop_sequences: list[str] | None) -> tuple[str, str, str | None, int]:

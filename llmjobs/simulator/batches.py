@@ -12,21 +12,39 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["MAX_BATCH_REQUESTS", "Batch", "BatchError", "BatchStore"]
+import orjson
+
+from .answers import finish, make_answer
+from .messages import message_object
+from .prompt import Answer, Prompt, validate
+from .respond import (
+    ApiError,
+    Receive,
+    Scope,
+    Send,
+    auth_error,
+    load_json,
+    read_body,
+    request_id,
+    send_error,
+    send_json,
+)
+from .respond import query as parse_query
+from .stats import PromptStat
+
+if TYPE_CHECKING:
+    from .app import SimulatorApp
+
+__all__ = ["MAX_BATCH_REQUESTS", "Batch", "BatchError", "BatchStore", "batches"]
 
 MAX_BATCH_REQUESTS = 100_000
 _CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _DAY = 24 * 3600
 
 
-class BatchError(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
+BatchError = ApiError
 
 
 def iso(epoch: float) -> str:
@@ -159,3 +177,124 @@ class BatchStore:
             ordered = ordered[-limit:]
             return ordered, False
         return ordered[:limit], len(ordered) > limit
+
+
+# ---------------------------------------------------------------------- routes
+def _base_url(scope: Scope) -> str:
+    host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), None)
+    if host is None:
+        server = scope.get("server") or ("127.0.0.1", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+async def batches(app: SimulatorApp, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
+    """``/v1/messages/batches[/{id}[/cancel|/results]]``."""
+    store = app.batch_store
+    try:
+        problem = auth_error(scope, app.config.api_key)
+        if problem is not None:
+            raise problem
+        now = app.wall()
+        base = _base_url(scope)
+        parts = path[len("/v1/messages/batches") :].strip("/").split("/")
+        if parts == [""] and method == "POST":
+            payload = load_json(await read_body(receive, max(app.config.max_body, 256 * 1024 * 1024)))
+            batch = _create(app, store.validate(payload))
+            await send_json(send, 200, batch.as_dict(now, base))
+        elif parts == [""] and method == "GET":
+            await send_json(send, 200, _list(store, scope, now, base))
+        elif parts == [""]:
+            raise BatchError(405, "invalid_request_error", "Method not allowed")
+        elif len(parts) == 1 and method == "GET":
+            await send_json(send, 200, store.get(parts[0]).as_dict(now, base))
+        elif len(parts) == 1 and method == "DELETE":
+            await send_json(send, 200, store.delete(parts[0]))
+        elif len(parts) == 2 and parts[1] == "cancel" and method == "POST":
+            await send_json(send, 200, store.cancel(parts[0]).as_dict(now, base))
+        elif len(parts) == 2 and parts[1] == "results" and method == "GET":
+            await _results(send, store.get(parts[0]), now)
+        else:
+            raise BatchError(404, "not_found_error", "Not Found")
+    except BatchError as exc:
+        await send_error(send, exc.status, exc.kind, exc.message, [])
+
+
+def _list(store: BatchStore, scope: Scope, now: float, base: str) -> dict[str, Any]:
+    query = parse_query(scope)
+    limit = max(1, min(1000, int(query.get("limit", "20") or 20)))
+    page, has_more = store.page(limit, query.get("before_id"), query.get("after_id"))
+    data = [b.as_dict(now, base) for b in page]
+    return {
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
+
+
+async def _results(send: Send, batch: Batch, now: float) -> None:
+    if batch.status(now) != "ended":
+        raise BatchError(
+            404, "not_found_error", f"No results available for message batch {batch.id}: still in progress."
+        )
+    body = b"".join(orjson.dumps(item) + b"\n" for item in batch.results)
+    headers = [
+        (b"content-type", b"application/x-jsonl"),
+        (b"content-length", b"%d" % len(body)),
+        (b"request-id", request_id().encode()),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _errored(kind: str, message: str, req_id: str) -> dict[str, Any]:
+    return {
+        "type": "errored",
+        "error": {"type": "error", "error": {"type": kind, "message": message}, "request_id": req_id},
+    }
+
+
+def _create(app: SimulatorApp, requests: list[dict[str, Any]]) -> Batch:
+    """Compute every result now (answers are deterministic); bill when the batch ends."""
+    cfg = app.config
+    counters = app.counters
+    results: list[dict[str, Any]] = []
+    bills: list[tuple[Prompt, PromptStat, int]] = []
+    for request in requests:
+        req_id = request_id()
+        try:
+            prompt = validate(request["params"], app.prompt_cache, app.clock)
+        except ApiError as exc:
+            results.append(_errored(exc.kind, exc.message, req_id))
+            continue
+        stat = counters.requested(prompt)
+        if cfg.fail_529 or cfg.fail_500:
+            draw = app.fault_rng.random()
+            if draw < cfg.fail_529:
+                results.append(_errored("overloaded_error", "Overloaded", req_id))
+                continue
+            if draw < cfg.fail_529 + cfg.fail_500:
+                results.append(_errored("api_error", "Internal server error", req_id))
+                continue
+        text = make_answer(prompt.system_text, prompt.user_text, prompt.prefill, cfg.answer_tokens)
+        answer = Answer(*finish(text, prompt.max_tokens, prompt.stop_sequences))
+        results.append({"type": "succeeded", "message": message_object(req_id, prompt, answer, "batch")})
+        bills.append((prompt, stat, answer.output_tokens))
+    items = [{"custom_id": r["custom_id"], "result": res} for r, res in zip(requests, results, strict=True)]
+    batch = app.batch_store.add(items, cfg.batch_seconds)
+    counters.batch["batches"] += 1
+    counters.batch["requests"] += len(items)
+
+    def on_end(ended: Batch) -> None:
+        for item in ended.results:
+            kind = item["result"]["type"]
+            counters.batch[kind] = counters.batch.get(kind, 0) + 1
+        if ended.cancel_at is not None:
+            return
+        for prompt, stat, output_tokens in bills:
+            counters.bill(prompt, stat, output_tokens, batch=True)
+
+    batch.on_end = on_end
+    batch.status(app.wall())  # batch_seconds=0: ends (and bills) at once
+    return batch

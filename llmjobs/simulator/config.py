@@ -6,9 +6,22 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CLI_DEFAULTS", "FIELD_HELP", "ConfigError", "SimConfig", "cli_flag"]
+__all__ = ["CLI_DEFAULTS", "FIELD_HELP", "REMAINING_AT", "TIERS", "ConfigError", "SimConfig", "cli_flag"]
 
 MiB = 1024 * 1024
+
+#: Anthropic's published per-model limits for the Claude Sonnet/Opus 4.x class,
+#: by usage tier: (requests, input tokens, output tokens) per minute. Each is a
+#: token bucket holding a minute of refill (``burst`` 60).
+TIERS: dict[int, tuple[int, int, int]] = {
+    1: (50, 30_000, 8_000),
+    2: (1_000, 450_000, 90_000),
+    3: (2_000, 800_000, 160_000),
+    4: (4_000, 2_000_000, 400_000),
+}
+
+#: When the ``anthropic-ratelimit-*-remaining`` headers of an admitted request are computed.
+REMAINING_AT = ("admission", "answer", "refund")
 
 
 class ConfigError(ValueError):
@@ -32,12 +45,17 @@ class SimConfig:
     fail_529: float = 0.0
     hang: float = 0.0
     drop_stream: float = 0.0
+    fail_should_retry_false: float = 0.0
+    cut_stream: float = 0.0
+    bad_json: float = 0.0
     ping_interval: float = 5.0
     api_key: str | None = None
     seed: int = 0
     answer_tokens: int = 0
     max_body: int = 32 * MiB
     batch_seconds: float = 0.0
+    tier: int = 0
+    remaining_at: str = "refund"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,6 +71,11 @@ class SimConfig:
                 clean[name] = _COERCE[name](value)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{name}: {exc}") from None
+        if clean.get("tier"):
+            # A tier is a preset: it sets the limits the same change does not set explicitly.
+            rpm, itpm, otpm = TIERS[clean["tier"]]
+            for key, value in (("rpm", rpm), ("itpm", itpm), ("otpm", otpm), ("burst", 60.0)):
+                clean.setdefault(key, value)
         changed = {n for n, v in clean.items() if getattr(self, n) != v}
         for name, value in clean.items():
             setattr(self, name, value)
@@ -107,6 +130,19 @@ def _int(value: Any) -> int:
     return int(value)
 
 
+def _tier(value: Any) -> int:
+    number = _non_negative_int(value)
+    if number and number not in TIERS:
+        raise ValueError(f"must be one of {sorted(TIERS)} (0 = no preset)")
+    return number
+
+
+def _remaining_at(value: Any) -> str:
+    if value not in REMAINING_AT:
+        raise ValueError(f"must be one of {', '.join(REMAINING_AT)}")
+    return str(value)
+
+
 _COERCE = {
     "rpm": _non_negative_int,
     "itpm": _non_negative_int,
@@ -119,12 +155,17 @@ _COERCE = {
     "fail_529": _probability,
     "hang": _probability,
     "drop_stream": _probability,
+    "fail_should_retry_false": _probability,
+    "cut_stream": _probability,
+    "bad_json": _probability,
     "ping_interval": _positive_float,
     "api_key": _optional_str,
     "seed": _int,
     "answer_tokens": _non_negative_int,
     "max_body": _non_negative_int,
     "batch_seconds": _non_negative_float,
+    "tier": _tier,
+    "remaining_at": _remaining_at,
 }
 assert set(_COERCE) == {f.name for f in dataclasses.fields(SimConfig)}
 
@@ -146,12 +187,24 @@ FIELD_HELP: dict[str, str] = {
     "fail_529": "probability that an admitted request fails with 529 overloaded_error",
     "hang": "probability that an admitted request never answers (a stream sends only pings)",
     "drop_stream": "probability that a stream is cut mid-way with an `event: error`",
+    "fail_should_retry_false": "probability that an admitted request fails with 500 api_error carrying "
+    "`x-should-retry: false`",
+    "cut_stream": "probability that a stream ends mid-way without `message_stop` and without an error event "
+    "(just EOF); a plain request's connection is closed without a response",
+    "bad_json": "probability that an admitted request gets a 200 whose body is not JSON (billed; a stream: "
+    "a truncated `message_start`, not billed)",
     "ping_interval": "seconds between `ping` events while a stream waits or stalls",
     "api_key": "accept only this API key (x-api-key or Authorization: Bearer); default: any non-empty key",
     "seed": "seed for the fault and jitter random generators",
     "answer_tokens": "approximate length of generic answers in tokens; 0 = natural length (20-120 tokens)",
     "max_body": "largest request body in bytes; larger ones get 413 request_too_large",
     "batch_seconds": "seconds a Message Batch stays in_progress before it ends with results",
+    "tier": "preset of Anthropic's published Sonnet/Opus 4.x limits for usage tier 1-4 (tier 4: 4,000 RPM, "
+    "2,000,000 ITPM, 400,000 OTPM) with 60 s buckets; explicit --rpm/--itpm/--otpm/--burst override it; 0 = none",
+    "remaining_at": "when the *-remaining headers of an admitted request are computed: admission (right after "
+    "admitting), answer (at the answer, the call's own output reservation still held) or refund (after the "
+    "unused reservation is refunded); a stream sends its headers at the start, so there all three report "
+    "the reservation held",
 }
 
 

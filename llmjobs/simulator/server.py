@@ -101,7 +101,8 @@ class SimulatorProcess:
             return ""
         try:
             self._log.seek(0)
-            return self._log.read().decode(errors="replace")[-4000:]
+            text: str = self._log.read().decode(errors="replace")
+            return text[-4000:]
         except (OSError, ValueError):
             return ""
 
@@ -153,17 +154,28 @@ class SimulatorProcess:
                 detail = exc.read().decode(errors="replace")
             raise SimulatorError(f"{method} {path}: HTTP {exc.code}: {detail}") from None
 
+    def _call_dict(self, method: str, path: str, payload: Any = None) -> dict[str, Any]:
+        answer = self._call(method, path, payload)
+        if not isinstance(answer, dict):
+            raise SimulatorError(f"{method} {path}: expected a JSON object, got {answer!r:.200}")
+        return answer
+
     def stats(self, brief: bool = False) -> dict[str, Any]:
-        return self._call("GET", "/_sim/stats?brief=1" if brief else "/_sim/stats")
+        return self._call_dict("GET", "/_sim/stats?brief=1" if brief else "/_sim/stats")
 
     def reset(self) -> None:
         self._call("POST", "/_sim/reset", {})
 
     def configure(self, **settings: Any) -> dict[str, Any]:
-        return self._call("POST", "/_sim/config", settings)
+        return self._call_dict("POST", "/_sim/config", settings)
 
     def config(self) -> dict[str, Any]:
-        return self._call("GET", "/_sim/config")
+        return self._call_dict("GET", "/_sim/config")
 
     def inject(self, *faults: str) -> None:
         self._call("POST", "/_sim/faults", {"faults": list(faults)})
+
+    def outage(self, seconds: float, mode: str = "close") -> dict[str, Any]:
+        """Fail every API request for ``seconds`` (0 ends it): ``close`` the
+        connection without a response, or answer ``503`` or ``529``."""
+        return self._call_dict("POST", f"/_sim/outage?seconds={seconds:g}&mode={mode}", {})

@@ -16,7 +16,8 @@ def aclient(sim, **kwargs):
     import anthropic
 
     kwargs.setdefault("api_key", "test-key")
-    return anthropic.AsyncAnthropic(base_url=sim.base_url, max_retries=0, **kwargs)
+    kwargs.setdefault("max_retries", 0)
+    return anthropic.AsyncAnthropic(base_url=sim.base_url, **kwargs)
 
 
 def user(text: str) -> list[dict]:
@@ -66,11 +67,11 @@ import pytest  # noqa: E402
 from llmjobs.simulator.config import SimConfig  # noqa: E402
 
 #: Settings tests/conftest.py's SIM_DEFAULTS does not restore.
-_RESTORE = {
-    k: v
-    for k, v in SimConfig().as_dict().items()
-    if k in ("api_key", "seed", "answer_tokens", "max_body", "batch_seconds")
-}
+_RESTORED = (
+    "api_key", "seed", "answer_tokens", "max_body", "batch_seconds", "tier", "remaining_at",
+    "fail_should_retry_false", "cut_stream", "bad_json",
+)  # fmt: skip
+_RESTORE = {k: v for k, v in SimConfig().as_dict().items() if k in _RESTORED}
 
 
 @pytest.fixture

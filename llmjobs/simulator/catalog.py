@@ -1,4 +1,4 @@
-"""Model ids the simulator knows (a static copy of anthropic's ``types/model_param.py``
+"""The model catalogue: ids the simulator knows (a static copy of anthropic's ``types/model_param.py``
 plus a few dated aliases); anything else gets 404 not_found_error."""
 
 from __future__ import annotations
