@@ -93,6 +93,12 @@ class _Latency:
             data = sorted(w[:n])
             self.p99 = data[min(n - 1, int(n * 0.99))]
 
+    @property
+    def mean(self) -> float | None:
+        """Mean of the latencies in the window (None before any)."""
+        n = min(self.count, len(self.window))
+        return sum(self.window[:n]) / n if n else None
+
 
 class Engine:
     """Runs calls concurrently through one ``AsyncAnthropic``, paced by a :class:`Governor`.
