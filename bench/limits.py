@@ -40,7 +40,38 @@ from llmjobs.simulator.server import SimulatorProcess
 
 MODEL = "claude-sonnet-5-5"
 LAT = ["--ttft", "0.45", "--tps", "1000"]  # ~0.5 s a call (ttft jittered +/-50%)
-WORDS = ["the", "report", "shows", "revenue", "grew", "while", "costs", "fell", "across", "most", "regions", "and", "the", "team", "expects", "further", "gains", "next", "quarter", "despite", "supply", "issues", "customers", "praised", "support", "but", "asked", "for", "faster", "delivery"]
+WORDS = [
+    "the",
+    "report",
+    "shows",
+    "revenue",
+    "grew",
+    "while",
+    "costs",
+    "fell",
+    "across",
+    "most",
+    "regions",
+    "and",
+    "the",
+    "team",
+    "expects",
+    "further",
+    "gains",
+    "next",
+    "quarter",
+    "despite",
+    "supply",
+    "issues",
+    "customers",
+    "praised",
+    "support",
+    "but",
+    "asked",
+    "for",
+    "faster",
+    "delivery",
+]
 
 
 def short_items(n: int, max_tokens: int, seed: int = 7) -> list[dict]:

@@ -178,6 +178,7 @@ class Bucket:
         force: bool = False,
         mark: Mark | None = None,
         own_refund: float = 0.0,
+        age: float = 0.0,
     ) -> bool:
         """Learn from a response's ``limit``/``remaining``/``reset`` headers.
 
@@ -188,7 +189,8 @@ class Bucket:
         still holds it under the ``ADMISSION`` and ``ANSWER`` conventions.
         ``reset_in`` (seconds until the server's bucket is full; ``coarse`` when
         rounded up to whole seconds) gives a lower bound of its capacity, which
-        may be well below the per-minute limit. ``force``: a 429's reading, taken
+        may be well below the per-minute limit; ``age`` is the request's age (under
+        the ``ADMISSION`` convention ``reset`` was computed that long ago). ``force``: a 429's reading, taken
         with nothing of this request held: it sets every model. Only a response
         newer (by dispatch order) than the last one applied corrects the level.
         Returns True when it did.
@@ -201,6 +203,8 @@ class Bucket:
         if remaining < 0:
             remaining = 0.0
         if reset_in is not None:
+            if self.convention == ADMISSION and not force:
+                reset_in += age
             if coarse:
                 reset_in -= 1.0
             bound = remaining + rate * reset_in if reset_in > 0 else remaining

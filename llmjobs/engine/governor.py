@@ -118,6 +118,7 @@ class Governor:
 
     __slots__ = (
         "_clock",
+        "_wall",
         "_epoch",
         "_out_dirty",
         "_out_p",
@@ -166,8 +167,10 @@ class Governor:
         warmup: float = 0.0,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._wall = wall  # epoch seconds, to read the absolute `-reset` timestamps
         now = self.now()
         self.requests = Bucket(rpm, now=now)
         self.input_tokens = Bucket(itpm, now=now)
@@ -291,16 +294,18 @@ class Governor:
         now: float | None = None,
         force: bool = False,
         out_refund: float = 0.0,
-    ) -> None:
+    ) -> bool:
         """Learn limits and correct the levels from a response's rate-limit headers.
 
         ``out_refund``: this call's unused output reservation, not credited yet.
+        Returns True when a known budget took the reading.
         """
         if not headers or not self.learn:
-            return
+            return False
+        took = False
         if now is None:
             now = self.now()
-        wall = time.time()
+        wall = self._wall()
         for i, bucket in enumerate((self.requests, self.input_tokens, self.output_tokens)):
             lim_h, rem_h, reset_h = _HEADERS[i]
             limit = headers.get(lim_h)
@@ -315,17 +320,22 @@ class Governor:
             except ValueError:
                 continue
             reset_in, coarse = _parse_reset(headers.get(reset_h), wall)
-            bucket.observe(
-                limit=limit_f,
-                remaining=remaining_f,
-                reset_in=reset_in,
-                coarse=coarse,
-                now=now,
-                seq=ticket.seq,
-                force=force,
-                mark=ticket.marks[i],
-                own_refund=out_refund if i == 2 else 0.0,
+            took = (
+                bucket.observe(
+                    limit=limit_f,
+                    remaining=remaining_f,
+                    reset_in=reset_in,
+                    coarse=coarse,
+                    now=now,
+                    seq=ticket.seq,
+                    force=force,
+                    mark=ticket.marks[i],
+                    own_refund=out_refund if i == 2 else 0.0,
+                    age=now - ticket.sent_at,
+                )
+                or took
             )
+        return took
 
     def _close(self, ticket: Ticket) -> bool:
         if not ticket.open:
@@ -445,10 +455,14 @@ class Governor:
         if not self._close(ticket):
             return 0.0
         self._refund_all(ticket, now)
+        modelled = False
         if headers:
             # `remaining` on a 429 is the level now, without this call (refunded above)
-            self.observe(ticket, headers, now, force=True)
-        if ticket.epoch == self._epoch:
+            modelled = self.observe(ticket, headers, now, force=True)
+        # A 429 says a budget ran out, not that too many calls are in flight. When its
+        # headers corrected the budget's model, that model paces the next calls; only an
+        # unexplained 429 (no usable headers) lowers the in-flight ceiling.
+        if not modelled and ticket.epoch == self._epoch:
             self._epoch += 1
             base = min(self.ceiling, float(ticket.level))
             self.ceiling = max(1.0, base * _DECREASE_429)

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import heapq
 import random
+from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmjobs.engine import Governor
+
+WALL0 = 1_800_000_000.0  # the fake wall clock: WALL0 + the fake monotonic clock
+
+
+def wall_of(clock: list[float]) -> Callable[[], float]:
+    return lambda: WALL0 + clock[0]
+
 
 KINDS = (("requests", "requests"), ("input_tokens", "input-tokens"), ("output_tokens", "output-tokens"))
 
@@ -40,7 +48,8 @@ class ServerBucket:
         return {
             f"anthropic-ratelimit-{prefix}-limit": str(int(self.limit)),
             f"anthropic-ratelimit-{prefix}-remaining": str(max(0, int(level + 1e-9))),
-            f"anthropic-ratelimit-{prefix}-reset": repr(ttf),  # seconds, exact
+            # RFC 3339 with microseconds (the real API rounds to seconds; exact here)
+            f"anthropic-ratelimit-{prefix}-reset": datetime.fromtimestamp(WALL0 + now + ttf, UTC).isoformat(),
         }
 
 

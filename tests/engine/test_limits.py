@@ -19,7 +19,7 @@ import pytest
 from llmjobs.engine import Governor
 from llmjobs.engine.bucket import Bucket
 
-from .fakeserver import Item, Oracle, Server, drive
+from .fakeserver import Item, Oracle, Server, drive, wall_of
 
 CONVENTIONS = ("admission", "answer", "refund")
 
@@ -27,6 +27,7 @@ CONVENTIONS = ("admission", "answer", "refund")
 def make_gov(clock: list[float], **kw) -> Governor:
     kw.setdefault("rng", random.Random(1))
     kw.setdefault("warmup", 5.0)
+    kw.setdefault("wall", wall_of(clock))
     return Governor(clock=lambda: clock[0], **kw)
 
 
