@@ -36,7 +36,12 @@ _EPS = 1e-9
 ADMISSION, ANSWER, REFUND = 0, 1, 2
 CONVENTIONS = ("admission", "answer", "refund")
 _N = 3
-_GAIN = 0.5  # share of a residual applied per reading (noise averages out, drift is followed)
+# Share of a residual applied per reading (noise averages out, drift is followed). The
+# server is often a little ahead of this client (a refund it made whose answer is still on
+# its way here): a reading above the model is partly that, and taken cautiously; one below
+# it is not, and taken nearly whole.
+_GAIN_UP = 0.25
+_GAIN_DOWN = 0.75
 _SCORE_DECAY = 0.9  # exponential average of each model's absolute residual
 _SWITCH = 0.6  # switch models when the other's average residual is below this share of ours...
 _SWITCH_MIN = 0.01  # ...and lower by at least this share of the capacity
@@ -132,7 +137,15 @@ class Bucket:
         rate = self.rate
         if rate is None:
             return 0.0
-        need = cost if cost < self.capacity else self.capacity
+        # a margin of twice the selected model's recent error (at most 5% of the capacity):
+        # a call sent the moment the model says "enough" must not meet a 429
+        margin = 2.0 * self.scores[self.convention]
+        cap = self.capacity
+        if margin > 0.05 * cap:
+            margin = 0.05 * cap
+        need = cost + margin
+        if need > cap:
+            need = cap
         deficit = need - self.refill(now)
         return deficit / rate if deficit > _EPS else 0.0
 
@@ -262,7 +275,7 @@ class Bucket:
         for i in range(_N):
             r = residuals[i]
             if r:
-                self._set(i, levels[i] + _GAIN * r)
+                self._set(i, levels[i] + (_GAIN_UP if r > 0 else _GAIN_DOWN) * r)
         return True
 
     def _set(self, i: int, value: float) -> None:
