@@ -84,6 +84,17 @@ class EngineStats:
         return self._governor.limits() if self._governor else {}
 
     @property
+    def predicted_output(self) -> float | None:
+        """A high percentile (p90) of the latest outputs in tokens, for planning and the ETA."""
+        return self._governor.predicted_output if self._governor else None
+
+    @property
+    def binding(self) -> str | None:
+        """The budget that held dispatch back the longest (``"requests"``, ``"input_tokens"``,
+        ``"output_tokens"``), or None."""
+        return self._governor.binding if self._governor else None
+
+    @property
     def paused_for(self) -> float:
         """Seconds the run is still paused for after a 429/529 (0 when not paused)."""
         if self._governor is None:

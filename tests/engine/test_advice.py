@@ -49,3 +49,16 @@ def test_suggestion_leaves_room_for_every_answer_seen():
     assert suggest_max_tokens([10, 20, 30]) == 64
     assert suggest_max_tokens(outputs()) == 256  # 2 x p99 (80) = 160 -> 256
     assert suggest_max_tokens([400]) == 1024
+
+
+def test_stats_expose_the_prediction_and_the_binding_budget():
+    from llmjobs.engine import EngineStats, Governor
+
+    g = Governor(clock=lambda: 0.0, otpm=6000)
+    st = EngineStats(g)
+    assert st.predicted_output is None and st.binding is None
+    t = g.acquire(0, 1000)
+    g.on_success(t, 0, 40)
+    assert st.predicted_output == 40
+    assert g.delay(0, 1000) > 0  # the output budget holds the next call back
+    assert st.binding == "output_tokens"
