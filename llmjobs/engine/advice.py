@@ -33,7 +33,7 @@ def max_tokens_advice(
 ) -> str | None:
     """The hint to show when ``max_tokens`` is far above the observed answers and the
     output-token budget held the run back, e.g. "answers average 52 tokens; max_tokens 256
-    would run ≈ 3× faster"; None when there is nothing useful to say.
+    would run ≈ 3x faster" (with a multiplication sign); None when there is nothing useful to say.
 
     ``outputs`` are the observed output lengths (tokens), ``binding`` the budget that held
     dispatch back the longest (``"output_tokens"`` for this hint to apply). The API reserves
@@ -62,4 +62,4 @@ def max_tokens_advice(
     if speedup < _MIN_SPEEDUP:
         return None
     times = f"{speedup:.0f}" if speedup >= 2.5 else f"{speedup:.1f}"
-    return f"answers average {mean:.0f} tokens; max_tokens {suggested} would run ≈ {times}× faster"
+    return f"answers average {mean:.0f} tokens; max_tokens {suggested} would run ≈ {times}\u00d7 faster"

@@ -118,7 +118,6 @@ class Governor:
 
     __slots__ = (
         "_clock",
-        "_wall",
         "_epoch",
         "_out_dirty",
         "_out_p",
@@ -133,6 +132,7 @@ class Governor:
         "_seq",
         "_streak",
         "_succ_level",
+        "_wall",
         "_warm_until",
         "_warmup",
         "_win",
@@ -553,7 +553,7 @@ class Governor:
         return ("requests", "input_tokens", "output_tokens")[i] if w[i] > 0 else None
 
     # -- introspection -----------------------------------------------------
-    def limits(self) -> dict:
+    def limits(self) -> dict[str, float | None]:
         return {
             "rpm": self.requests.limit,
             "itpm": self.input_tokens.limit,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 
 import anthropic
 import httpx2
+
+Headers = Mapping[str, str]
 
 __all__ = ["ABORT", "FAIL", "RETRY", "AttemptTimeout", "RetryPolicy", "StreamError", "Verdict", "classify"]
 
@@ -57,7 +60,13 @@ class Verdict:
     __slots__ = ("action", "error_type", "headers", "kind", "message", "retry_after")
 
     def __init__(
-        self, action: str, kind: str, error_type: str, message: str, retry_after: float | None = None, headers=None
+        self,
+        action: str,
+        kind: str,
+        error_type: str,
+        message: str,
+        retry_after: float | None = None,
+        headers: Headers | None = None,
     ) -> None:
         self.action = action
         self.kind = kind
@@ -70,7 +79,7 @@ class Verdict:
         return f"Verdict({self.action!r}, {self.kind!r}, {self.error_type!r}, {self.message!r})"
 
 
-def _retry_after(headers) -> float | None:
+def _retry_after(headers: Headers | None) -> float | None:
     if headers is None:
         return None
     value = headers.get("retry-after-ms")
@@ -88,7 +97,7 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-def _body_error(body) -> tuple[str | None, str | None]:
+def _body_error(body: object) -> tuple[str | None, str | None]:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
@@ -97,7 +106,9 @@ def _body_error(body) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _status_verdict(status: int, error_type: str | None, message: str, headers, code: str | None = None) -> Verdict:
+def _status_verdict(
+    status: int, error_type: str | None, message: str, headers: Headers | None, code: str | None = None
+) -> Verdict:
     if status == 429:
         if code in _ABORT_CODES:
             return Verdict(ABORT, FATAL, error_type or "rate_limit_error", message)
@@ -175,7 +186,7 @@ class RetryPolicy:
         ceiling = self.base * (2 ** min(failures - 1, 30))
         if ceiling > self.cap:
             ceiling = self.cap
-        return self._rng.random() * ceiling
+        return float(self._rng.random() * ceiling)
 
     def allows(self, verdict: Verdict, failures: int, started: float, retry_at: float) -> bool:
         """May the item be tried again at ``retry_at`` (same clock as ``started``)?"""

@@ -7,7 +7,7 @@ import contextlib
 import heapq
 import inspect
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import httpx2
@@ -191,7 +191,7 @@ class Engine:
         return [results[i] for i in range(len(results))]
 
     @contextlib.asynccontextmanager
-    async def _client_scope(self):
+    async def _client_scope(self) -> AsyncIterator[None]:
         if self._client is not None:
             yield
             return
@@ -261,19 +261,19 @@ class _Run:
             self._is_async = False
         self._exhausted = False
         self._index = 0
-        self._heap: list = []
+        self._heap: list[tuple[float, int, _Job]] = []
         self._hseq = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._live: dict[int, _Job] = {}
-        self._out: deque = deque()
+        self._out: deque[tuple[int, Outcome]] = deque()
         self._out_limit = max(64, 2 * self.cfg.max_concurrency)
-        self._waiter: asyncio.Future | None = None
-        self._out_waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._out_waiter: asyncio.Future[None] | None = None
         self._state = _RUNNING
         self._abort: Verdict | None = None
         self._held: _Job | None = None
         self._finished = False
-        self._dispatcher: asyncio.Task | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
 
     # -- outcomes ------------------------------------------------------------
     def _emit(self, job: _Job, outcome: Outcome) -> None:
@@ -302,7 +302,7 @@ class _Run:
             ),
         )
 
-    async def outcomes(self) -> AsyncIterator[tuple[int, Outcome]]:
+    async def outcomes(self) -> AsyncGenerator[tuple[int, Outcome]]:
         self.loop = asyncio.get_running_loop()
         self.stats = st = self.engine.stats = EngineStats(self.gov)
         st.started_at = self.gov.now()
@@ -337,7 +337,7 @@ class _Run:
             if st.finished_at is None:
                 st.finished_at = self.gov.now()
 
-    def _dispatcher_done(self, _task: asyncio.Task) -> None:
+    def _dispatcher_done(self, _task: asyncio.Task[None]) -> None:
         w = self._out_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -449,7 +449,7 @@ class _Run:
                 self._emit_cancelled(job)
 
     @property
-    def _undone_keys(self) -> list:
+    def _undone_keys(self) -> list[Hashable]:
         return [job.call.key for _, job in sorted(self._live.items())]
 
     def _launch(self, job: _Job, in_cost: float, now: float) -> None:
@@ -460,10 +460,15 @@ class _Run:
         self.stats.requests += 1
         task = self.loop.create_task(self._attempt(job, ticket))
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda t: self._task_done(t, job, ticket))
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[None], job: _Job, ticket: Ticket) -> None:
         self._tasks.discard(task)
+        if task.cancelled() and ticket.open:
+            # cancelled before its first step: the attempt never ran its own cleanup
+            self.gov.release(ticket)
+            if self._state == _CANCELLING:
+                self._emit_cancelled(job)
         self._wake()
 
     # -- one attempt -----------------------------------------------------------
@@ -569,7 +574,7 @@ class _Run:
             None,
             state.message_id,
         )
-        return outcome, response.headers  # type: ignore[union-attr]
+        return outcome, response.headers
 
     def _failed_attempt(self, job: _Job, ticket: Ticket, verdict: Verdict) -> None:
         gov = self.gov
@@ -623,7 +628,7 @@ class _Run:
         )
 
 
-def _resolve(fut: asyncio.Future) -> None:
+def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import heapq
 import random
-from datetime import UTC, datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from llmjobs.engine import Governor
 

@@ -16,10 +16,10 @@ def test_the_issue_example_when_output_tokens_bind():
     outs = [52] * 100
     # reservation held the whole refill period: the cost is the reservation
     hint = max_tokens_advice(outs, 1024, "output_tokens")
-    assert hint == "answers average 52 tokens; max_tokens 128 would run ≈ 8× faster"
+    assert hint == "answers average 52 tokens; max_tokens 128 would run ≈ 8\u00d7 faster"
     # held a third of it (20 s of a 60 s bucket): (52 + 972/3) / (52 + 76/3)
     hint = max_tokens_advice(outs, 1024, "output_tokens", capacity=30_000, rate=500, latency=20.0)
-    assert hint == "answers average 52 tokens; max_tokens 128 would run ≈ 5× faster"
+    assert hint == "answers average 52 tokens; max_tokens 128 would run ≈ 5\u00d7 faster"
     outs = outputs()
     hint = max_tokens_advice(outs, 1024, "output_tokens")
     assert hint is not None
