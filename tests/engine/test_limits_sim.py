@@ -31,7 +31,9 @@ async def test_output_bound_job_under_each_remaining_convention(sim, remaining_a
     assert stats["by_status"].get("429", 0) <= 1  # the first call alone learns the limits
     b = gov.output_tokens
     assert b.limit == 30_000
-    assert 2000 <= b.capacity <= 2500  # 5 s of refill (learned from coarse -reset: a lower bound)
+    # 5 s of refill, learned from the coarse -reset (a lower bound; at admission it is read
+    # from the request's age, which includes the trip to the server: a hair above is fine)
+    assert 2000 <= b.capacity <= 2500 * 1.01
     assert b.convention_name == remaining_at
     assert gov.binding == "output_tokens"
     assert gov.predicted_output is not None and gov.predicted_output < 1024
