@@ -62,6 +62,7 @@ test-postgres: install
 bench: install
 	$(PY) bench/simulator.py
 	$(PY) bench/engine.py
+	$(PY) bench/limits.py
 	$(PY) bench/runner.py
 	$(PY) bench/web.py
 
