@@ -164,7 +164,8 @@ def _create(app: SimulatorApp, requests: list[dict[str, Any]]) -> Batch:
         bill = None
         expired = False
         try:
-            prompt = validate(request["params"], app.prompt_cache, app.clock, cfg.cache_min_tokens)
+            params = request["params"]
+            prompt = validate(params, app.prompt_cache, app.clock, cfg.cache_min_tokens, cfg.no_structured_output)
         except ApiError as exc:
             results.append(_errored(exc.kind, exc.message, req_id))
         else:

@@ -62,6 +62,7 @@ class SimConfig:
     batch_expire: float = 0.0
     batch_max_requests: int = 100_000
     batch_max_bytes: int = 256 * MiB
+    no_structured_output: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -143,6 +144,14 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _model_list(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError("must be a comma-separated string of model ids")
+    return ",".join(part.strip() for part in value.split(",") if part.strip())
+
+
 def _tier(value: Any) -> int:
     number = _non_negative_int(value)
     if number and number not in TIERS:
@@ -192,6 +201,7 @@ _COERCE = {
     "batch_expire": _probability,
     "batch_max_requests": _positive_int,
     "batch_max_bytes": _positive_int,
+    "no_structured_output": _model_list,
 }
 assert set(_COERCE) == {f.name for f in dataclasses.fields(SimConfig)}
 
@@ -240,6 +250,8 @@ FIELD_HELP: dict[str, str] = {
     "batch_error": "probability that a Message Batch request ends `errored` (an api_error object in its result)",
     "batch_expire": "probability that a Message Batch request ends `expired` (never processed; not billed)",
     "batch_max_requests": "most requests in one Message Batch; more get 400 invalid_request_error",
+    "no_structured_output": "comma-separated model ids (or id prefixes) that lack structured outputs: "
+    "output_config.format and strict tools get 400 invalid_request_error (to test a fallback to a plain tool)",
     "batch_max_bytes": "largest Message Batch request body in bytes (256 MB); larger ones get 413 request_too_large",
 }
 

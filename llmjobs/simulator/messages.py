@@ -80,7 +80,7 @@ async def _read_prompt(app: SimulatorApp, scope: Scope, receive: Receive, conten
     payload = load_json(await read_body(receive, cfg.max_body))
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_request_error", "Input should be a valid dictionary")
-    return validate(payload, app.prompt_cache, app.clock, cfg.cache_min_tokens)
+    return validate(payload, app.prompt_cache, app.clock, cfg.cache_min_tokens, cfg.no_structured_output)
 
 
 async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send) -> int:
@@ -272,7 +272,9 @@ async def count_tokens(app: SimulatorApp, scope: Scope, receive: Receive, send: 
         if not isinstance(payload, dict):
             raise ApiError(400, "invalid_request_error", "Request body must be a JSON object")
         payload.setdefault("max_tokens", 1)
-        prompt = validate(payload, app.prompt_cache, app.clock, app.config.cache_min_tokens)
+        prompt = validate(
+            payload, app.prompt_cache, app.clock, app.config.cache_min_tokens, app.config.no_structured_output
+        )
     except ApiError as exc:
         await send_error(send, exc.status, exc.kind, exc.message, [])
         return

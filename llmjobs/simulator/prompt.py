@@ -240,7 +240,11 @@ def _conversation(messages: list[Any], chars: _Chars) -> tuple[str, str]:
 
 
 def validate(
-    payload: dict[str, Any], prompt_cache: dict[str, float], clock: Callable[[], float], cache_min_tokens: int = -1
+    payload: dict[str, Any],
+    prompt_cache: dict[str, float],
+    clock: Callable[[], float],
+    cache_min_tokens: int = -1,
+    no_structured_output: str = "",
 ) -> Prompt:
     """Check a Messages request the way the API does and account its tokens.
     ``prompt_cache`` (prefix key -> clock time it expires) decides cache reads;
@@ -260,6 +264,8 @@ def validate(
         raise _bad("Prefilling the assistant message is not supported when using output_config.format")
     if model not in KNOWN_MODEL_SET:
         raise ApiError(404, "not_found_error", f"model: {model}")
+    if structured is not None and no_structured_output:
+        structured.check_model(model, no_structured_output)
     if max_tokens > MAX_OUTPUT_TOKENS:
         raise _bad(
             f"max_tokens: {max_tokens} > {MAX_OUTPUT_TOKENS}, which is the maximum allowed number "

@@ -58,6 +58,18 @@ class Structured:
     #: canonical JSON of each tool, then of the format, with the tool's cache_control
     parts: list[tuple[bytes, Any, str]] = field(default_factory=list)
 
+    strict_tools: list[str] = field(default_factory=list)  # names of tools with strict: true
+
+    def check_model(self, model: str, unsupported: str) -> None:
+        """400 if ``model`` is one of ``unsupported`` (comma-separated ids or prefixes)
+        and the request asks for structured outputs (a format or a strict tool)."""
+        if not any(model.startswith(p) for p in unsupported.split(",") if p):
+            return
+        if self.schema is not None:
+            raise _bad(f"output_config.format: structured outputs are not supported by the model {model}")
+        if self.strict_tools:
+            raise _bad(f"tools: strict tools are not supported by the model {model} ({self.strict_tools[0]!r})")
+
     def tool_for(self, text: str) -> str | None:
         """The tool the answer calls: the forced one; for ``any`` the one the
         prompt names (else the first); for ``auto`` the one the prompt names (else none)."""
@@ -132,6 +144,7 @@ def _tool(tool: Any, i: int, out: Structured) -> None:
     schema = tool["input_schema"]
     if tool.get("strict"):
         check_schema(schema, f"{where}.input_schema", root_object=True)
+        out.strict_tools.append(name)
     elif not isinstance(schema, dict) or schema.get("type") != "object":
         raise _bad(f"{where}.input_schema.type: Input should be 'object'")
     description = tool.get("description")

@@ -376,3 +376,42 @@ def test_bad_request_is_not_an_sdk_crash(sim):
             model=MODEL, max_tokens=16, messages=user("hi"), output_config=_fmt({"type": "number", "maximum": 3})
         )
     client.close()
+
+
+@pytest.mark.asyncio
+async def test_models_without_structured_outputs_refuse_it_but_take_a_plain_tool(sim):
+    sim.configure(no_structured_output="claude-opus-4-1, claude-sonnet-4-5")
+    old = "claude-opus-4-1"
+    choice = {"type": "tool", "name": "record_ticket"}
+    async with aclient(sim) as client:
+        with pytest.raises(anthropic.BadRequestError, match="structured outputs are not supported by the model"):
+            await client.messages.create(model=old, max_tokens=1024, messages=user(BAD_TICKET), output_config=FORMAT)
+        with pytest.raises(anthropic.BadRequestError, match="strict tools are not supported"):
+            await client.messages.create(
+                model=old,
+                max_tokens=1024,
+                messages=user(BAD_TICKET),
+                tools=[{**TOOL, "strict": True}],
+                tool_choice=choice,
+            )
+        fallback = await client.messages.create(
+            model=old, max_tokens=1024, messages=user(BAD_TICKET), tools=[TOOL], tool_choice=choice
+        )
+        newer = await client.messages.create(
+            model=MODEL, max_tokens=1024, messages=user(BAD_TICKET), output_config=FORMAT
+        )
+    assert fallback.stop_reason == "tool_use" and valid(fallback.content[0].input)
+    assert valid(json.loads(newer.content[0].text))
+
+
+@pytest.mark.asyncio
+async def test_invalid_output_in_a_stream(sim):
+    sim.configure(invalid_output=1.0)
+    async with aclient(sim) as client:
+        async with client.messages.stream(
+            model=MODEL, max_tokens=1024, messages=user(BAD_TICKET), output_config=FORMAT
+        ) as stream:
+            text = "".join([piece async for piece in stream.text_stream])
+            final = await stream.get_final_message()
+    assert _invalid(text) and final.usage.output_tokens == tokens(text)
+    assert sim.stats()["structured"]["invalid"] == 1
