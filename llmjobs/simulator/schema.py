@@ -5,7 +5,8 @@ resolution shared with :mod:`.structured`.
 Accepted, as in Anthropic's structured-outputs docs: ``type`` (object, array,
 string, integer, number, boolean, null, or a list of them), ``enum``, ``const``,
 ``anyOf``, ``allOf``, ``$ref`` to local ``$defs``/``definitions`` (not
-recursive), ``properties``, ``required``, ``additionalProperties: false``,
+recursive), ``properties``, ``required``, ``additionalProperties: false`` (set
+explicitly on every object, as the SDK's schema transform does),
 ``items``, ``minItems`` 0 or 1, the string ``format``\\s below, ``title``,
 ``description``, ``default``, ``examples``. Rejected: numeric and length
 constraints, ``pattern``, other array constraints, ``additionalProperties`` other
@@ -148,6 +149,7 @@ def _check_object(schema: dict[str, Any], root: dict[str, Any], where: str, refs
     for name in required:
         if name not in properties:
             raise _bad(f"{where}.required: {name!r} is required but not defined in properties")
-    extra = schema.get("additionalProperties", False)
-    if extra is not False:
+    if "additionalProperties" not in schema:
+        raise _bad(f"{where}: an object schema must set additionalProperties to false in structured outputs")
+    if schema["additionalProperties"] is not False:
         raise _bad(f"{where}.additionalProperties: only false is supported in structured outputs")

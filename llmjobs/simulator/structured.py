@@ -15,6 +15,7 @@ of the wrong type, a required field missing, or prose before the JSON.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,10 @@ _NUMBER = re.compile(r"(?<![\w.-])-?\d+(?:\.\d+)?(?![\w.-])")
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 _CAPS = re.compile(r"\b[A-Z][\w-]*[a-z][\w-]*(?:[ \t]+(?:[A-Z][\w-]*|\d+\b))*")
 #: fields named so get the document's proper names ("SuperBlender 3000")
-_NAMED = ("product", "brand", "item", "model", "subject", "topic", "title", "vendor", "service")
+_NAMED = (
+    "product", "brand", "item", "model", "subject", "topic", "title", "vendor", "service", "name", "person",
+    "customer", "author", "company", "organization", "city", "location", "place", "entit", "who",
+)  # fmt: skip
 
 
 def _bad(message: str) -> ApiError:
@@ -227,8 +231,11 @@ class _Gen:
 
     def array(self, schema: dict[str, Any], path: str, name: str) -> list[Any]:
         count = 1 + digest(self.prompt + path) % 3
-        if isinstance(schema.get("maxItems"), int):  # non-strict tools only
-            count = max(0, min(count, schema["maxItems"]))
+        limits = _limits(schema)
+        if "minItems" in limits:
+            count = max(count, int(limits["minItems"]))
+        if "maxItems" in limits:
+            count = max(0, min(count, int(limits["maxItems"])))
         items = schema.get("items", {"type": "string"})
         singular = name[:-1] if name.endswith("s") and not name.endswith("ss") else name
         return [self.value(items, f"{path}[{i}]", singular, i) for i in range(count)]
@@ -242,12 +249,15 @@ class _Gen:
             if fmt == "email" and (emails := find_for("email", self.document)):
                 return emails[index % len(emails)]
             return _FORMATS[fmt](h)
-        found = find_for(name, self.document) if name else None
-        if not found and any(w in name.lower() for w in _NAMED):
-            found = self.names
+        found = self.names if self.names and any(w in name.lower() for w in _NAMED) else None
+        if not found and name:
+            found = find_for(name, self.document)
         text = found[index % len(found)] if found else self.phrase(h, name)
-        limit = schema.get("maxLength")
-        return text[:limit] if isinstance(limit, int) and limit > 0 else text
+        limits = _limits(schema)
+        if "minLength" in limits:
+            while len(text) < limits["minLength"]:
+                text = f"{text} {text}" if text else "n/a"
+        return text[: int(limits["maxLength"])] if "maxLength" in limits else text
 
     def phrase(self, h: int, name: str) -> str:
         """A short phrase of the document: its first sentence for a reason or a
@@ -265,11 +275,17 @@ class _Gen:
         h = digest(self.prompt + path)
         pool = [float(n) for n in self.numbers if not integer or "." not in n]
         value: float = pool[(h + index) % len(pool)] if pool else float(1 + h % 10)
-        low, high = schema.get("minimum"), schema.get("maximum")  # non-strict tools only
-        if isinstance(low, int | float) and value < low:
-            value = float(low)
-        if isinstance(high, int | float) and value > high:
-            value = float(high)
+        limits = _limits(schema)
+        step = 1.0 if integer else 0.5
+        low = limits.get("minimum", limits.get("exclusiveMinimum", -float("inf")) + step)
+        high = limits.get("maximum", limits.get("exclusiveMaximum", float("inf")) - step)
+        if low <= high and not low <= value <= high:
+            if high == float("inf"):
+                value = low
+            elif integer:
+                value = float(math.ceil(low) + h % int(min(math.floor(high) - math.ceil(low), 100) + 1))
+            else:
+                value = low + (h % 1001) / 1000 * (high - low)
         return int(value) if integer else value
 
     def boolean(self, path: str, name: str) -> bool:
@@ -293,6 +309,37 @@ _FORMATS: dict[str, Callable[[int], str]] = {
         "%08x-%04x-4%03x-8%03x-%012x" % (h >> 32, (h >> 16) & 0xFFFF, h & 0xFFF, (h >> 12) & 0xFFF, h & 0xFFFFFFFFFFFF)
     ),
 }
+
+
+_LIMITS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+)
+_HINTS = re.compile(r"\{([^{}]*)\}\s*$")
+
+
+def _limits(schema: dict[str, Any]) -> dict[str, float]:
+    """Numeric constraints, from the schema (non-strict tools) or, as a model would
+    read them, from the ``{minimum: 0, maximum: 1}`` the SDK's ``transform_schema``
+    appends to the description of constraints the API does not take."""
+    found = {k: float(v) for k in _LIMITS if isinstance(v := schema.get(k), int | float) and not isinstance(v, bool)}
+    description = schema.get("description")
+    match = _HINTS.search(description) if isinstance(description, str) else None
+    if match:
+        for pair in match.group(1).split(","):
+            key, _, value = pair.partition(":")
+            if key.strip() in _LIMITS:
+                try:
+                    found.setdefault(key.strip(), float(value))
+                except ValueError:
+                    pass
+    return found
 
 
 def _proper(document: str) -> list[str]:

@@ -291,6 +291,10 @@ def _fmt(schema: object) -> dict:
             "'minimum'",
         ),
         ({"output_config": _fmt({"type": "object", "additionalProperties": True})}, "additionalProperties"),
+        (
+            {"output_config": _fmt({"type": "object", "properties": {"a": {"type": "string"}}})},
+            "must set additionalProperties to false",
+        ),
         ({"output_config": _fmt({"type": "thing"})}, "'thing' is not a JSON Schema type"),
         ({"output_config": _fmt({"type": "object", "required": ["a"]})}, "'a' is required but not defined"),
         ({"output_config": _fmt({"type": "string", "format": "color"})}, "'color' is not a supported string format"),
@@ -415,3 +419,29 @@ async def test_invalid_output_in_a_stream(sim):
             final = await stream.get_final_message()
     assert _invalid(text) and final.usage.output_tokens == tokens(text)
     assert sim.stats()["structured"]["invalid"] == 1
+
+
+@pytest.mark.asyncio
+async def test_sdk_transformed_constraints_are_followed(sim):
+    """The SDK's transform_schema moves constraints the API does not take into the
+    description ("{minimum: 0, maximum: 1}"); the simulator follows them, as a model would."""
+
+    class Place(pydantic.BaseModel):
+        city: str
+        zip: str | None = None
+
+    class Review(pydantic.BaseModel):
+        sentiment: str = pydantic.Field(json_schema_extra={"enum": ["positive", "negative"]})
+        score: float = pydantic.Field(ge=0, le=1)
+        stars: int = pydantic.Field(ge=1, le=5)
+        tags: list[str] = pydantic.Field(min_length=2, max_length=3)
+        place: Place
+        others: list[Place]
+
+    text = "Terrible blender bought in Paris on 2026-01-05, 3000 rpm, 49.99 dollars. Never again."
+    async with aclient(sim) as client:
+        parsed = await client.messages.parse(model=MODEL, max_tokens=2048, messages=user(text), output_format=Review)
+    review = parsed.parsed_output
+    assert isinstance(review, Review) and review.sentiment == "negative"
+    assert 0 <= review.score <= 1 and 1 <= review.stars <= 5 and 2 <= len(review.tags) <= 3
+    assert review.place.city == "Paris"
