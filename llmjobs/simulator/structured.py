@@ -47,8 +47,22 @@ _NAMED = (
 )  # fmt: skip
 
 
+_TOOL_KEYS = frozenset(
+    {
+        "name", "input_schema", "description", "type", "strict", "cache_control", "allowed_callers",
+        "defer_loading", "eager_input_streaming", "input_examples",
+    }
+)  # fmt: skip
+
+
 def _bad(message: str) -> ApiError:
     return ApiError(400, "invalid_request_error", message)
+
+
+def _no_extra(value: dict[str, Any], allowed: frozenset[str] | set[str], where: str) -> None:
+    for key in value:
+        if key not in allowed:
+            raise _bad(f"{where}.{key}: Extra inputs are not permitted")
 
 
 @dataclass(slots=True)
@@ -113,6 +127,7 @@ def parse_structured(payload: dict[str, Any]) -> Structured | None:
 def _output_config(config: Any, out: Structured) -> None:
     if not isinstance(config, dict):
         raise _bad("output_config: Input should be a valid dictionary")
+    _no_extra(config, {"effort", "format"}, "output_config")
     effort = config.get("effort")
     if effort is not None and effort not in ("low", "medium", "high", "xhigh", "max"):
         raise _bad("output_config.effort: Input should be 'low', 'medium', 'high', 'xhigh' or 'max'")
@@ -123,6 +138,7 @@ def _output_config(config: Any, out: Structured) -> None:
         raise _bad("output_config.format: Input should be a valid dictionary")
     if fmt.get("type") != "json_schema":
         raise _bad("output_config.format.type: Input should be 'json_schema'")
+    _no_extra(fmt, {"type", "schema"}, "output_config.format")
     if "schema" not in fmt:
         raise _bad("output_config.format.schema: Field required")
     check_schema(fmt["schema"], "output_config.format.schema")
@@ -136,6 +152,7 @@ def _tool(tool: Any, i: int, out: Structured) -> None:
     kind = tool.get("type")
     if kind not in (None, "custom"):
         raise _bad(f"{where}.type: server tools ({kind!r}) are not supported by the simulator; use a custom tool")
+    _no_extra(tool, _TOOL_KEYS, where)
     name = tool.get("name")
     if not isinstance(name, str):
         raise _bad(f"{where}.name: Field required")
@@ -165,6 +182,11 @@ def _tool_choice(choice: Any, out: Structured) -> None:
     kind = choice.get("type")
     if kind not in _CHOICES:
         raise _bad("tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'")
+    _no_extra(
+        choice,
+        {"type", "name", "disable_parallel_tool_use"} if kind == "tool" else {"type", "disable_parallel_tool_use"},
+        "tool_choice",
+    )
     if kind in ("any", "tool") and not out.tools:
         raise _bad(f"tool_choice: type {kind!r} requires at least one tool in tools")
     if kind == "tool":
