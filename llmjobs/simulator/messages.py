@@ -12,6 +12,7 @@ from .answers import count_tokens as text_tokens
 from .answers import finish, make_answer
 from .buckets import Admission, RateLimiter
 from .config import SimConfig
+from .json_answers import generate, invalidate
 from .prompt import Answer, Prompt, validate
 from .respond import (
     CT_JSON,
@@ -32,7 +33,6 @@ from .respond import (
 )
 from .stats import DISCONNECTED
 from .streaming import stream
-from .structured import generate, invalidate
 
 if TYPE_CHECKING:
     from .app import SimulatorApp
