@@ -449,3 +449,18 @@ async def test_sdk_transformed_constraints_are_followed(sim):
     assert isinstance(review, Review) and review.sentiment == "negative"
     assert 0 <= review.score <= 1 and 1 <= review.stars <= 5 and 2 <= len(review.tags) <= 3
     assert review.place.city == "Paris"
+
+
+@pytest.mark.asyncio
+async def test_tool_definitions_are_a_cacheable_prefix(sim):
+    sim.configure(cache_min_tokens=1)
+    tool = {**TOOL, "description": "Record a support ticket. " * 50, "cache_control": {"type": "ephemeral"}}
+    async with aclient(sim) as client:
+        first = await client.messages.create(model=MODEL, max_tokens=1024, messages=user(BAD_TICKET), tools=[tool])
+        second = await client.messages.create(model=MODEL, max_tokens=1024, messages=user(GOOD_TICKET), tools=[tool])
+        other = await client.messages.create(
+            model=MODEL, max_tokens=1024, messages=user(GOOD_TICKET), tools=[{**tool, "name": "other"}]
+        )
+    assert first.usage.cache_creation_input_tokens > 300 and first.usage.cache_read_input_tokens == 0
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+    assert other.usage.cache_read_input_tokens == 0  # another tool: another prefix
