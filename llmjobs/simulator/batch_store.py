@@ -4,7 +4,8 @@ Every request's result is computed when its batch is created (answers are
 deterministic); what time decides is *when* each one counts as done. A
 request finishes at its own moment, spread over ``batch_seconds`` (so
 ``request_counts`` move while the batch is ``in_progress``); an expired one
-never finishes and ends ``expired`` with the batch. Results are kept, and
+never finishes and ends ``expired`` with the batch, as does every request not
+done when the batch reaches its 24 h ``expires_at`` (``batch_seconds`` over a day). Results are kept, and
 served, in a shuffled order (seeded), as the API returns them in any order.
 Cancelling marks every request not yet done ``canceled`` and ends the batch
 right after (``canceling`` meanwhile); done requests keep their result.
@@ -135,7 +136,8 @@ class BatchStore:
         now = self._wall()
         batch_id = "msgbatch_01%022x" % (int(now * 1000) * 1_000_000 + number)
         done_at = [now + share * seconds if share <= 1.0 else float("inf") for share in finish]
-        batch = Batch(batch_id, now, now + seconds, results, done_at)
+        # A batch ends within 24 h: requests not done by then expire (batch_seconds > 1 day).
+        batch = Batch(batch_id, now, now + min(seconds, _DAY), results, done_at)
         self.batches[batch_id] = batch
         return batch
 

@@ -179,3 +179,16 @@ def test_expired_requests_stay_processing_until_the_batch_ends():
     after = batch.counts(wall.now)
     assert before["expired"] == 0 and before["processing"] >= after["expired"] > 0
     assert after["processing"] == 0 and after["succeeded"] + after["expired"] == 20
+
+
+def test_a_batch_ends_at_24_hours_and_unfinished_requests_expire():
+    wall = FakeWall()
+    app = SimulatorApp(SimConfig(batch_seconds=4 * 24 * 3600.0), wall=wall)
+    batch = _create(app, many(40))
+    wall.now += 24 * 3600.0 - 1
+    assert batch.status(wall.now) == "in_progress"
+    wall.now += 1
+    counts = batch.counts(wall.now)
+    assert batch.status(wall.now) == "ended"
+    assert counts["expired"] > 20 and counts["succeeded"] > 0 and counts["succeeded"] + counts["expired"] == 40
+    assert batch.as_dict(wall.now, "http://x")["ended_at"] == batch.as_dict(wall.now, "http://x")["expires_at"]
