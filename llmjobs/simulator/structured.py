@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from .catalog import lacks_structured_output
 from .respond import ApiError
 from .schema import check_schema
 
@@ -52,7 +53,7 @@ class Structured:
     def check_model(self, model: str, unsupported: str) -> None:
         """400 if ``model`` is one of ``unsupported`` (comma-separated ids or prefixes)
         and the request asks for structured outputs (a format or a strict tool)."""
-        if not any(model.startswith(p) for p in unsupported.split(",") if p):
+        if not lacks_structured_output(model, unsupported):
             return
         if self.schema is not None:
             raise _bad(f"output_config.format: structured outputs are not supported by the model {model}")

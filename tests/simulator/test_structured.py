@@ -408,8 +408,14 @@ async def test_models_without_structured_outputs_refuse_it_but_take_a_plain_tool
         newer = await client.messages.create(
             model=MODEL, max_tokens=1024, messages=user(BAD_TICKET), output_config=FORMAT
         )
+        old_info = await client.models.retrieve(old)
+        new_info = await client.models.retrieve(MODEL)
+        listed = {m.id: m.capabilities.structured_outputs.supported async for m in client.models.list()}
     assert fallback.stop_reason == "tool_use" and valid(fallback.content[0].input)
     assert valid(json.loads(newer.content[0].text))
+    assert old_info.capabilities.structured_outputs.supported is False and old_info.lifecycle == "active"
+    assert new_info.capabilities.structured_outputs.supported is True
+    assert listed["claude-sonnet-4-5-20250929"] is False and listed["claude-opus-4-6"] is True
 
 
 @pytest.mark.asyncio
