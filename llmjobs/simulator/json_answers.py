@@ -22,9 +22,15 @@ from typing import Any
 from .answers import classify
 from .extraction import find_for
 from .generic import digest
+from .respond import ApiError
 from .schema import resolve
 
 __all__ = ["PROSE", "generate", "invalidate"]
+
+#: beyond these many values or this deep a "$.a.b[0].c" path, values are null (only a
+#: recursive non-strict tool schema gets there: strict ones may not recurse)
+_MAX_NODES = 2000
+_MAX_PATH = 200
 
 #: What an ``invalid_output`` answer in prose puts before the JSON.
 PROSE = "Sure! Here is the JSON you asked for:\n\n"
@@ -48,19 +54,30 @@ class _Gen:
         self.sentences = [s.strip() for s in _SENTENCES.split(self.document) if _WORD.search(s)]
         self.numbers = _NUMBER.findall(_DATE.sub(" ", self.document))
         self.names = _proper(self.document)
+        self.nodes = 0
 
     def value(self, schema: Any, path: str, name: str, index: int = 0) -> Any:
-        if not isinstance(schema, dict):
+        self.nodes += 1
+        if not isinstance(schema, dict) or self.nodes > _MAX_NODES or len(path) > _MAX_PATH:
+            return None  # a recursive non-strict tool schema: stop
+        try:
+            return self._value(schema, path, name, index)
+        except ApiError:  # a non-strict tool's $ref is not checked: a bad one gets null
             return None
+
+    def _value(self, schema: dict[str, Any], path: str, name: str, index: int) -> Any:
         schema = resolve(schema, self.root)
         if "const" in schema:
             return schema["const"]
         if "enum" in schema:
             return self.enum(schema["enum"], path)
-        if "anyOf" in schema:
-            variants = [v for v in schema["anyOf"] if isinstance(v, dict)]
-            best = next((v for v in variants if resolve(v, self.root).get("type") != "null"), variants[0])
-            return self.value(best, path, name, index)
+        for key in ("anyOf", "oneOf"):  # oneOf: non-strict tools only
+            if key in schema:
+                variants = [v for v in schema[key] if isinstance(v, dict)]
+                if not variants:
+                    return None
+                best = next((v for v in variants if resolve(v, self.root).get("type") != "null"), variants[0])
+                return self.value(best, path, name, index)
         if "allOf" in schema:
             return self.value(_merge(schema, self.root), path, name, index)
         kind = schema.get("type")

@@ -19,7 +19,7 @@ from typing import Any
 
 from .respond import ApiError
 
-__all__ = ["STRING_FORMATS", "TYPES", "check_schema", "resolve"]
+__all__ = ["STRING_FORMATS", "TYPES", "check_schema", "check_structure", "resolve"]
 
 TYPES = frozenset({"object", "array", "string", "integer", "number", "boolean", "null"})
 STRING_FORMATS = frozenset(
@@ -39,21 +39,21 @@ def _bad(message: str) -> ApiError:
     return ApiError(400, "invalid_request_error", message)
 
 
-def resolve(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+def resolve(schema: dict[str, Any], root: dict[str, Any], where: str = "schema") -> dict[str, Any]:
     """``schema`` with its ``$ref`` (``#/$defs/X`` or ``#/definitions/X``) followed."""
     seen = 0
     while "$ref" in schema:
         ref = schema["$ref"]
         parts = ref.split("/") if isinstance(ref, str) else []
         if len(parts) != 3 or parts[0] != "#" or parts[1] not in ("$defs", "definitions"):
-            raise _bad(f"$ref {ref!r}: only local references to #/$defs/NAME are supported")
+            raise _bad(f"{where}.$ref: {ref!r}: only local references to #/$defs/NAME are supported")
         target = root.get(parts[1], {}).get(parts[2]) if isinstance(root.get(parts[1]), dict) else None
         if not isinstance(target, dict):
-            raise _bad(f"$ref {ref!r}: no such definition")
+            raise _bad(f"{where}.$ref: {ref!r}: no such definition")
         schema = target
         seen += 1
         if seen > _MAX_DEPTH:
-            raise _bad(f"$ref {ref!r}: recursive schemas are not supported")
+            raise _bad(f"{where}.$ref: {ref!r}: recursive schemas are not supported")
     return schema
 
 
@@ -80,7 +80,7 @@ def _check(schema: Any, root: dict[str, Any], where: str, refs: list[str]) -> No
         ref = schema["$ref"]
         if ref in refs:
             raise _bad(f"{where}.$ref: recursive schemas are not supported ({ref})")
-        _check(resolve(schema, root), root, f"{where}.$ref", [*refs, str(ref)])
+        _check(resolve(schema, root, where), root, f"{where}.$ref", [*refs, str(ref)])
     if isinstance(schema.get("$defs"), dict) and schema is root:
         for name, sub in schema["$defs"].items():
             _check(sub, root, f"{where}.$defs.{name}", refs)
@@ -124,6 +124,38 @@ def _check(schema: Any, root: dict[str, Any], where: str, refs: list[str]) -> No
             f"{where}.format: {schema['format']!r} is not a supported string format "
             f"(supported: {', '.join(sorted(STRING_FORMATS))})"
         )
+
+
+def check_structure(schema: Any, where: str, depth: int = 0) -> None:
+    """The looser check of a non-strict tool's ``input_schema``: any JSON Schema
+    keyword may appear, but those that hold schemas or lists must be well formed
+    (as the JSON Schema meta-schema requires)."""
+    if isinstance(schema, bool):
+        return
+    if not isinstance(schema, dict):
+        raise _bad(f"{where}: a schema must be a JSON object")
+    if depth > _MAX_DEPTH:
+        raise _bad(f"{where}: schema is nested too deeply")
+    for key in ("properties", "$defs", "definitions"):
+        if key in schema:
+            if not isinstance(schema[key], dict):
+                raise _bad(f"{where}.{key}: Input should be a valid dictionary")
+            for name, sub in schema[key].items():
+                check_structure(sub, f"{where}.{key}.{name}", depth + 1)
+    for key in ("anyOf", "allOf", "oneOf", "enum"):
+        if key in schema and (not isinstance(schema[key], list) or not schema[key]):
+            raise _bad(f"{where}.{key}: must be a non-empty list")
+    for key in ("anyOf", "allOf", "oneOf"):
+        for i, sub in enumerate(schema.get(key, [])):
+            check_structure(sub, f"{where}.{key}.{i}", depth + 1)
+    for key in ("items", "additionalProperties", "not"):
+        if key in schema:
+            check_structure(schema[key], f"{where}.{key}", depth + 1)
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        raise _bad(f"{where}.required: Input should be a valid list of strings")
+    if "type" in schema:
+        _types(schema, where)
 
 
 def _types(schema: dict[str, Any], where: str) -> list[str]:

@@ -13,7 +13,7 @@ import orjson
 
 from .catalog import lacks_structured_output
 from .respond import ApiError
-from .schema import check_schema
+from .schema import check_schema, check_structure
 
 __all__ = ["Structured", "parse_structured"]
 
@@ -140,6 +140,8 @@ def _tool(tool: Any, i: int, out: Structured) -> None:
         out.strict_tools.append(name)
     elif not isinstance(schema, dict) or schema.get("type") != "object":
         raise _bad(f"{where}.input_schema.type: Input should be 'object'")
+    else:
+        check_structure(schema, f"{where}.input_schema")
     description = tool.get("description")
     if description is not None and not isinstance(description, str):
         raise _bad(f"{where}.description: Input should be a valid string")

@@ -322,6 +322,14 @@ def _fmt(schema: object) -> dict:
         ({"tools": [{"name": "bad name!", "input_schema": {"type": "object"}}]}, "pattern"),
         ({"tools": [TOOL, TOOL]}, "unique"),
         (
+            {"tools": [{"name": "t", "input_schema": {"type": "object", "properties": {"a": {"enum": []}}}}]},
+            "tools.0.input_schema.properties.a.enum: must be a non-empty list",
+        ),
+        (
+            {"tools": [{"name": "t", "input_schema": {"type": "object", "properties": []}}]},
+            "properties: Input should be",
+        ),
+        (
             {
                 "tools": [
                     {
