@@ -177,7 +177,7 @@ def _create(app: SimulatorApp, requests: list[dict[str, Any]]) -> Batch:
                 results.append(_errored("api_error", "Internal server error", req_id))
             else:
                 expired = outcome == "expired"
-                for key, ttl in prompt.cache_keys:
+                for key, ttl in prompt.cache_keys if not expired else ():  # an expired request never ran
                     app.remember_prefix(key, ttl)
                 invalid = prompt.structured is not None and cfg.invalid_output > 0
                 invalid = invalid and app.fault_rng.random() < cfg.invalid_output
