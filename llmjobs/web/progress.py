@@ -68,6 +68,11 @@ async def _last_errors(job_id: int) -> list[dict[str, Any]]:
     ]
 
 
+async def _settling(job_id: int) -> bool:
+    """Items of a cancelled job still held by a live runner (their answers are on the way)."""
+    return await Item.objects.filter(job_id=job_id).live().aexists()
+
+
 async def _retries(job_id: int) -> int:
     """Extra requests beyond one per finished item: 429s, 529s and transient errors."""
     agg = await Item.objects.filter(job_id=job_id, attempts__gt=1).aaggregate(n=Count("pk"), attempts=Sum("attempts"))
@@ -159,6 +164,8 @@ async def progress_events(
         if payload != last_payload or now - last_sent >= HEARTBEAT:
             yield sse.event("progress", payload)
             last_payload, last_sent = payload, now
+        if not active and row["status"] == BatchJob.Status.CANCELLED and await _settling(job_id):
+            active = True  # cancelled, but a runner is still writing its in-flight items: keep counting
         if not active:
             yield sse.event("done", payload)
             return
@@ -214,6 +221,9 @@ def throughput(job: BatchJob, *, now: dt.datetime | None = None, max_buckets: in
     retries = [0] * count
     rows = (
         Item.objects.filter(job_id=job.pk, finished_at__gte=start)
+        # answered items only: a Cancel stamps every pending item at once (no spike), reused answers cost no time
+        .exclude(status=Item.Status.CANCELLED)
+        .exclude(reused=True)
         .annotate(t=trunc("finished_at"))
         .values("t")
         .annotate(n=Count("pk"), attempts=Sum("attempts"))
