@@ -65,6 +65,7 @@ class CliProgress:
 
     __slots__ = (
         "_clock",
+        "_last_draw",
         "_last_line",
         "_last_postfix",
         "_start_done",
@@ -108,6 +109,7 @@ class CliProgress:
         self._start_done = initial
         self._last_line = self._started
         self._last_postfix = -float("inf")
+        self._last_draw = -float("inf")
         self.rate_limited = 0
         self.tokens = TokenUsage()
         self.lines_written = 0
@@ -177,7 +179,8 @@ class CliProgress:
             if now - self._last_postfix >= POSTFIX_INTERVAL or self.done >= self.total:
                 self._last_postfix = now
                 self.bar.set_postfix_str(f"429s={self.rate_limited}, {format_cost(self.cost())}", refresh=False)
-            if now - self.bar.last_print_t >= self.bar.mininterval or self.done >= self.total:
+            if now - self._last_draw >= self.bar.mininterval or self.done >= self.total:
+                self._last_draw = now
                 self.bar.refresh()
         elif self.mode == "lines" and now - self._last_line >= self.interval:
             self._last_line = now
