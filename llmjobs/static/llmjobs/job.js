@@ -73,6 +73,7 @@
         if (fresh && old) old.replaceWith(fresh);
       }
       document.dispatchEvent(new CustomEvent("llmjobs:results-replaced"));  // results.js takes the new table over
+      root.dataset.refreshed = "1";
     } catch (e) { /* keep the old table */ }
   }
 
