@@ -65,9 +65,10 @@ def _answers(source: BatchJob) -> dict[str, dict[str, Any]]:
         .values("input", "output", "stop_reason", "input_tokens", "output_tokens", "latency_ms", "ttft_ms")
     )
     for row in rows.iterator(chunk_size=CHUNK):
-        key = request_key(source, row.pop("input"))
+        answer: dict[str, Any] = dict(row)
+        key = request_key(source, answer.pop("input"))
         if key is not None and key not in answers:
-            answers[key] = row
+            answers[key] = answer
     return answers
 
 

@@ -32,7 +32,7 @@ class CloneJobForm(JobForm):
         assert isinstance(field, forms.ChoiceField)
         field.choices = [
             (self.SOURCE_JOB, f"The same data as job #{source.pk} ({source.total:,} items)"),
-            *field.choices,
+            *list(field.choices),  # type: ignore[arg-type]
         ]
         field.initial = self.SOURCE_JOB
         if not self.is_bound:

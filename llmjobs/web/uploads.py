@@ -68,7 +68,7 @@ def stashed_name(request: HttpRequest, token: str) -> str | None:
     return str(name)
 
 
-def restore_upload(request: HttpRequest, token: str) -> UploadedFile | None:
+def restore_upload(request: HttpRequest, token: str) -> UploadedFile[Any] | None:
     """This session's stashed file as an upload (the caller closes it), or ``None``."""
     name = stashed_name(request, token)
     if name is None:

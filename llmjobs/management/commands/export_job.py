@@ -31,10 +31,10 @@ class Command(BaseCommand):
                 raise CommandError(f"{output}: {exc.strerror}") from None
             self.stderr.write(f"wrote {count} item(s) to {output}")
         else:
-            out = cast(TextIO, self.stdout._out)  # the underlying stream
+            stream = cast(TextIO, self.stdout._out)  # the underlying stream
             try:
-                job_export(job=job, fmt=fmt, out=out)
-                out.flush()
+                job_export(job=job, fmt=fmt, out=stream)
+                stream.flush()
             except BrokenPipeError:
                 # The reader went away (`export_job 1 | head`): stop quietly, as Unix tools do.
                 # Point stdout at /dev/null so the interpreter's final flush doesn't complain.
