@@ -355,3 +355,37 @@ def test_another_sessions_stash_token_is_ignored(client, users):
     client.force_login(users["bob"])  # a new session
     response = client.post(reverse("llmjobs:job_new"), _form(column="review", stashed_upload=token))
     assert response.status_code == 400 and not BatchJob.objects.exists()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_stream_keeps_counting_a_cancelled_job_until_its_runner_settles():
+    from asgiref.sync import sync_to_async
+
+    from llmjobs.web.progress import progress_events
+
+    user = await get_user_model().objects.acreate(username="carol")
+    job = await sync_to_async(make_job)(user, n=3)
+    lease = timezone.now() + timezone.timedelta(seconds=60)
+    await Item.objects.filter(job=job, position=0).aupdate(status=Item.Status.RUNNING, lease_expires_at=lease)
+    await BatchJob.objects.filter(pk=job.pk).aupdate(status=BatchJob.Status.RUNNING, started_at=timezone.now())
+    await sync_to_async(job_cancel)(job=job)  # item 0 is still in flight at a live runner
+    events = progress_events(job.pk, tick=0.01)
+    names = []
+    updated = False
+    async for raw in events:
+        if raw.startswith(b"event: "):
+            names.append(raw.split(b"\n", 1)[0][7:].decode())
+            if not updated:
+                updated = True
+                assert names == ["progress"]  # not done while the answer is on its way
+                # the runner writes its in-flight answer, then recounts
+                await Item.objects.filter(job=job, position=0).aupdate(
+                    status=Item.Status.SUCCEEDED, lease_expires_at=None, output="late answer"
+                )
+                await sync_to_async(lambda: BatchJob.objects.get(pk=job.pk).refresh_counters())()
+            if names[-1] == "done":
+                payload = json.loads(raw.split(b"data: ", 1)[1])
+                break
+    assert names[-1] == "done"
+    assert (payload["succeeded"], payload["cancelled"], payload["done"]) == (1, 2, 3)

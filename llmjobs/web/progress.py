@@ -139,12 +139,19 @@ async def progress_events(
     queryset = BatchJob.objects.filter(pk=job_id).values(*_JOB_FIELDS)
     while True:
         row = await queryset.afirst()
+        settling = False
+        if row is not None and row["status"] == BatchJob.Status.CANCELLED:
+            # Cancelled, but a runner may still be writing its in-flight answers: keep counting
+            # until it lets go; then read the counters again so "done" carries the final ones.
+            settling = await _settling(job_id)
+            if not settling:
+                row = await queryset.afirst()
         if row is None:  # deleted while watched
             yield sse.event("done", {"status": "deleted", "active": False})
             return
         now = loop.time()
         done = row["succeeded_count"] + row["failed_count"] + row["cancelled_count"]
-        active = _active(row["status"])
+        active = _active(row["status"]) or settling
 
         # items/s over the last RATE_WINDOW seconds of counter readings
         history.append((now, done))
@@ -164,8 +171,6 @@ async def progress_events(
         if payload != last_payload or now - last_sent >= HEARTBEAT:
             yield sse.event("progress", payload)
             last_payload, last_sent = payload, now
-        if not active and row["status"] == BatchJob.Status.CANCELLED and await _settling(job_id):
-            active = True  # cancelled, but a runner is still writing its in-flight items: keep counting
         if not active:
             yield sse.event("done", payload)
             return
