@@ -11,12 +11,13 @@ import re
 from .conftest import login, screenshot
 
 
-def _new_job(page, name: str, lines: list[str], template: str, action: str = "run") -> int:
+def _new_job(page, name: str, lines: list[str], template: str, action: str = "run", concurrency: str = "") -> int:
     page.goto("/jobs/new/")
     page.fill("#id_name", name)
     page.fill("#id_texts", "\n".join(lines))
     page.fill("#id_prompt_template", template)
     page.fill("#id_max_tokens", "40")
+    page.fill("#id_concurrency", concurrency)
     page.click(f"button[name=action][value={action}]")
     page.wait_for_url(re.compile(r"/jobs/\d+/$"))
     return int(re.search(r"/jobs/(\d+)/$", page.url).group(1))
@@ -34,10 +35,10 @@ def _wait_results(page, count: int) -> None:
 
 
 def test_live_progress_to_the_end_then_the_item_page(page, live_app, sim):
-    sim.configure(ttft=0.05, tps=80.0)
+    sim.configure(ttft=0.2, tps=80.0)  # 24 items, 4 at a time: about 1.5 s to watch
     login(page, "alice")
     lines = [f"Review {i}: the owl lamp is {'great' if i % 2 else 'broken'} and arrived on time." for i in range(24)]
-    job_id = _new_job(page, "Lamp reviews", lines, "Classify as positive or negative: {text}")
+    job_id = _new_job(page, "Lamp reviews", lines, "Classify as positive or negative: {text}", concurrency="4")
     assert "is queued" in page.inner_text(".messages")
     assert "Classify as positive or negative:" in page.inner_text("#settings")
     assert page.inner_text("#settings mark.ph") == "{text}"
