@@ -389,3 +389,6 @@ async def test_the_stream_keeps_counting_a_cancelled_job_until_its_runner_settle
                 break
     assert names[-1] == "done"
     assert (payload["succeeded"], payload["cancelled"], payload["done"]) == (1, 2, 3)
+    from django.db import connections
+
+    await sync_to_async(connections.close_all)()  # the ORM thread's connection (PostgreSQL drops the test db)
