@@ -92,7 +92,7 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
 
 class BatchJob(models.Model):
     class Status(models.TextChoices):
-        DRAFT = "draft", "Draft"
+        DRAFT = "draft", "Not started"  # the value stays "draft"; people read "Not started"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
@@ -163,6 +163,10 @@ class BatchJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True, help_text="Id of the django.tasks result that runs the job.")
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When the job was last queued for a worker.")
+    source_job = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="clones", help_text="Cloned from."
+    )
 
     objects = BatchJobQuerySet.as_manager()
 
@@ -221,7 +225,8 @@ class BatchJob(models.Model):
         self.task_id = str(task_id or "")
         self.finished_at = None
         self.last_error = ""
-        self.save(update_fields=["status", "task_id", "finished_at", "last_error"])
+        self.queued_at = timezone.now()
+        self.save(update_fields=["status", "task_id", "finished_at", "last_error", "queued_at"])
 
     def mark_running(self) -> None:
         """Running now; ``started_at`` is kept across resumes of an unfinished run."""
@@ -298,8 +303,9 @@ class BatchJob(models.Model):
             succeeded=Count("pk", filter=Q(status=Status.SUCCEEDED)),
             failed=Count("pk", filter=Q(status=Status.FAILED)),
             cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
-            input_tokens=Coalesce(Sum("input_tokens"), 0),
-            output_tokens=Coalesce(Sum("output_tokens"), 0),
+            # answers reused from a cloned job's source were paid for there, not here
+            input_tokens=Coalesce(Sum("input_tokens", filter=Q(reused=False)), 0),
+            output_tokens=Coalesce(Sum("output_tokens", filter=Q(reused=False)), 0),
         )
         self.total = counts["total"]
         self.succeeded_count = counts["succeeded"]
@@ -467,6 +473,9 @@ class Item(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first token.")
+    reused = models.BooleanField(
+        default=False, help_text="The answer was copied from the cloned job's identical request: no cost here."
+    )
 
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -35,8 +35,9 @@ from ..conf import api_target
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
 from ..security import may_act_on
-from . import sse
+from . import sse, uploads
 from .forms import JobForm, PlaygroundForm
+from .job_page import job_page_context
 from .playground import get_client, playground_events
 from .progress import progress_events, throughput, throughput_svg_context
 
@@ -134,7 +135,8 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def job_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
-            form = JobForm(request.POST, request.FILES)
+            files = uploads.files_with_stash(request)  # a file kept from an earlier form error
+            form = JobForm(request.POST, files)
             action = request.POST.get("action", "run")
         except RequestDataTooBig:
             form = JobForm()
@@ -154,14 +156,16 @@ def job_new(request: HttpRequest) -> HttpResponse:
                 elif action == "run":
                     _enqueue(request, job)
                 else:
-                    messages.success(request, f"Job #{job.pk} saved as a draft.")
+                    messages.success(request, f"Job #{job.pk} saved (not started yet).")
                 return redirect(_job_url(job))
+        uploads.keep_for_next_post(request, form)
         return _form_page(request, form, status=400)
     return _form_page(request, JobForm())
 
 
 def _form_page(request: HttpRequest, form: JobForm, status: int = 200) -> HttpResponse:
-    return render(request, "llmjobs/job_form.html", {"form": form, "preview_count": jobs.PREVIEW_COUNT}, status=status)
+    context = {"form": form, "preview_count": jobs.PREVIEW_COUNT, "stash": getattr(form, "stash", None)}
+    return render(request, "llmjobs/job_form.html", context, status=status)
 
 
 @login_required
@@ -186,6 +190,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_cancel": mine and job.is_active,
         "can_retry": mine and job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
         "preview_count": jobs.PREVIEW_COUNT,
+        **job_page_context(job, mine=mine),  # settings, timeline, Run/Resume, results endpoint
     }
     return render(request, "llmjobs/job_detail.html", context)
 

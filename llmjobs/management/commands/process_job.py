@@ -14,7 +14,9 @@ from typing import Any, TextIO, cast
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from llmjobs.cli_progress import CliProgress, choose_mode
 from llmjobs.jobs import job_run
+from llmjobs.results import job_cost_so_far
 from llmjobs.runner import JobRunner, engine_counter
 
 from ._common import get_job
@@ -56,14 +58,20 @@ class Command(BaseCommand):
         job = get_job(job_id)
         if job.status == job.Status.CANCELLED:
             raise CommandError(f"job {job_id} is cancelled")
-        bar = ProgressBar(
-            total=job.total, initial=job.done_count, disable=no_progress, stream=cast(TextIO, self.stderr._out)
+        stream = cast(TextIO, self.stderr._out)
+        bar = CliProgress(
+            total=job.total,
+            initial=job.done_count,
+            model=job.model,
+            cost_before=job_cost_so_far(job),
+            mode=choose_mode(no_progress=no_progress, stream=stream),
+            stream=stream,
         )
         runner = JobRunner(job_id, on_progress=bar)
 
         def on_sigint(signum: int, frame: FrameType | None) -> None:
             signal.signal(signal.SIGINT, previous)  # a second Ctrl-C stops at once
-            bar.bar.write("Stopping: finishing writes, putting in-flight items back to pending...")
+            bar.write("Stopping: finishing writes, putting in-flight items back to pending...")
             runner.request_stop()
 
         previous = signal.signal(signal.SIGINT, on_sigint)
