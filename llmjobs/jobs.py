@@ -39,6 +39,7 @@ from .exceptions import JobInputError, JobStateError
 from .models import BatchJob, Item
 from .parsing import iter_file, iter_records, iter_texts
 from .prompts import compile_template
+from .structured import check_schema, flatten, parse_output, schema_columns
 
 if TYPE_CHECKING:
     from .engine import Outcome
@@ -61,6 +62,7 @@ __all__ = [
     "job_preview",
     "job_retry",
     "job_run",
+    "job_summary",
     "preview_lines",
     "recover_stalled_jobs",
 ]
@@ -123,8 +125,15 @@ def job_create(
     column: str | None = None,
     field: str | None = None,
     fmt: str | None = None,
+    schema: Mapping[str, Any] | str | None = None,
+    webhook_url: str = "",
 ) -> BatchJob:
     """Create a draft job and its items from exactly one source.
+
+    ``schema`` (a JSON Schema object, or its JSON text) makes it an extraction job:
+    every answer must be JSON matching it (``structured``). ``webhook_url`` gets a
+    signed ``job.finished`` event when the job ends (``webhooks``); private and
+    loopback addresses are refused unless ``LLMJOBS_WEBHOOK_ALLOW_PRIVATE``.
 
     Sources: ``texts`` (a list of texts, or one pasted string split into
     lines), ``records`` (dicts of fields), or a file (``file_name`` +
@@ -160,6 +169,12 @@ def job_create(
             raise JobInputError(f"a stop sequence must be text that is not only whitespace, got {stop!r}")
     template = template or ""
     compiled = compile_template(template)  # syntax errors before reading any data
+    output_schema = check_schema(schema)
+    webhook_url = (webhook_url or "").strip()
+    if webhook_url:
+        from .webhooks import check_webhook_url
+
+        check_webhook_url(webhook_url)
 
     sources = [s for s in (texts, records, file_data) if s is not None]
     if len(sources) != 1:
@@ -175,9 +190,12 @@ def job_create(
 
     # Parse and check every item before writing anything.
     rows: list[tuple[dict[str, Any], str]] = []
+    input_fields: dict[str, None] = {}  # column names in the order they came in
     for where, fields in located:
         compiled.check(fields, where)
         rows.append((fields, _custom_id(fields, where)))
+        if len(input_fields) < 1000:
+            input_fields.update(dict.fromkeys(fields))
     if not rows:
         what = "the file has" if file_data is not None else "the input has"
         raise JobInputError(f"no items: {what} no data, only blank lines")
@@ -194,6 +212,9 @@ def job_create(
             concurrency=concurrency,
             rate_limit_rpm=rate_limit_rpm,
             total=len(rows),
+            output_schema=output_schema,
+            input_fields=list(input_fields),
+            webhook_url=webhook_url,
         )
         _insert_items(job, rows)
     return job
