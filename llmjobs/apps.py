@@ -8,3 +8,4 @@ class LlmjobsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import conf  # noqa: F401  (connects the setting_changed receiver that clears the settings cache)
+        from . import webhooks  # noqa: F401  (connects the receiver that sends job.finished webhooks)

@@ -79,7 +79,9 @@ def check_schema(schema: Any) -> dict[str, Any] | None:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.path)
-        raise JobInputError(f"the schema is not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}") from None
+        raise JobInputError(
+            f"the schema is not a valid JSON Schema{f' at {where}' if where else ''}: {exc.message}"
+        ) from None
     if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
         raise JobInputError(f"the schema is over {MAX_SCHEMA_CHARS} characters")
     return schema

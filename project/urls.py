@@ -2,6 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from llmjobs.api import api
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path(
@@ -10,5 +12,6 @@ urlpatterns = [
         name="login",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
+    path("api/v1/", api.urls),
     path("", include("llmjobs.web.urls")),
 ]
