@@ -5,7 +5,7 @@
 - ``schema_from_fields``: the web form's field list (name, type, enum, required) -> a schema.
 - ``output_params``: the Messages API parameters that ask for it: ``output_config.format``
   (``{"type": "json_schema", "schema": ...}``) on models that have structured outputs, one
-  strict forced tool on the others (``STRUCTURED_OUTPUT_MODELS`` is the capability table).
+  strict forced tool on older models (``WITHOUT_OUTPUT_FORMAT`` is the capability table).
 - ``make_validator``: answer text -> ``None`` when it is JSON valid against the schema,
   else the first error, one line (the engine's ``Call.validate`` hook).
 - ``schema_columns`` / ``flatten``: one CSV column per output field, nested fields with dots.
@@ -25,8 +25,8 @@ from .exceptions import JobInputError
 
 __all__ = [
     "FIELD_TYPES",
-    "STRUCTURED_OUTPUT_MODELS",
     "TOOL_NAME",
+    "WITHOUT_OUTPUT_FORMAT",
     "check_schema",
     "flatten",
     "make_validator",
@@ -37,15 +37,18 @@ __all__ = [
     "supports_output_format",
 ]
 
-# Models that take ``output_config.format`` (structured outputs); a model id matches the
-# longest prefix. Others get the schema as one strict tool they are forced to call.
-STRUCTURED_OUTPUT_MODELS = (
-    "claude-opus-4-6",
-    "claude-sonnet-4-6",
-    "claude-opus-4-5",
-    "claude-haiku-4-5",
-    "claude-sonnet-4-5",
-    "claude-opus-4-1",
+# The capability table: models that do NOT take ``output_config.format`` (structured
+# outputs came with Sonnet 4.5 / Opus 4.1 and every later model). A model id is in it
+# when it starts with one of these; such models get the schema as one strict tool they
+# are forced to call instead.
+WITHOUT_OUTPUT_FORMAT: tuple[str, ...] = (
+    "claude-3",
+    "claude-2",
+    "claude-instant",
+    "claude-sonnet-4-0",
+    "claude-sonnet-4-2025",
+    "claude-opus-4-0",
+    "claude-opus-4-2025",
 )
 TOOL_NAME = "record_output"
 FIELD_TYPES = ("string", "number", "integer", "boolean", "array", "object")
@@ -53,7 +56,11 @@ MAX_SCHEMA_CHARS = 50_000
 
 
 def supports_output_format(model: str) -> bool:
-    return any(model.startswith(prefix) for prefix in STRUCTURED_OUTPUT_MODELS)
+    """Does ``model`` take ``output_config.format``? (See ``WITHOUT_OUTPUT_FORMAT``.)"""
+    return not any(model.startswith(prefix) for prefix in WITHOUT_OUTPUT_FORMAT) and model not in (
+        "claude-sonnet-4",
+        "claude-opus-4",
+    )
 
 
 def check_schema(schema: Any) -> dict[str, Any] | None:
