@@ -84,7 +84,9 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, *, toleranc
 def user_webhook_secret(user: Any, *, rotate: bool = False) -> str:
     """The user's signing secret (made on first use; ``rotate`` makes a new one)."""
     if rotate:
-        row, _ = WebhookSecret.objects.update_or_create(user=user, defaults={"secret": "whsec_" + secrets.token_hex(24)})
+        row, _ = WebhookSecret.objects.update_or_create(
+            user=user, defaults={"secret": "whsec_" + secrets.token_hex(24)}
+        )
         return row.secret
     row, _ = WebhookSecret.objects.get_or_create(user=user, defaults={"secret": "whsec_" + secrets.token_hex(24)})
     return row.secret
@@ -98,12 +100,7 @@ def _is_public(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_multicast
-        or ip.is_unspecified
+        ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
     )
 
 

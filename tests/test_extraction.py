@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 TICKETS = [
     {"ticket": "My Acme Phone broke after two days. Terrible.", "customer": "Ann Lee"},
-    {"ticket": "=HYPERLINK(\"http://evil\") The Zeta Blender is great, love it!", "customer": "Bo Chan"},
+    {"ticket": '=HYPERLINK("http://evil") The Zeta Blender is great, love it!', "customer": "Bo Chan"},
     {"ticket": "Where is my order of the Acme Phone? Email me at bo@example.com", "customer": "Cy Diaz"},
 ]
 NULLABLE = {"type": ["string", "null"]}

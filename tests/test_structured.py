@@ -102,7 +102,10 @@ def test_validator_says_why_in_one_line():
     validate = make_validator(SCHEMA)
     assert validate('{"sentiment": "positive", "tags": ["a"]}', "end_turn") is None
     assert "not JSON" in (validate("Sure! Here is the JSON:", "end_turn") or "")
-    assert validate('{"sentiment": "great"}', "end_turn") == "at sentiment: 'great' is not one of ['positive', 'negative', 'neutral']"
+    assert (
+        validate('{"sentiment": "great"}', "end_turn")
+        == "at sentiment: 'great' is not one of ['positive', 'negative', 'neutral']"
+    )
     assert "'sentiment' is a required property" in (validate("{}", "end_turn") or "")
     assert "max_tokens" in (validate('{"sentiment": "positive"}', "max_tokens") or "")
 

@@ -21,6 +21,7 @@ class TokenAuth(HttpBearer):
     """``Authorization: Bearer <token>`` -> the token's user (401 otherwise)."""
 
     async def authenticate(self, request: HttpRequest, token: str) -> Any:
+
         return await sync_to_async(token_user)(token.strip())
 
 

@@ -15,7 +15,7 @@ from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.urls import reverse
-from ninja import NinjaAPI, Query
+from ninja import NinjaAPI, Query, Status
 
 from .. import jobs
 from ..exceptions import JobInputError, JobStateError
@@ -127,9 +127,9 @@ def _create(user: Any, payload: JobIn) -> BatchJob:
 
 
 @api.post("/jobs", response={201: CreatedOut}, url_name="job_create", summary="Create and queue a job")
-async def create_job(request: HttpRequest, payload: JobIn) -> tuple[int, dict[str, Any]]:
+async def create_job(request: HttpRequest, payload: JobIn) -> Status:
     job = await sync_to_async(_create)(request.auth, payload)
-    return 201, {"id": job.pk, "status": job.status, "url": _job_url(request, job)}
+    return Status(201, {"id": job.pk, "status": job.status, "url": _job_url(request, job)})
 
 
 @api.get("/jobs", response=list[JobOut], url_name="job_list", summary="Your jobs, newest first")
