@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .answers import finish, make_answer
-from .messages import message_object
-from .prompt import Answer, Prompt, validate
+from .messages import answer_for, message_object
+from .prompt import Prompt, validate
 from .respond import (
     ApiError,
     Receive,
@@ -279,8 +278,8 @@ def _create(app: SimulatorApp, requests: list[dict[str, Any]]) -> Batch:
                 continue
         for key, ttl in prompt.cache_keys:
             app.remember_prefix(key, ttl)
-        text = make_answer(prompt.system_text, prompt.user_text, prompt.prefill, cfg.answer_tokens)
-        answer = Answer(*finish(text, prompt.max_tokens, prompt.stop_sequences))
+        invalid = prompt.structured is not None and cfg.invalid_output and app.fault_rng.random() < cfg.invalid_output
+        answer = answer_for(app, prompt, invalid=bool(invalid))
         results.append({"type": "succeeded", "message": message_object(req_id, prompt, answer, "batch")})
         bills.append((prompt, stat, answer.output_tokens))
     items = [{"custom_id": r["custom_id"], "result": res} for r, res in zip(requests, results, strict=True)]

@@ -57,6 +57,7 @@ class SimConfig:
     tier: int = 0
     remaining_at: str = "refund"
     cache_min_tokens: int = -1
+    invalid_output: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -175,6 +176,7 @@ _COERCE = {
     "tier": _tier,
     "remaining_at": _remaining_at,
     "cache_min_tokens": _cache_min,
+    "invalid_output": _probability,
 }
 assert set(_COERCE) == {f.name for f in dataclasses.fields(SimConfig)}
 
@@ -216,6 +218,9 @@ FIELD_HELP: dict[str, str] = {
     "the reservation held",
     "cache_min_tokens": "shortest prefix (tokens) a cache_control breakpoint caches; -1 = each model's published "
     "minimum (1,024-4,096), 0 = any length",
+    "invalid_output": "probability that a structured answer (output_config.format or a tool call) breaks its "
+    "schema: a field of the wrong type, a missing required field, or prose before the JSON (text answers); "
+    "also in batches",
 }
 
 

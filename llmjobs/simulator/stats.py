@@ -38,6 +38,8 @@ class Stats:
         self.stream_errors = 0
         self.tokens = dict.fromkeys(_TOKENS, 0)
         self.prompts: dict[str, PromptStat] = {}
+        #: structured answers (output_config.format or a tool call), tool calls, spoiled by invalid_output
+        self.structured = {"answers": 0, "tool_use": 0, "invalid": 0}
         self.batch = {"batches": 0, "requests": 0, "succeeded": 0, "errored": 0, "canceled": 0, **self.tokens}
 
     def started(self) -> None:
@@ -85,6 +87,7 @@ class Stats:
                 "extra_paid_calls": sum(s.paid - 1 for s in stats if s.paid > 1),
             },
             **extra,
+            "structured": dict(self.structured),
             "batch": dict(self.batch),
         }
         if not brief:
