@@ -59,7 +59,7 @@ SIGNATURE_HEADER = "X-Llmjobs-Signature"
 TIMESTAMP_HEADER = "X-Llmjobs-Timestamp"
 TIMEOUT = 10.0  # seconds per attempt
 # Seconds before each retry: ~24 h in all, then the delivery is marked failed.
-RETRY_DELAYS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 28800)
+RETRY_DELAYS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 28800, 28800, 3600)
 USER_AGENT = "llmjobs-webhooks/1"
 
 

@@ -80,31 +80,85 @@ def test_extraction_job_validates_every_answer_and_exports_one_column_per_field(
     assert float(rows[0]["cost_usd"]) > 0
 
 
-def test_an_invalid_answer_is_retried_once_with_the_error_then_fails_as_invalid_output(api):
-    schema = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
-    job = job_create(
+SCORE = {"type": "object", "properties": {"score": {"type": "integer"}}, "required": ["score"]}
+
+
+def score_job(n: int) -> BatchJob:
+    return job_create(
         name="scores",
-        template="Summarize: {text}",  # the simulator answers free text: never valid here
+        template="Rate this document from 1 to 5: {text}",
         model="claude-haiku-4-5",
-        texts=["one fine document", "another document"],
-        schema=schema,
+        texts=[f"document {i}: a fine text" for i in range(n)],
+        schema=SCORE,
     )
+
+
+def test_an_invalid_answer_is_retried_once_with_the_error_then_fails_as_invalid_output(api):
+    job = score_job(1)
+    api.inject("invalid_output", "invalid_output")  # the answer and its repair both break the schema
     report = process_job(job.pk)
     job.refresh_from_db()
     assert report.status == job.status == BatchJob.Status.FAILED
-    stats = api.stats()
-    assert stats["by_status"] == {"200": 4}  # each item: the answer, then one repair attempt; no more
-    for item in job.items.all():
-        assert item.status == Item.Status.FAILED and item.error_type == "invalid_output"
-        assert "not JSON" in item.error_message
-        assert item.output  # the raw text is kept
-        assert item.attempts == 2
-        assert item.input_tokens and item.output_tokens  # both attempts were paid: both counted
+    assert api.stats()["by_status"] == {"200": 2}  # the answer, then one repair attempt; no more
+    item = job.items.get()
+    assert item.status == Item.Status.FAILED and item.error_type == "invalid_output"
+    assert "after one repair attempt" in item.error_message
+    assert item.output  # the raw text is kept
+    assert item.attempts == 2
     jsonl = io.StringIO()
     job_export(job=job, fmt="jsonl", out=jsonl)
-    first = json.loads(jsonl.getvalue().splitlines()[0])
+    first = json.loads(jsonl.getvalue())
     assert first["status"] == "failed" and first["error"]["type"] == "invalid_output"
-    assert first["text"] and "output" not in first
+    assert first["text"] == item.output and "output" not in first
     rows = csv_rows(job)
     assert list(rows[0])[:3] == ["text", "score", "status"]
     assert rows[0]["score"] == "" and rows[0]["error"].startswith("invalid_output: ")
+
+
+def test_a_repaired_answer_succeeds_and_both_attempts_are_counted(api):
+    job = score_job(6)
+    api.inject("invalid_output")  # the first request's answer breaks the schema; its repair does not
+    report = process_job(job.pk)
+    job.refresh_from_db()
+    assert report.status == job.status == BatchJob.Status.SUCCEEDED
+    assert api.stats()["by_status"] == {"200": 7}
+    repaired = job.items.get(attempts=2)
+    others = job.items.exclude(pk=repaired.pk)
+    assert repaired.input_tokens > max(o.input_tokens for o in others)  # two requests, one longer
+    rows = csv_rows(job)
+    assert all(r["status"] == "succeeded" and r["score"].isdigit() for r in rows)
+
+
+def test_random_invalid_output_every_item_valid_or_failed_with_the_reason(api):
+    api.configure(invalid_output=0.3, seed=7)
+    try:
+        job = score_job(40)
+        process_job(job.pk)
+    finally:
+        api.configure(invalid_output=0.0)
+    validator = Draft202012Validator(SCORE)
+    items = list(job.items.all())
+    for item in items:
+        if item.status == Item.Status.SUCCEEDED:
+            assert not list(validator.iter_errors(json.loads(item.output)))
+        else:
+            assert (item.status, item.error_type, item.attempts) == (Item.Status.FAILED, "invalid_output", 2)
+    assert api.stats()["by_status"]["200"] == sum(item.attempts for item in items)
+    assert any(i.attempts == 2 and i.status == Item.Status.SUCCEEDED for i in items)  # repairs worked
+
+
+def test_a_model_without_output_config_gets_one_strict_forced_tool(api, monkeypatch):
+    from llmjobs import structured
+
+    monkeypatch.setattr(structured, "WITHOUT_OUTPUT_FORMAT", ("claude-haiku-4-5",))
+    job = job_create(
+        name="tool",
+        template="Extract the sentiment, product and reason from this ticket: {ticket}",
+        model="claude-haiku-4-5",
+        records=TICKETS,
+        schema=SCHEMA,
+    )
+    assert process_job(job.pk).status == BatchJob.Status.SUCCEEDED
+    assert api.stats()["structured"]["tool_use"] == 3
+    for item in job.items.all():
+        assert set(json.loads(item.output)) == {"sentiment", "product", "reason"}
