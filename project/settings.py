@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_tasks_db",
+    "ninja",  # the REST API's docs page, served from local static files (no CDN)
     "llmjobs",
 ]
 

@@ -62,8 +62,13 @@ def _out(request: HttpRequest, job: BatchJob) -> dict[str, Any]:
     return {**jobs.job_summary(job), "url": _job_url(request, job)}
 
 
+def _user(request: HttpRequest) -> Any:
+    """The token's user (set by ``TokenAuth``)."""
+    return getattr(request, "auth", None)
+
+
 async def _own_job(request: HttpRequest, job_id: int) -> BatchJob:
-    job = await BatchJob.objects.filter(pk=job_id, owner=request.auth).afirst()
+    job = await BatchJob.objects.filter(pk=job_id, owner=_user(request)).afirst()
     if job is None:
         raise Http404("no such job")
     return job
@@ -127,8 +132,8 @@ def _create(user: Any, payload: JobIn) -> BatchJob:
 
 
 @api.post("/jobs", response={201: CreatedOut}, url_name="job_create", summary="Create and queue a job")
-async def create_job(request: HttpRequest, payload: JobIn) -> Status:
-    job = await sync_to_async(_create)(request.auth, payload)
+async def create_job(request: HttpRequest, payload: JobIn) -> Status[dict[str, Any]]:
+    job = await sync_to_async(_create)(_user(request), payload)
     return Status(201, {"id": job.pk, "status": job.status, "url": _job_url(request, job)})
 
 
@@ -139,7 +144,7 @@ async def list_jobs(
     limit: int = Query(50, ge=1, le=500),  # type: ignore[type-arg]
     offset: int = Query(0, ge=0),  # type: ignore[type-arg]
 ) -> list[dict[str, Any]]:
-    queryset = BatchJob.objects.filter(owner=request.auth)
+    queryset = BatchJob.objects.filter(owner=_user(request))
     if status:
         queryset = queryset.filter(status=status)
     return [_out(request, job) async for job in queryset[offset : offset + limit]]
