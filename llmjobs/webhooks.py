@@ -141,15 +141,20 @@ def _job_saved(sender: Any, instance: BatchJob, update_fields: Any = None, **kwa
 
 
 def job_finished(job: BatchJob) -> WebhookDelivery | None:
-    """Record a ``job.finished`` delivery for ``job`` and enqueue it after commit."""
-    from .jobs import job_summary
-
+    """Record a ``job.finished`` delivery for ``job`` and enqueue it after commit. The body
+    is written by the first attempt, after commit, so it shows the job's final counters."""
     if not job.webhook_url:
         return None
-    body = json.dumps({"event": EVENT_FINISHED, "job": job_summary(job)}, ensure_ascii=False, separators=(",", ":"))
-    delivery = WebhookDelivery.objects.create(job=job, event=EVENT_FINISHED, url=job.webhook_url, body=body)
+    delivery = WebhookDelivery.objects.create(job=job, event=EVENT_FINISHED, url=job.webhook_url, body="")
     transaction.on_commit(lambda: _enqueue(delivery.pk))
     return delivery
+
+
+def event_body(job: BatchJob, event: str = EVENT_FINISHED) -> str:
+    """The JSON body of an event: ``{"event", "job": jobs.job_summary(job)}`` (compact)."""
+    from .jobs import job_summary
+
+    return json.dumps({"event": event, "job": job_summary(job)}, ensure_ascii=False, separators=(",", ":"))
 
 
 def _enqueue(delivery_id: int, run_after: datetime.datetime | None = None) -> bool:
@@ -195,6 +200,8 @@ def deliver(delivery_id: int) -> WebhookDelivery | None:
     if delivery is None or delivery.status != WebhookDelivery.Status.PENDING:
         return delivery
     owner = delivery.job.owner
+    if not delivery.body:  # the first attempt: the job as it is now, kept for every retry
+        delivery.body = event_body(delivery.job, delivery.event)
     body = delivery.body.encode()
     now = timezone.now()
     code: int | None = None

@@ -108,9 +108,11 @@ def test_a_refused_delivery_is_logged_and_scheduled_again(setup, receiver):
     )
     job_cancel(job=job)  # a final state: cancelled
     delivery = WebhookDelivery.objects.get(job=job)
-    assert json.loads(delivery.body)["job"]["status"] == "cancelled"
     run_worker()  # the first attempt; the retry is deferred (run_after), so the batch ends
     delivery.refresh_from_db()
+    event = json.loads(delivery.body)
+    assert event["job"]["status"] == "cancelled" and event["job"]["counts"]["cancelled"] == 1  # final counters
+    assert receiver.requests[0][1] == delivery.body.encode()
     assert len(receiver.requests) == 1
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("pending", 1, 503)
     assert delivery.last_error == "HTTP 503" and delivery.next_attempt_at is not None
