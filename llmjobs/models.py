@@ -11,6 +11,7 @@ Leases are QuerySet verbs too (``claim``, ``renew``, ``release``,
 from __future__ import annotations
 
 import datetime
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -165,8 +166,10 @@ class BatchJob(models.Model):
     task_id = models.CharField(max_length=64, blank=True, help_text="Id of the django.tasks result that runs the job.")
 
     # Structured extraction and notifications (issue 15).
-    output_schema = models.JSONField(
-        null=True, blank=True, help_text="JSON Schema (an object) every answer must match; empty for free text."
+    # Kept as text, not jsonb: PostgreSQL's jsonb reorders object keys, and the order of
+    # the schema's properties is the order of the export's columns. See ``output_schema``.
+    output_schema_json = models.TextField(
+        blank=True, help_text="JSON Schema (an object) every answer must match; empty for free text."
     )
     input_fields = models.JSONField(
         default=list, blank=True, help_text="The input's column names in their original order (for exports)."
@@ -194,6 +197,15 @@ class BatchJob(models.Model):
         return f"#{self.pk} {self.name}"
 
     # --- derived -----------------------------------------------------------------------
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The output JSON Schema (properties in their original order), or ``None``."""
+        return json.loads(self.output_schema_json) if self.output_schema_json else None
+
+    @output_schema.setter
+    def output_schema(self, schema: dict[str, Any] | None) -> None:
+        self.output_schema_json = json.dumps(schema, ensure_ascii=False) if schema else ""
 
     @property
     def done_count(self) -> int:

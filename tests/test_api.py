@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import pytest_asyncio
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
+from django.db import connections
 from django.test import AsyncClient
 
 from llmjobs.models import ApiToken, BatchJob
@@ -24,6 +26,14 @@ SCHEMA = {
     "properties": {"sentiment": {"type": ["string", "null"]}, "product": {"type": ["string", "null"]}},
     "required": ["sentiment", "product"],
 }
+
+
+@pytest_asyncio.fixture(autouse=True)
+async def close_thread_connections():
+    """The async views' ORM work ran on the shared sync thread: close its connections, so
+    that PostgreSQL can drop the test database at the end."""
+    yield
+    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
