@@ -147,18 +147,23 @@ def test_random_invalid_output_every_item_valid_or_failed_with_the_reason(api):
     assert any(i.attempts == 2 and i.status == Item.Status.SUCCEEDED for i in items)  # repairs worked
 
 
-def test_a_model_without_output_config_gets_one_strict_forced_tool(api, monkeypatch):
+@pytest.mark.parametrize("max_tokens", [300, 32_000], ids=["plain", "streamed"])  # 32k: sent as a stream
+@pytest.mark.parametrize("tool", [False, True], ids=["output_config", "forced_tool"])
+def test_structured_answers_plain_and_streamed_with_output_config_or_a_forced_tool(api, monkeypatch, tool, max_tokens):
     from llmjobs import structured
 
-    monkeypatch.setattr(structured, "WITHOUT_OUTPUT_FORMAT", ("claude-haiku-4-5",))
+    if tool:  # a model without output_config.format gets one strict tool it is forced to call
+        monkeypatch.setattr(structured, "WITHOUT_OUTPUT_FORMAT", ("claude-haiku-4-5",))
     job = job_create(
         name="tool",
         template="Extract the sentiment, product and reason from this ticket: {ticket}",
         model="claude-haiku-4-5",
         records=TICKETS,
         schema=SCHEMA,
+        max_tokens=max_tokens,
     )
     assert process_job(job.pk).status == BatchJob.Status.SUCCEEDED
-    assert api.stats()["structured"]["tool_use"] == 3
+    assert api.stats()["structured"]["tool_use"] == (3 if tool else 0)
+    assert api.stats()["by_status"] == {"200": 3}
     for item in job.items.all():
         assert set(json.loads(item.output)) == {"sentiment", "product", "reason"}
