@@ -18,6 +18,7 @@ from django.urls import reverse
 from ninja import NinjaAPI, Query, Status
 
 from .. import jobs
+from ..conf import llmjobs_settings
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
 from ..prompts import compile_template
@@ -76,11 +77,10 @@ async def _own_job(request: HttpRequest, job_id: int) -> BatchJob:
 
 def _check(payload: JobIn) -> tuple[str, dict[str, Any] | None]:
     """Form-equivalent checks, each error on its field. Returns (model, schema)."""
-    from ..web.forms import model_choices  # the form's own list of models
-
     errors: list[tuple[str, str]] = []
     model = (payload.model or "").strip()
-    choices = [value for value, _ in model_choices()]
+    conf = llmjobs_settings()  # the form's list of models: LLMJOBS_DEFAULT_MODEL first, then LLMJOBS_MODELS
+    choices = list(dict.fromkeys([m for m in (conf.default_model, *conf.models) if m]))
     if not model:
         model = choices[0] if choices else ""
     elif model not in choices:
