@@ -44,7 +44,7 @@ install: $(STAMP)
 
 run: install
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
-	DEBUG=$${DEBUG:-1} exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
+	DEBUG=$${DEBUG:-1} LLMJOBS_WEBHOOK_ALLOW_PRIVATE=$${LLMJOBS_WEBHOOK_ALLOW_PRIVATE:-1} exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(PY) -m pytest

@@ -8,6 +8,7 @@ rendering them inline, so a 100,000-item job opens instantly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from .jobs import (
     job_retry,
     preview_lines,
 )
-from .models import BatchJob, Item
+from .models import ApiToken, BatchJob, Item, WebhookDelivery
 from .security import may_act_on
 
 if TYPE_CHECKING:  # ModelAdmin is generic only in django-stubs
@@ -87,6 +88,8 @@ class BatchJobAdmin(_JobAdminBase):
         "finished_at",
         "last_error",
         "task_id",
+        "schema_display",
+        "webhook_url",
     )
     fieldsets = (
         (None, {"fields": ("name", "owner", "model", "status", "progress_display", "items_link")}),
@@ -95,6 +98,7 @@ class BatchJobAdmin(_JobAdminBase):
             {"fields": ("system_prompt", "prompt_template", "max_tokens", "stop_sequences")},
         ),
         ("Speed", {"fields": ("concurrency", "rate_limit_rpm")}),
+        ("Structured output and notifications", {"fields": ("schema_display", "webhook_url")}),
         ("Counters", {"fields": BatchJob.COUNTER_FIELDS}),
         ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error")}),
     )
@@ -111,6 +115,12 @@ class BatchJobAdmin(_JobAdminBase):
         if obj is not None and obj.status != BatchJob.Status.DRAFT:
             fields += self.frozen_fields
         return fields
+
+    @admin.display(description="output schema")
+    def schema_display(self, job: BatchJob) -> str:
+        if not job.output_schema:
+            return "none (free text)"
+        return format_html("<pre>{}</pre>", json.dumps(job.output_schema, indent=2, ensure_ascii=False))
 
     @admin.display(description="progress")
     def progress_display(self, job: BatchJob) -> str:
@@ -297,3 +307,54 @@ class ItemAdmin(_ItemAdminBase):
     @admin.display(description="output")
     def short_output(self, item: Item) -> str:
         return Truncator(item.output).chars(120)  # plain text: escaped by the admin
+
+
+# --- REST API tokens and webhook deliveries ---------------------------------------------
+
+if TYPE_CHECKING:
+    _TokenAdminBase = admin.ModelAdmin[ApiToken]
+    _DeliveryAdminBase = admin.ModelAdmin[WebhookDelivery]
+else:
+    _TokenAdminBase = _DeliveryAdminBase = admin.ModelAdmin
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(_TokenAdminBase):
+    """Adding a token shows it once (only its hash is stored); deleting one revokes it."""
+
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at")
+    list_filter = ("user",)
+    search_fields = ("name", "prefix", "user__username")
+    fields = ("user", "name", "prefix", "created_at", "last_used_at")
+    readonly_fields = ("prefix", "created_at", "last_used_at")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        from .tokens import token_create
+
+        row, token = token_create(user=obj.user, name=obj.name)
+        obj.pk, obj.prefix, obj.token_hash, obj.created_at = row.pk, row.prefix, row.token_hash, row.created_at
+        self.message_user(
+            request, f"The new token for {obj.user} (copy it now, it is not shown again): {token}", messages.WARNING
+        )
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(_DeliveryAdminBase):
+    """The delivery log: read-only."""
+
+    list_display = ("id", "job", "event", "status", "attempts", "last_status_code", "created_at", "next_attempt_at")
+    list_filter = ("status", "event")
+    search_fields = ("url", "job__name")
+    list_select_related = ("job",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in WebhookDelivery._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

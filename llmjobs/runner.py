@@ -43,6 +43,7 @@ from .conf import api_target, llmjobs_settings
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
+from .structured import make_validator
 
 __all__ = ["JobRunner", "RunReport", "engine_counter", "preview_job", "process_job", "run_job"]
 
@@ -260,6 +261,8 @@ class JobRunner:
         claim = self._db(self._claim)
         wait_for_leases = self._db(self._next_foreign_lease_expiry)
         claimed = 0
+        schema = self.job.output_schema if self.job is not None else None
+        validate = make_validator(schema) if schema else None  # structured output: checked, repaired once
         while not self._stopping:
             if self.limit is not None and claimed >= self.limit:
                 return
@@ -279,7 +282,7 @@ class JobRunner:
             for item_id, params in batch:
                 if self._stopping:
                     return
-                yield Call(key=item_id, params=params)
+                yield Call(key=item_id, params=params, validate=validate)
 
     def _claim(self) -> list[tuple[int, dict[str, Any]]]:
         job = self.job

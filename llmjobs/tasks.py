@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django.tasks import task
 
-__all__ = ["process_job_task"]
+__all__ = ["deliver_webhook_task", "process_job_task"]
 
 
 @task()
@@ -23,3 +23,12 @@ def process_job_task(job_id: int) -> None:
     if job is None:
         raise BatchJob.DoesNotExist(f"job {job_id} does not exist")
     job_run(job=job)
+
+
+@task()
+def deliver_webhook_task(delivery_id: int) -> None:
+    """One attempt at a webhook delivery; a failed attempt enqueues the next one, deferred
+    (``webhooks.deliver``). Runs on a worker, never in a request."""
+    from .webhooks import deliver
+
+    deliver(delivery_id)

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_tasks_db",
+    "ninja",  # the REST API's docs page, served from local static files (no CDN)
     "llmjobs",
 ]
 
@@ -151,6 +152,8 @@ LLMJOBS_LEASE_SECONDS = float(os.environ.get("LLMJOBS_LEASE_SECONDS", "30"))
 LLMJOBS_MAX_ITEMS = int(os.environ.get("LLMJOBS_MAX_ITEMS", "100000"))
 LLMJOBS_MAX_ITEM_CHARS = int(os.environ.get("LLMJOBS_MAX_ITEM_CHARS", "100000"))
 LLMJOBS_MAX_UPLOAD_BYTES = int(os.environ.get("LLMJOBS_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))
+LLMJOBS_WEBHOOK_ALLOW_PRIVATE = os.environ.get("LLMJOBS_WEBHOOK_ALLOW_PRIVATE", "") not in ("", "0", "false", "no")
+LLMJOBS_API_RATE_LIMIT = int(os.environ.get("LLMJOBS_API_RATE_LIMIT", "120"))
 
 # --- security / deploy -------------------------------------------------------
 # Production switches, all from the environment (see the README's "Deploying"

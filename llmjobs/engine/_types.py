@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,15 @@ class Call:
     ``max_tokens``, ``messages``, ``system``, ``stop_sequences``, ``metadata``...).
     ``stream=True`` sends a streaming request: it records the time to first
     token and is guarded by first-token and idle timeouts.
+    ``validate(text, stop_reason)``, when given, checks each answer: ``None`` if it
+    is acceptable, else why not; an unacceptable answer is repaired once, then the
+    item fails as ``invalid_output`` (see ``repair``).
     """
 
     key: Hashable
     params: Mapping[str, Any]
     stream: bool = False
+    validate: Callable[[str | None, str | None], str | None] | None = None
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, R
 from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
+from .repair import add_usage, invalid_outcome, repair_params, tool_answer
 from .retry import (
     ABORT,
     FAIL,
@@ -75,6 +76,8 @@ class _Job:
         "last_error",
         "out_cost",
         "params",
+        "repaired",
+        "spent",
         "started",
         "stream",
         "timeouts",
@@ -97,6 +100,8 @@ class _Job:
         self.timeouts = 0
         self.started: float | None = None
         self.last_error: Verdict | None = None
+        self.repaired = False  # an invalid answer was sent back once (see repair)
+        self.spent: dict[str, Any] | None = None  # usage of answers that were not kept
 
 
 class _Latency:
@@ -539,7 +544,29 @@ class _Run:
         st.output_tokens += out_tokens or 0
         st.cache_creation_input_tokens += usage.get("cache_creation_input_tokens") or 0
         st.cache_read_input_tokens += usage.get("cache_read_input_tokens") or 0
+        if job.call.validate is not None and self._review(job, outcome):
+            return  # sent back once with the validation error
         self._emit(job, outcome)  # a finished call is reported even while cancelling or aborting
+
+    def _review(self, job: _Job, outcome: Outcome) -> bool:
+        """Validate a structured answer; True when the job was queued again to repair it."""
+        assert job.call.validate is not None
+        error = job.call.validate(outcome.text, outcome.stop_reason)
+        outcome.usage = add_usage(job.spent, outcome.usage)
+        if error is None:
+            return False
+        if job.repaired or self._state != _RUNNING:
+            invalid_outcome(outcome, error)
+            return False
+        job.repaired = True
+        job.spent = outcome.usage
+        job.params = repair_params(job.params, outcome.text, error)
+        job.in_raw = estimate_input_tokens(job.params)
+        self.stats.retries += 1
+        self._hseq += 1
+        heapq.heappush(self._heap, (self.gov.now(), self._hseq, job))
+        self._wake()
+        return True
 
     async def _plain_attempt(self, job: _Job, ticket: Ticket) -> tuple[Outcome, Any]:
         timeout = self.engine._attempt_timeout(job)
@@ -554,6 +581,8 @@ class _Run:
         try:
             data = loads(response.content)
             parts = [b.get("text", "") for b in data["content"] if b.get("type") == "text"]
+            if not parts:  # a forced tool (structured output's fallback): its input is the answer
+                parts = tool_answer(data["content"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidResponse(
                 f"the API answered {response.status_code} with a body that is not a message: {response.content[:80]!r}"

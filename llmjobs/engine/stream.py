@@ -70,12 +70,13 @@ def _stream_error(data: bytes) -> StreamError:
 class StreamState:
     """What a stream told us so far (shared by the engine and :class:`TextStream`)."""
 
-    __slots__ = ("finished", "message_id", "model", "parts", "started", "stop_reason", "ttft", "usage")
+    __slots__ = ("finished", "message_id", "model", "parts", "started", "stop_reason", "tool_parts", "ttft", "usage")
 
     def __init__(self, started: float) -> None:
         self.message_id: str | None = None
         self.model: str | None = None
         self.parts: list[str] = []
+        self.tool_parts: list[str] = []  # input_json_delta of a tool call (a forced tool's answer)
         self.stop_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.started = started
@@ -92,6 +93,9 @@ class StreamState:
                     self.ttft = now - self.started
                 self.parts.append(text)
                 return text
+            partial = d.get("partial_json")
+            if partial is not None:
+                self.tool_parts.append(partial)
             if self.ttft is None:
                 self.ttft = now - self.started
             return None
@@ -120,7 +124,8 @@ class StreamState:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        """The answer's text; with no text at all, the JSON a tool call streamed (structured output)."""
+        return "".join(self.parts) if self.parts or not self.tool_parts else "".join(self.tool_parts)
 
 
 class TextStream:
