@@ -44,7 +44,7 @@ install: $(STAMP)
 
 run: install
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
-	DEBUG=$${DEBUG:-1} exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
+	DEBUG=$${DEBUG:-1} LLMJOBS_WEBHOOK_ALLOW_PRIVATE=$${LLMJOBS_WEBHOOK_ALLOW_PRIVATE:-1} exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(PY) -m pytest
@@ -57,12 +57,14 @@ lint: install
 # The database-facing tests again on PostgreSQL (what a multi-machine team runs).
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 test-postgres: install
-	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py
 
 bench: install
 	$(PY) bench/simulator.py
 	$(PY) bench/engine.py
+	$(PY) bench/limits.py
 	$(PY) bench/runner.py
+	$(PY) bench/faults.py
 	$(PY) bench/web.py
 
 worker: install

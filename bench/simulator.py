@@ -2,7 +2,7 @@
 
 Starts ``python -m llmjobs.simulator`` (no latency, no limits, no faults) and
 drives ``POST /v1/messages`` with keep-alive aiohttp clients, in one or more
-client processes, then once through the real SDK (AsyncAnthropic with
+client processes (plain, streaming and structured-output requests), then once through the real SDK (AsyncAnthropic with
 DefaultAioHttpClient) for reference. Prints a table. Goal: >= 2,000 req/s.
 
     .venv/bin/python bench/simulator.py [--duration 5] [--concurrency 64,256] [--processes 1,2]
@@ -29,22 +29,40 @@ MODEL = "claude-haiku-4-5"
 HEADERS = {"x-api-key": "bench", "anthropic-version": "2023-06-01", "content-type": "application/json"}
 
 
-def _payload(i: int, stream: bool) -> bytes:
+#: The output schema of the structured row: an extraction job's typical shape.
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "sentiment": {"type": "string", "enum": ["positive", "negative", "neutral"]},
+        "product": {"type": "string"},
+        "reason": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["sentiment", "product", "reason"],
+    "additionalProperties": False,
+}
+
+
+def _payload(i: int, stream: bool, structured: bool = False) -> bytes:
     # A small set of distinct prompts, like a batch job with repeats.
-    return orjson.dumps(
-        {
-            "model": MODEL,
-            "max_tokens": 256,
-            "stream": stream,
-            "messages": [{"role": "user", "content": f"Summarize document {i % 500}: the quick brown fox."}],
-        }
-    )
+    request = {
+        "model": MODEL,
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": f"Summarize document {i % 500}: the quick brown fox."}],
+    }
+    if structured:
+        request["messages"] = [{"role": "user", "content": f"Ticket {i % 500}: the SuperBlender broke, refund please."}]
+        request["output_config"] = {"format": {"type": "json_schema", "schema": SCHEMA}}
+    return orjson.dumps(request)
 
 
-async def _drive(base_url: str, concurrency: int, duration: float, stream: bool) -> tuple[int, int, float, list[float]]:
+async def _drive(
+    base_url: str, concurrency: int, duration: float, stream: bool, structured: bool = False
+) -> tuple[int, int, float, list[float]]:
     """Run ``concurrency`` keep-alive workers for ``duration`` s: (ok, errors, elapsed, latencies)."""
     url = base_url + "/v1/messages"
-    bodies = [_payload(i, stream) for i in range(500)]
+    bodies = [_payload(i, stream, structured) for i in range(500)]
     latencies: list[float] = []
     errors = 0
     connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
@@ -69,22 +87,24 @@ async def _drive(base_url: str, concurrency: int, duration: float, stream: bool)
     return len(latencies) - errors, errors, elapsed, latencies
 
 
-def _client_process(base_url: str, concurrency: int, duration: float, stream: bool, queue) -> None:
+def _client_process(base_url: str, concurrency: int, duration: float, stream: bool, queue, structured=False) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    queue.put(asyncio.run(_drive(base_url, concurrency, duration, stream)))
+    queue.put(asyncio.run(_drive(base_url, concurrency, duration, stream, structured)))
 
 
-def run_raw(base_url: str, concurrency: int, processes: int, duration: float, stream: bool) -> dict:
+def run_raw(
+    base_url: str, concurrency: int, processes: int, duration: float, stream: bool, structured: bool = False
+) -> dict:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     per_process = max(1, concurrency // processes)
     workers = [
-        ctx.Process(target=_client_process, args=(base_url, per_process, duration, stream, queue))
+        ctx.Process(target=_client_process, args=(base_url, per_process, duration, stream, queue, structured))
         for _ in range(processes)
     ]
     for proc in workers:
@@ -96,9 +116,8 @@ def run_raw(base_url: str, concurrency: int, processes: int, duration: float, st
     errors = sum(r[1] for r in results)
     elapsed = max(r[2] for r in results)
     latencies = [lat for r in results for lat in r[3]]
-    return _row(
-        f"aiohttp raw{' stream' if stream else ''}", per_process * processes, processes, ok, errors, elapsed, latencies
-    )
+    name = f"aiohttp raw{' stream' if stream else ''}{' structured' if structured else ''}"
+    return _row(name, per_process * processes, processes, ok, errors, elapsed, latencies)
 
 
 async def _sdk(base_url: str, concurrency: int, total: int) -> tuple[int, int, float, list[float]]:
@@ -173,6 +192,7 @@ def main() -> None:
     parser.add_argument("--sdk-requests", type=int, default=3000, help="requests for the SDK reference row")
     parser.add_argument("--sdk-concurrency", type=int, default=64)
     parser.add_argument("--no-stream", action="store_true", help="skip the streaming row")
+    parser.add_argument("--no-structured", action="store_true", help="skip the structured-output row")
     args = parser.parse_args()
 
     rows = []
@@ -186,6 +206,10 @@ def main() -> None:
         if not args.no_stream:
             sim.reset()
             rows.append(run_raw(sim.base_url, int(args.concurrency.split(",")[0]), 1, args.duration, stream=True))
+        if not args.no_structured:  # output_config.format with a JSON schema
+            sim.reset()
+            concurrency = int(args.concurrency.split(",")[0])
+            rows.append(run_raw(sim.base_url, concurrency, 1, args.duration, stream=False, structured=True))
         sim.reset()
         rows.append(run_sdk(sim.base_url, args.sdk_concurrency, args.sdk_requests))
         stats = sim.stats(brief=True)

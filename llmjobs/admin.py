@@ -8,6 +8,7 @@ rendering them inline, so a 100,000-item job opens instantly.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.text import Truncator
 
+from .admin_forms import BatchJobAdminForm
+from .api_errors import PreviewError
 from .exceptions import JobStateError
 from .jobs import (
     PREVIEW_COUNT,
@@ -31,7 +34,8 @@ from .jobs import (
     job_retry,
     preview_lines,
 )
-from .models import BatchJob, Item
+from .models import ApiToken, BatchJob, Item, WebhookDelivery
+from .security import may_act_on
 
 if TYPE_CHECKING:  # ModelAdmin is generic only in django-stubs
     _JobAdminBase = admin.ModelAdmin[BatchJob]
@@ -84,6 +88,8 @@ class BatchJobAdmin(_JobAdminBase):
         "finished_at",
         "last_error",
         "task_id",
+        "schema_display",
+        "webhook_url",
     )
     fieldsets = (
         (None, {"fields": ("name", "owner", "model", "status", "progress_display", "items_link")}),
@@ -92,12 +98,29 @@ class BatchJobAdmin(_JobAdminBase):
             {"fields": ("system_prompt", "prompt_template", "max_tokens", "stop_sequences")},
         ),
         ("Speed", {"fields": ("concurrency", "rate_limit_rpm")}),
+        ("Structured output and notifications", {"fields": ("schema_display", "webhook_url")}),
         ("Counters", {"fields": BatchJob.COUNTER_FIELDS}),
         ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error")}),
     )
 
+    form = BatchJobAdminForm  # the web form's checks: template against the items, model, limits
+    # What a job ran with is history once it left the draft state.
+    frozen_fields = ("model", "system_prompt", "prompt_template", "max_tokens", "stop_sequences")
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs come with items: create them with the web form or `manage.py submit_job`
+
+    def get_readonly_fields(self, request: HttpRequest, obj: BatchJob | None = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        if obj is not None and obj.status != BatchJob.Status.DRAFT:
+            fields += self.frozen_fields
+        return fields
+
+    @admin.display(description="output schema")
+    def schema_display(self, job: BatchJob) -> str:
+        if not job.output_schema:
+            return "none (free text)"
+        return format_html("<pre>{}</pre>", json.dumps(job.output_schema, indent=2, ensure_ascii=False))
 
     @admin.display(description="progress")
     def progress_display(self, job: BatchJob) -> str:
@@ -123,13 +146,34 @@ class BatchJobAdmin(_JobAdminBase):
         )
 
     # --- actions ---------------------------------------------------------------------
+    # Each action declares the permission it needs (Django hides it and refuses a
+    # forged POST without it), and acts only on jobs the user may change: their
+    # own, or anyone's with change_batchjob (see security.may_act_on).
+
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("llmjobs.run_batchjob")
+
+    def has_cancel_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("llmjobs.cancel_batchjob")
+
+    def _actionable(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> list[BatchJob]:
+        """The selected jobs this user may act on; the others are refused, one message each."""
+        jobs = []
+        for job in queryset:
+            if may_act_on(request.user, job):
+                jobs.append(job)
+            else:
+                self.message_user(
+                    request, f"#{job.pk}: not yours, and you may not change others' jobs.", messages.ERROR
+                )
+        return jobs
 
     def _for_each(
         self, request: HttpRequest, queryset: QuerySet[BatchJob], service: Callable[..., object], done: str
     ) -> None:
         """Call ``service(job=...)`` on each selected job; report refusals per job, successes once."""
         count = 0
-        for job in queryset:
+        for job in self._actionable(request, queryset):
             try:
                 service(job=job)
             except JobStateError as exc:
@@ -139,17 +183,17 @@ class BatchJobAdmin(_JobAdminBase):
         if count:
             self.message_user(request, done.format(count=count), messages.SUCCESS)
 
-    @admin.action(description="Run in background")
+    @admin.action(description="Run in background", permissions=["run"])
     def run_in_background(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         self._for_each(request, queryset, job_enqueue, "{count} job(s) queued for the workers.")
 
-    @admin.action(description="Cancel")
+    @admin.action(description="Cancel", permissions=["cancel"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
         self._for_each(request, queryset, job_cancel, "{count} job(s) cancelled.")
 
-    @admin.action(description="Retry failed and cancelled items")
+    @admin.action(description="Retry failed and cancelled items", permissions=["run"])
     def retry_failed(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
-        for job in queryset:
+        for job in self._actionable(request, queryset):
             try:
                 count = job_retry(job=job, enqueue=True)
             except JobStateError as exc:
@@ -169,19 +213,22 @@ class BatchJobAdmin(_JobAdminBase):
             return None
         return job_export_response(job=jobs[0], fmt=fmt)
 
-    @admin.action(description="Export results as CSV")
+    @admin.action(description="Export results as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponseBase | None:
         return self._export(request, queryset, "csv")
 
-    @admin.action(description="Export results as JSONL")
+    @admin.action(description="Export results as JSONL", permissions=["view"])
     def export_jsonl(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> HttpResponseBase | None:
         return self._export(request, queryset, "jsonl")
 
-    @admin.action(description=f"Preview: run the first {PREVIEW_COUNT} pending items now")
+    @admin.action(description=f"Preview: run the first {PREVIEW_COUNT} pending items now", permissions=["run"])
     def preview(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
-        for job in queryset[:10]:
+        for job in self._actionable(request, queryset[:10]):
             try:
                 results = job_preview(job=job)
+            except PreviewError as exc:  # the API refused the run (bad key, no permission): plain words
+                self.message_user(request, f"#{job.pk}: preview failed: {exc}", messages.ERROR)
+                continue
             except Exception as exc:  # show the operator what went wrong
                 self.message_user(request, f"#{job.pk}: preview failed: {type(exc).__name__}: {exc}", messages.ERROR)
                 continue
@@ -260,3 +307,54 @@ class ItemAdmin(_ItemAdminBase):
     @admin.display(description="output")
     def short_output(self, item: Item) -> str:
         return Truncator(item.output).chars(120)  # plain text: escaped by the admin
+
+
+# --- REST API tokens and webhook deliveries ---------------------------------------------
+
+if TYPE_CHECKING:
+    _TokenAdminBase = admin.ModelAdmin[ApiToken]
+    _DeliveryAdminBase = admin.ModelAdmin[WebhookDelivery]
+else:
+    _TokenAdminBase = _DeliveryAdminBase = admin.ModelAdmin
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(_TokenAdminBase):
+    """Adding a token shows it once (only its hash is stored); deleting one revokes it."""
+
+    list_display = ("prefix", "user", "name", "created_at", "last_used_at")
+    list_filter = ("user",)
+    search_fields = ("name", "prefix", "user__username")
+    fields = ("user", "name", "prefix", "created_at", "last_used_at")
+    readonly_fields = ("prefix", "created_at", "last_used_at")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        from .tokens import token_create
+
+        row, token = token_create(user=obj.user, name=obj.name)
+        obj.pk, obj.prefix, obj.token_hash, obj.created_at = row.pk, row.prefix, row.token_hash, row.created_at
+        self.message_user(
+            request, f"The new token for {obj.user} (copy it now, it is not shown again): {token}", messages.WARNING
+        )
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(_DeliveryAdminBase):
+    """The delivery log: read-only."""
+
+    list_display = ("id", "job", "event", "status", "attempts", "last_status_code", "created_at", "next_attempt_at")
+    list_filter = ("status", "event")
+    search_fields = ("url", "job__name")
+    list_select_related = ("job",)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in WebhookDelivery._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -7,4 +7,7 @@ class LlmjobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import conf  # noqa: F401  (connects the setting_changed receiver that clears the settings cache)
+        from . import (
+            conf,  # noqa: F401  (connects the setting_changed receiver that clears the settings cache)
+            webhooks,  # noqa: F401  (connects the receiver that sends job.finished webhooks)
+        )

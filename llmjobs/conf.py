@@ -79,6 +79,10 @@ class LLMJobsSettings:
     max_items: int = _setting(100_000, "Most items in one job.")
     max_item_chars: int = _setting(100_000, "Largest single item, in characters of field values.")
     max_upload_bytes: int = _setting(50 * 1024 * 1024, "Largest upload, in bytes (50 MiB).")
+    webhook_allow_private: bool = _setting(
+        False, "Allow webhook URLs on private, loopback or link-local addresses (tests, `make run`); off in production."
+    )
+    api_rate_limit: int = _setting(120, "REST API requests per minute per user (0 = unlimited).")
 
     @classmethod
     def from_django(cls) -> LLMJobsSettings:

@@ -13,7 +13,7 @@ change jobs or items on their own.
   on every surface: ``Item.RETRYABLE_STATUSES``).
 - ``job_preview``: run the first ``PREVIEW_COUNT`` pending items now.
 - ``job_export`` / ``job_export_lines`` / ``job_export_response``: results in
-  input order, streamed, as CSV or JSONL (one table of formats, ``EXPORT_FORMATS``).
+  input order, streamed, as CSV or JSONL (built in ``exports``, re-exported here).
 - ``recover_stalled_jobs``: re-enqueue running jobs whose runner died.
 
 Errors are ``JobInputError`` (bad input) and ``JobStateError`` (not now), from
@@ -22,23 +22,36 @@ Errors are ``JobInputError`` (bad input) and ``JobStateError`` (not now), from
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, Literal, TextIO
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.db import transaction
-from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.text import Truncator
 
 from .exceptions import JobInputError, JobStateError
+from .exports import (
+    EXPORT_FIELDS,
+    EXPORT_FORMATS,
+    ExportFormat,
+    export_columns,
+    export_filename,
+    export_jsonl_line,
+    job_export,
+    job_export_lines,
+    job_export_response,
+    job_export_rows,
+    job_results_lines,
+    job_summary,
+)
 from .models import BatchJob, Item
 from .parsing import iter_file, iter_records, iter_texts
 from .prompts import compile_template
+from .structured import check_schema
 
 if TYPE_CHECKING:
     from .engine import Outcome
@@ -51,6 +64,9 @@ __all__ = [
     "ExportFormat",
     "JobInputError",
     "JobStateError",
+    "export_columns",
+    "export_filename",
+    "export_jsonl_line",
     "job_cancel",
     "job_create",
     "job_enqueue",
@@ -59,8 +75,10 @@ __all__ = [
     "job_export_response",
     "job_export_rows",
     "job_preview",
+    "job_results_lines",
     "job_retry",
     "job_run",
+    "job_summary",
     "preview_lines",
     "recover_stalled_jobs",
 ]
@@ -68,8 +86,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BULK_BATCH_SIZE = 2000
-EXPORT_CHUNK_SIZE = 2000
-EXPORT_LINES_PER_HOP = 500  # lines read per trip to the ORM thread when streaming an export under ASGI
 PREVIEW_COUNT = 5  # items a preview runs now, on every surface
 CUSTOM_ID_FIELDS = ("custom_id", "id")
 CUSTOM_ID_MAX_LENGTH = 255
@@ -123,8 +139,15 @@ def job_create(
     column: str | None = None,
     field: str | None = None,
     fmt: str | None = None,
+    schema: Mapping[str, Any] | str | None = None,
+    webhook_url: str = "",
 ) -> BatchJob:
     """Create a draft job and its items from exactly one source.
+
+    ``schema`` (a JSON Schema object, or its JSON text) makes it an extraction job:
+    every answer must be JSON matching it (``structured``). ``webhook_url`` gets a
+    signed ``job.finished`` event when the job ends (``webhooks``); private and
+    loopback addresses are refused unless ``LLMJOBS_WEBHOOK_ALLOW_PRIVATE``.
 
     Sources: ``texts`` (a list of texts, or one pasted string split into
     lines), ``records`` (dicts of fields), or a file (``file_name`` +
@@ -160,6 +183,12 @@ def job_create(
             raise JobInputError(f"a stop sequence must be text that is not only whitespace, got {stop!r}")
     template = template or ""
     compiled = compile_template(template)  # syntax errors before reading any data
+    output_schema = check_schema(schema)
+    webhook_url = (webhook_url or "").strip()
+    if webhook_url:
+        from .webhooks import check_webhook_url
+
+        check_webhook_url(webhook_url)
 
     sources = [s for s in (texts, records, file_data) if s is not None]
     if len(sources) != 1:
@@ -175,9 +204,12 @@ def job_create(
 
     # Parse and check every item before writing anything.
     rows: list[tuple[dict[str, Any], str]] = []
+    input_fields: dict[str, None] = {}  # column names in the order they came in
     for where, fields in located:
         compiled.check(fields, where)
         rows.append((fields, _custom_id(fields, where)))
+        if len(input_fields) < 1000:
+            input_fields.update(dict.fromkeys(fields))
     if not rows:
         what = "the file has" if file_data is not None else "the input has"
         raise JobInputError(f"no items: {what} no data, only blank lines")
@@ -194,6 +226,9 @@ def job_create(
             concurrency=concurrency,
             rate_limit_rpm=rate_limit_rpm,
             total=len(rows),
+            output_schema_json=json.dumps(output_schema, ensure_ascii=False) if output_schema else "",
+            input_fields=list(input_fields),
+            webhook_url=webhook_url,
         )
         _insert_items(job, rows)
     return job
@@ -432,114 +467,3 @@ def preview_lines(results: Sequence[tuple[Item, Outcome]]) -> list[str]:
                 f"{Truncator(outcome.error_message or '').chars(300)}"
             )
     return lines
-
-
-# --- export ---------------------------------------------------------------------------
-
-EXPORT_FIELDS = (
-    "position",
-    "custom_id",
-    "input",
-    "status",
-    "output",
-    "stop_reason",
-    "error_type",
-    "error_message",
-    "input_tokens",
-    "output_tokens",
-    "latency_ms",
-    "ttft_ms",
-    "attempts",
-)
-
-
-def job_export_rows(job: BatchJob) -> Iterator[dict[str, Any]]:
-    """Every item of ``job`` as a dict of ``EXPORT_FIELDS``, in input order, streamed."""
-    queryset = Item.objects.filter(job_id=job.pk).order_by("position").values_list(*EXPORT_FIELDS)
-    for values in queryset.iterator(chunk_size=EXPORT_CHUNK_SIZE):
-        yield dict(zip(EXPORT_FIELDS, values))
-
-
-class _Echo:
-    """A file-like object whose write returns what it was given (for csv.writer)."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
-def _csv_value(key: str, value: Any) -> Any:
-    if key == "input":
-        return json.dumps(value, ensure_ascii=False)
-    return "" if value is None else value
-
-
-ExportFormat = Literal["csv", "jsonl"]
-
-# format -> Content-Type of its download
-EXPORT_FORMATS: dict[str, str] = {
-    "csv": "text/csv; charset=utf-8",
-    "jsonl": "application/x-ndjson; charset=utf-8",
-}
-
-
-def _check_format(fmt: str) -> None:
-    if fmt not in EXPORT_FORMATS:
-        raise JobInputError(f"unknown export format {fmt!r}: use csv or jsonl")
-
-
-def job_export_lines(job: BatchJob, fmt: ExportFormat) -> Iterator[str]:
-    """The export as text lines (CSV with a header row, or JSONL), for streaming responses."""
-    _check_format(fmt)
-    if fmt == "csv":
-        writer = csv.writer(_Echo())
-        yield writer.writerow(EXPORT_FIELDS)
-        for row in job_export_rows(job):
-            yield writer.writerow([_csv_value(k, v) for k, v in row.items()])
-    else:
-        for row in job_export_rows(job):
-            yield json.dumps(row, ensure_ascii=False) + "\n"
-
-
-async def _aiter_in_thread(lines: Iterator[str]) -> AsyncIterator[str]:
-    """A sync iterator of export lines, read in the ORM's thread in hops of many lines."""
-
-    def hop() -> list[str]:
-        chunk = []
-        for line in lines:
-            chunk.append(line)
-            if len(chunk) >= EXPORT_LINES_PER_HOP:
-                break
-        return chunk
-
-    read = sync_to_async(hop)
-    while chunk := await read():
-        yield "".join(chunk)
-
-
-def job_export_response(*, job: BatchJob, fmt: ExportFormat, asgi: bool = False) -> StreamingHttpResponse:
-    """The export as a streamed download (``job-<id>.<fmt>``): the admin's and the pages' one builder.
-
-    Under ASGI (``asgi=True``) the content is an async iterator that reads the
-    database in hops on the ORM's thread; a sync iterator would be buffered whole.
-    """
-    _check_format(fmt)
-    lines = job_export_lines(job, fmt)
-    content: Any = _aiter_in_thread(lines) if asgi else lines
-    response = StreamingHttpResponse(content, content_type=EXPORT_FORMATS[fmt])
-    response["Content-Disposition"] = f'attachment; filename="job-{job.pk}.{fmt}"'
-    return response
-
-
-def job_export(*, job: BatchJob, fmt: ExportFormat, out: TextIO) -> int:
-    """Write the export to ``out``; returns the number of items written.
-
-    Columns: ``EXPORT_FIELDS``. In CSV the input fields are one JSON column and
-    empty values are empty cells; in JSONL they are an object and ``null``.
-    Open files for CSV with ``newline=""``.
-    """
-    _check_format(fmt)
-    count = -1 if fmt == "csv" else 0
-    for line in job_export_lines(job, fmt):
-        out.write(line)
-        count += 1
-    return count

@@ -11,6 +11,7 @@ Leases are QuerySet verbs too (``claim``, ``renew``, ``release``,
 from __future__ import annotations
 
 import datetime
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +21,7 @@ from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-__all__ = ["PRICES_PER_MTOK", "BatchJob", "Item", "estimate_cost"]
+__all__ = ["PRICES_PER_MTOK", "ApiToken", "BatchJob", "Item", "WebhookDelivery", "WebhookSecret", "estimate_cost"]
 
 # USD per million tokens, (input, output), for the *estimate* shown on a job.
 # This is an estimate, not a bill: it ignores prompt caching, long-context
@@ -66,10 +67,10 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         return self.filter(status__in=BatchJob.FINISHED_STATUSES)
 
     def for_user(self, user: Any) -> BatchJobQuerySet:
-        """The jobs ``user`` may see: staff see every job, others their own."""
+        """The jobs ``user`` may see: their own, or every job with ``llmjobs.view_batchjob``."""
         if user is None or not getattr(user, "is_authenticated", False):
             return self.none()
-        if user.is_staff or user.is_superuser:
+        if user.has_perm("llmjobs.view_batchjob"):  # True for active superusers; is_staff alone is not enough
             return self.all()
         return self.filter(owner=user)
 
@@ -92,7 +93,7 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
 
 class BatchJob(models.Model):
     class Status(models.TextChoices):
-        DRAFT = "draft", "Draft"
+        DRAFT = "draft", "Not started"  # the value stays "draft"; people read "Not started"
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
@@ -163,12 +164,31 @@ class BatchJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     task_id = models.CharField(max_length=64, blank=True, help_text="Id of the django.tasks result that runs the job.")
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When the job was last queued for a worker.")
+    source_job = models.ForeignKey(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="clones", help_text="Cloned from."
+    )
+
+    # Structured extraction and notifications (issue 15).
+    # Kept as text, not jsonb: PostgreSQL's jsonb reorders object keys, and the order of
+    # the schema's properties is the order of the export's columns. See ``output_schema``.
+    output_schema_json = models.TextField(
+        blank=True, help_text="JSON Schema (an object) every answer must match; empty for free text."
+    )
+    input_fields = models.JSONField(
+        default=list, blank=True, help_text="The input's column names in their original order (for exports)."
+    )
+    webhook_url = models.URLField(max_length=2000, blank=True, help_text="POSTed a signed job.finished event.")
 
     objects = BatchJobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name = "batch job"
+        permissions = [
+            ("run_batchjob", "Can run, preview and retry batch jobs (spends API money)"),
+            ("cancel_batchjob", "Can cancel batch jobs"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(max_tokens__gte=1), name="llmjobs_job_max_tokens_gte_1"),
             models.CheckConstraint(
@@ -185,6 +205,15 @@ class BatchJob(models.Model):
         return f"#{self.pk} {self.name}"
 
     # --- derived -----------------------------------------------------------------------
+
+    @property
+    def output_schema(self) -> dict[str, Any] | None:
+        """The output JSON Schema (properties in their original order), or ``None``."""
+        return json.loads(self.output_schema_json) if self.output_schema_json else None
+
+    @output_schema.setter
+    def output_schema(self, schema: dict[str, Any] | None) -> None:
+        self.output_schema_json = json.dumps(schema, ensure_ascii=False) if schema else ""
 
     @property
     def done_count(self) -> int:
@@ -217,7 +246,8 @@ class BatchJob(models.Model):
         self.task_id = str(task_id or "")
         self.finished_at = None
         self.last_error = ""
-        self.save(update_fields=["status", "task_id", "finished_at", "last_error"])
+        self.queued_at = timezone.now()
+        self.save(update_fields=["status", "task_id", "finished_at", "last_error", "queued_at"])
 
     def mark_running(self) -> None:
         """Running now; ``started_at`` is kept across resumes of an unfinished run."""
@@ -294,8 +324,9 @@ class BatchJob(models.Model):
             succeeded=Count("pk", filter=Q(status=Status.SUCCEEDED)),
             failed=Count("pk", filter=Q(status=Status.FAILED)),
             cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
-            input_tokens=Coalesce(Sum("input_tokens"), 0),
-            output_tokens=Coalesce(Sum("output_tokens"), 0),
+            # answers reused from a cloned job's source were paid for there, not here
+            input_tokens=Coalesce(Sum("input_tokens", filter=Q(reused=False)), 0),
+            output_tokens=Coalesce(Sum("output_tokens", filter=Q(reused=False)), 0),
         )
         self.total = counts["total"]
         self.succeeded_count = counts["succeeded"]
@@ -473,6 +504,9 @@ class Item(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first token.")
+    reused = models.BooleanField(
+        default=False, help_text="The answer was copied from the cloned job's identical request: no cost here."
+    )
 
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -499,3 +533,64 @@ class Item(models.Model):
     def text(self) -> str:
         value = self.input.get("text", "") if isinstance(self.input, dict) else self.input
         return value if isinstance(value, str) else str(value)
+
+
+# --- REST API and webhooks -------------------------------------------------------------
+
+
+class ApiToken(models.Model):
+    """A user's REST API token. Only its SHA-256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, help_text="The token's first characters, to recognise it.")
+    token_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API token"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}... ({self.user})"
+
+
+class WebhookSecret(models.Model):
+    """The key a user's webhooks are signed with (HMAC-SHA256), one per user."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_webhook_secret")
+    secret = models.CharField(max_length=128, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"webhook secret of {self.user}"
+
+
+class WebhookDelivery(models.Model):
+    """One event to deliver to a job's ``webhook_url``, and how its attempts went."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    event = models.CharField(max_length=40, default="job.finished")
+    url = models.URLField(max_length=2000)
+    body = models.TextField(help_text="The exact JSON body sent (and signed).")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    log = models.JSONField(default=list, blank=True, help_text="One entry per attempt: when, status code or error.")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} for job {self.job_id} ({self.status})"

@@ -349,23 +349,65 @@ def parse_file(
     return items
 
 
+def _split_cr(line: str) -> list[str]:
+    """A line split at lone CRs too (old Mac line endings, mixed into a file)."""
+    line = line.rstrip("\r\n")
+    return line.split("\r") if "\r" in line else [line]
+
+
+# Hostile JSON: refused with a clear message instead of a RecursionError or a
+# ValueError deep inside json (a 500 in a view, a traceback in a command).
+MAX_JSON_DEPTH = 64
+MAX_JSON_INT_DIGITS = 100
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise JobInputError(f"a number with more than {MAX_JSON_INT_DIGITS} digits")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if len(text) > MAX_JSON_INT_DIGITS * 2 or value in (float("inf"), float("-inf")):
+        raise JobInputError(f"a number too large or too long ({len(text):,} characters)")
+    return value
+
+
+def _json_constant(name: str) -> Any:
+    raise JobInputError(f"{name} is not valid JSON (use null or a string)")
+
+
+def _json_depth(value: Any) -> int:
+    depth, level = 0, [(value, 1)]
+    while level:
+        node, d = level.pop()
+        if isinstance(node, (dict, list)):
+            depth = max(depth, d)
+            if depth > MAX_JSON_DEPTH:
+                break
+            level.extend((child, d + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return depth
+
+
 def _iter_txt(lines: Iterable[str]) -> Iterator[Located]:
     limit = max_item_chars()
     for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text:
-            continue
-        where = f"line {number}"
-        item = {"text": text}
-        _check_size(item, where, limit)
-        yield where, item
+        for part in _split_cr(line):
+            text = part.strip()
+            if not text:
+                continue
+            where = f"line {number}"
+            item = {"text": text}
+            _check_size(item, where, limit)
+            yield where, item
 
 
 def _iter_jsonl(lines: Iterable[str], key: str | None) -> Iterator[Located]:
     limit = max_item_chars()
-    decoder = json.JSONDecoder()
-    for number, line in enumerate(lines, 1):
-        stripped = line.strip()
+    decoder = json.JSONDecoder(parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    for number, part in ((n, p) for n, line in enumerate(lines, 1) for p in _split_cr(line)):
+        stripped = part.strip()
         if not stripped:
             continue
         where = f"line {number}"
@@ -373,6 +415,15 @@ def _iter_jsonl(lines: Iterable[str], key: str | None) -> Iterator[Located]:
             value = decoder.decode(stripped)
         except json.JSONDecodeError as exc:
             raise JobInputError(f"{where}: malformed JSON: {exc.msg} (column {exc.colno})") from None
+        except JobInputError as exc:
+            raise JobInputError(f"{where}: {exc}") from None
+        except RecursionError:
+            value = None  # reported as too deep just below
+            depth = MAX_JSON_DEPTH + 1
+        else:
+            depth = _json_depth(value)
+        if depth > MAX_JSON_DEPTH:
+            raise JobInputError(f"{where}: the JSON is nested more than {MAX_JSON_DEPTH} levels deep")
         if isinstance(value, str):
             fields: dict[str, Any] = {"text": value}
         elif isinstance(value, dict):

@@ -27,6 +27,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from .exceptions import JobInputError
+from .structured import output_params
 
 __all__ = [
     "PromptSpec",
@@ -123,13 +124,13 @@ def compile_template(template: str) -> Template:
             continue
         if char == "}":
             raise JobInputError(
-                f"template: a single '}}' at {_position(template, i)}; write '}}}}}}}}' for a literal brace"
+                f"template: a single '}}' at {_position(template, i)}; write '}}}}' for a literal brace"
             )
         close = template.find("}", i + 1)
         reopen = template.find("{", i + 1)
         if close == -1 or (reopen != -1 and reopen < close):
             raise JobInputError(
-                f"template: '{{' at {_position(template, i)} is never closed; write '{{{{{{{{' for a literal brace"
+                f"template: '{{' at {_position(template, i)} is never closed; write '{{{{' for a literal brace"
             )
         raw = template[i + 1 : close]
         name = raw.strip()
@@ -208,7 +209,8 @@ def build_params(job: PromptSpec, fields: Mapping[str, Any]) -> dict[str, Any]:
     """Messages API parameters for one item of ``job``, from the item's ``fields``.
 
     There is deliberately no ``temperature``/``top_p``/``top_k``: the current
-    API version rejects them.
+    API version rejects them. A job with an ``output_schema`` asks for JSON through
+    ``output_config.format`` (or one strict forced tool, see ``structured.output_params``).
     """
     params: dict[str, Any] = {
         "model": job.model,
@@ -219,4 +221,7 @@ def build_params(job: PromptSpec, fields: Mapping[str, Any]) -> dict[str, Any]:
         params["system"] = job.system_prompt
     if job.stop_sequences:
         params["stop_sequences"] = list(job.stop_sequences)
+    schema = getattr(job, "output_schema", None)
+    if schema:
+        params.update(output_params(job.model, schema))
     return params

@@ -59,6 +59,7 @@ from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
 from .stopping import stop_on_signals
+from .structured import make_validator
 from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, fail_items, one_line, outcome_rows
 
 __all__ = [
@@ -355,6 +356,8 @@ class JobRunner:
         claim = self._db(self._claim)
         wait_for_leases = self._db(self._next_foreign_lease_expiry)
         claimed = 0
+        schema = self.job.output_schema if self.job is not None else None
+        validate = make_validator(schema) if schema else None  # structured output: checked, repaired once
         try:
             while not self._stopping:
                 if self.limit is not None and claimed >= self.limit:
@@ -377,7 +380,7 @@ class JobRunner:
                         await asyncio.sleep(0.05)  # backpressure: nothing new while answers can't be stored
                     if self._stopping:
                         return
-                    yield Call(key=item_id, params=params)
+                    yield Call(key=item_id, params=params, validate=validate)
         except DatabaseUnavailable as exc:
             self._give_up(exc)
 
@@ -595,5 +598,10 @@ def preview_job(job_id: int, *, count: int = 5, **options: Any) -> list[tuple[It
     the job's status is left as it was. Sync: for admin actions and views.
     """
     report = async_to_sync(run_job)(job_id, limit=count, **options)
+    if report.aborted and not report.outcomes:  # e.g. a 401: say so, not "nothing to preview"
+        from .api_errors import PreviewError, plain_api_error
+
+        error_type, _, message = report.aborted.partition(": ")
+        raise PreviewError(plain_api_error(error_type, message))
     items = Item.objects.in_bulk([o.key for o in report.outcomes])
     return [(items[o.key], o) for o in report.outcomes if o.key in items]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from django.tasks import task
 
-__all__ = ["process_job_task"]
+__all__ = ["deliver_webhook_task", "process_job_task"]
 
 
 @task()
@@ -34,3 +34,12 @@ def process_job_task(job_id: int) -> None:
         report = job_run(job=job, runner=runner)
     if report.aborted:
         raise RuntimeError(f"job {job_id} stopped: {report.aborted}")
+
+
+@task()
+def deliver_webhook_task(delivery_id: int) -> None:
+    """One attempt at a webhook delivery; a failed attempt enqueues the next one, deferred
+    (``webhooks.deliver``). Runs on a worker, never in a request."""
+    from .webhooks import deliver
+
+    deliver(delivery_id)

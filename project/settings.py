@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_tasks_db",
+    "ninja",  # the REST API's docs page, served from local static files (no CDN)
     "llmjobs",
 ]
 
@@ -151,3 +152,78 @@ LLMJOBS_LEASE_SECONDS = float(os.environ.get("LLMJOBS_LEASE_SECONDS", "30"))
 LLMJOBS_MAX_ITEMS = int(os.environ.get("LLMJOBS_MAX_ITEMS", "100000"))
 LLMJOBS_MAX_ITEM_CHARS = int(os.environ.get("LLMJOBS_MAX_ITEM_CHARS", "100000"))
 LLMJOBS_MAX_UPLOAD_BYTES = int(os.environ.get("LLMJOBS_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))
+# A run stops (non-zero exit, one line) when the database can't be written for this long.
+LLMJOBS_DB_OUTAGE_SECONDS = float(os.environ.get("LLMJOBS_DB_OUTAGE_SECONDS", "120"))
+# On SIGTERM/SIGINT, calls in flight may finish for this long; their answers are stored.
+LLMJOBS_DRAIN_SECONDS = float(os.environ.get("LLMJOBS_DRAIN_SECONDS", "10"))
+LLMJOBS_WEBHOOK_ALLOW_PRIVATE = os.environ.get("LLMJOBS_WEBHOOK_ALLOW_PRIVATE", "") not in ("", "0", "false", "no")
+LLMJOBS_API_RATE_LIMIT = int(os.environ.get("LLMJOBS_API_RATE_LIMIT", "120"))
+
+# --- security / deploy -------------------------------------------------------
+# Production switches, all from the environment (see the README's "Deploying"
+# section). LLMJOBS_HTTPS=1 turns on every HTTPS setting at once; each one can
+# still be set on its own. Off by default so that `make run` works over plain
+# HTTP on localhost.
+from datetime import timedelta  # noqa: E402
+
+from django.utils.csp import CSP  # noqa: E402
+
+HTTPS = env_bool("LLMJOBS_HTTPS", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", HTTPS)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", HTTPS)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", str(365 * 24 * 3600) if HTTPS else "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", HTTPS)
+# Behind a TLS-terminating proxy: the header it sets, e.g. "X-Forwarded-Proto"
+# (meaning "X-Forwarded-Proto: https"). Only set it when the proxy always
+# overwrites that header, or clients could claim HTTPS.
+_proxy_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_header:
+    _name, _, _value = _proxy_header.partition(":")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip() or "https")
+# CSRF_TRUSTED_ORIGINS is read above (comma-separated, with scheme: https://jobs.example.com).
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (Django's own middleware): scripts only from our
+# static files, no inline script anywhere, no framing. Inline *style attributes*
+# (progress bars) are allowed; they cannot run code.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+)
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.NONE],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
+
+# Login throttling (django-axes): AXES_FAILURE_LIMIT failed logins for one
+# username from one IP address lock that pair out for AXES_COOLOFF_MINUTES.
+# Covers the site's login and the admin's (both go through authenticate()).
+# Behind a proxy, run uvicorn with --proxy-headers so REMOTE_ADDR is the client.
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out username+IP
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=float(os.environ.get("AXES_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = env_bool("AXES_VERBOSE", False)  # no banner on every manage.py run; lockouts are still logged
+_loggers = LOGGING["loggers"]
+assert isinstance(_loggers, dict)
+_loggers["axes"] = {"level": "WARNING"}  # lockouts (warnings) are logged, every login (info) is not

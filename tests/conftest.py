@@ -37,6 +37,12 @@ SIM_DEFAULTS: dict = {
     "cut_stream": 0.0,
     "bad_json": 0.0,
     "cache_min_tokens": -1,
+    "invalid_output": 0.0,
+    "batch_error": 0.0,
+    "batch_expire": 0.0,
+    "batch_max_requests": 100000,
+    "batch_max_bytes": 268435456,
+    "no_structured_output": "",
 }
 
 

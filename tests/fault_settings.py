@@ -9,7 +9,3 @@ from project.settings import DATABASES
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"]["timeout"] = float(os.environ.get("LLMJOBS_TEST_SQLITE_TIMEOUT", "1"))
-
-# The durability settings from the environment (the lead adds these two lines to project/settings.py).
-LLMJOBS_DB_OUTAGE_SECONDS = float(os.environ.get("LLMJOBS_DB_OUTAGE_SECONDS", "120"))
-LLMJOBS_DRAIN_SECONDS = float(os.environ.get("LLMJOBS_DRAIN_SECONDS", "10"))

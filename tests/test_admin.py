@@ -134,9 +134,9 @@ def test_retry_failed_action(admin, admin_user_, django_capture_on_commit_callba
 def test_export_actions(admin, admin_user_):
     job = finish(make_job(admin_user_, n=3), output="out")
     response = act(admin, "export_csv", job, follow=False)
-    assert response["Content-Disposition"] == f'attachment; filename="job-{job.pk}.csv"'
+    assert response["Content-Disposition"] == f'attachment; filename="{job.name}.csv"'  # named after the job
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert [(r["position"], r["output"]) for r in rows] == [("0", "out"), ("1", "out"), ("2", "out")]
+    assert [(r["text"], r["output"]) for r in rows] == [(f"document number {i}", "out") for i in range(3)]
     response = act(admin, "export_jsonl", job, follow=False)
     lines = b"".join(response.streaming_content).decode().splitlines()
     assert [json.loads(line)["status"] for line in lines] == ["succeeded"] * 3

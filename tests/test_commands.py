@@ -117,8 +117,8 @@ def test_submit_process_export_and_status(site, tmp_path):
     assert f"job {job_id}: succeeded - 25 succeeded" in result.stdout
     assert "25/25" in result.stderr  # the tqdm bar
     rows = site.export(job_id)
-    assert [r["position"] for r in rows] == list(range(25))
-    assert all(r["status"] == "succeeded" and r["output"].startswith(f"Doc {r['position']:05d}") for r in rows)
+    assert [r["index"] for r in rows] == list(range(25))
+    assert all(r["status"] == "succeeded" and r["text"].startswith(f"Doc {r['index']:05d}") for r in rows)
     out = tmp_path / "out.csv"
     site.manage("export_job", str(job_id), "--format", "csv", "-o", str(out))
     assert out.read_text().count("\n") == 26
@@ -170,7 +170,7 @@ def test_ctrl_c_in_process_job_stops_cleanly_and_a_rerun_resumes(site):
     rows = site.export(job_id)
     statuses = {r["status"] for r in rows}
     assert statuses <= {"succeeded", "pending"}  # nothing left running, nothing lost or failed
-    done_before = {r["position"] for r in rows if r["status"] == "succeeded"}
+    done_before = {r["index"] for r in rows if r["status"] == "succeeded"}
     assert 20 <= len(done_before) < 400
     site.sim.reset()
     site.sim.configure(ttft=0.0)

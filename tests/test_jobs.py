@@ -11,8 +11,8 @@ from django.test import override_settings
 from django_tasks_db.models import DBTaskResult
 
 from llmjobs import prompts
+from llmjobs.exports import CSV_TAIL_COLUMNS, export_filename
 from llmjobs.jobs import (
-    EXPORT_FIELDS,
     JobInputError,
     JobStateError,
     job_cancel,
@@ -632,17 +632,14 @@ def test_job_export_csv_in_input_order_with_errors(finished_job):
     out = io.StringIO(newline="")
     assert job_export(job=finished_job, fmt="csv", out=out) == 3
     rows = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
-    assert list(rows[0]) == list(EXPORT_FIELDS)
-    assert [r["position"] for r in rows] == ["0", "1", "2"]
+    # The input's columns split as they came in, the output, then status, error, stop_reason, tokens, cost.
+    assert list(rows[0]) == ["text", "custom_id", "output", *CSV_TAIL_COLUMNS]
+    assert [r["text"] for r in rows] == ["zero", "one", 'two, "quoted"']  # input order
     assert rows[0]["custom_id"] == "c0"
-    assert json.loads(rows[0]["input"]) == {"text": "zero", "custom_id": "c0"}
-    assert (rows[0]["output"], rows[0]["input_tokens"], rows[0]["latency_ms"]) == ("out 0", "10", "120")
-    assert (rows[1]["status"], rows[1]["error_type"], rows[1]["error_message"]) == (
-        "failed",
-        "rate_limit_error",
-        "429 after 5 tries",
-    )
-    assert rows[1]["output"] == "" and rows[1]["input_tokens"] == ""
+    assert (rows[0]["output"], rows[0]["input_tokens"], rows[0]["stop_reason"]) == ("out 0", "10", "end_turn")
+    assert float(rows[0]["cost_usd"]) > 0
+    assert (rows[1]["status"], rows[1]["error"]) == ("failed", "rate_limit_error: 429 after 5 tries")
+    assert rows[1]["output"] == "" and rows[1]["input_tokens"] == "" and rows[1]["cost_usd"] == ""
     assert rows[2]["output"] == 'line1\nline2, "q"'
 
 
@@ -650,15 +647,28 @@ def test_job_export_jsonl_in_input_order_with_errors(finished_job):
     out = io.StringIO()
     assert job_export(job=finished_job, fmt="jsonl", out=out) == 3
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [r["position"] for r in rows] == [0, 1, 2]
+    assert [r["index"] for r in rows] == [0, 1, 2]
     assert rows[0]["input"] == {"text": "zero", "custom_id": "c0"}
-    assert rows[1]["status"] == "failed" and rows[1]["error_type"] == "rate_limit_error"
-    assert rows[1]["output_tokens"] is None and rows[1]["attempts"] == 5
-    assert rows[2]["output"] == 'line1\nline2, "q"'
+    assert rows[0]["text"] == "out 0" and rows[0]["usage"] == {"input_tokens": 10, "output_tokens": 3}
+    assert rows[1]["status"] == "failed" and rows[1]["error"]["type"] == "rate_limit_error"
+    assert rows[1]["usage"]["output_tokens"] is None and rows[1]["attempts"] == 5
+    assert rows[2]["text"] == 'line1\nline2, "q"'
+
+
+def test_job_export_neutralises_formulas_and_is_named_after_the_job(finished_job):
+    Item.objects.filter(job=finished_job, position=0).update(output="=1+2")
+    out = io.StringIO(newline="")
+    job_export(job=finished_job, fmt="csv", out=out)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue(), newline="")))
+    assert rows[0]["output"] == "'=1+2"
+    finished_job.name = "Tickets: March / 2026"
+    assert export_filename(finished_job, "csv") == "Tickets-March-2026.csv"
+    finished_job.name = "///"
+    assert export_filename(finished_job, "jsonl") == f"job-{finished_job.pk}.jsonl"
 
 
 def test_job_export_lines_streams_and_rejects_unknown_formats(finished_job):
     lines = job_export_lines(finished_job, "csv")
-    assert next(lines).startswith("position,custom_id,input,")
+    assert next(lines).startswith("text,custom_id,output,status,error,")
     with pytest.raises(JobInputError, match="unknown export format"):
         job_export(job=finished_job, fmt="xml", out=io.StringIO())  # type: ignore[arg-type]

@@ -114,6 +114,9 @@ def test_job_queryset_verbs_and_for_user():
     User = get_user_model()
     ann, bob = User.objects.create_user("ann"), User.objects.create_user("bob")
     staff = User.objects.create_user("sue", is_staff=True)
+    from django.contrib.auth.models import Permission
+
+    staff.user_permissions.add(Permission.objects.get(codename="view_batchjob"))  # seeing others' jobs is a permission
     a = make_job(owner=ann, status=J.RUNNING)
     b = make_job(owner=bob, status=J.SUCCEEDED)
     c = make_job(owner=None, status=J.QUEUED)

@@ -65,12 +65,18 @@ def test_without_a_key_calls_go_to_the_simulator():
 
 
 @override_settings(ANTHROPIC_API_KEY="sk-ant-secret-123", ANTHROPIC_BASE_URL="")
-def test_with_a_key_calls_go_to_the_real_api_and_the_key_is_never_shown(client):
+def test_with_a_key_calls_go_to_the_real_api_and_the_key_is_never_shown(client, db):
     target = api_target()
     assert not target.is_simulator and target.base_url is None
     assert "sk-ant-secret-123" not in repr(target) + target.describe()
     page = client.get("/")
     assert page.status_code == 200
+    assert b"sk-ant-secret-123" not in page.content
+    assert b"Anthropic API" not in page.content  # anonymous pages don't name the API target
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_user("reader"))
+    page = client.get("/")
     assert b"sk-ant-secret-123" not in page.content
     assert b"Anthropic API" in page.content
 
@@ -117,7 +123,7 @@ def test_serve_runs_app_and_simulator_and_ctrl_c_stops_both(tmp_path):
                     break
                 time.sleep(0.1)
         assert body is not None, proc.stdout.read() if proc.poll() is not None else "serve never answered"
-        assert b'"api": "simulator"' in body
+        assert b'"status": "ok"' in body and b"simulator" not in body  # /healthz tells nothing of the API target
         with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/admin/login/", timeout=5) as r:
             assert r.status == 200
         # The simulator it started answers the real SDK.

@@ -39,12 +39,17 @@ def fast_passwords(settings):
 
 @pytest.fixture
 def users(db):
+    from django.contrib.auth.models import Permission
+
     User = get_user_model()
-    return {
+    users = {
         "alice": User.objects.create_user("alice", password="pw-alice-123"),
         "bob": User.objects.create_user("bob", password="pw-bob-123"),
         "staff": User.objects.create_user("staff", password="pw-staff-123", is_staff=True),
     }
+    # Seeing others' jobs is a permission, not is_staff.
+    users["staff"].user_permissions.add(Permission.objects.get(codename="view_batchjob"))
+    return users
 
 
 @pytest.fixture
@@ -371,9 +376,9 @@ def test_job_page_shows_counts_results_and_buttons(alice, users):
 def test_exports_download_in_input_order(alice, users):
     job = finish(make_job(users["alice"], n=3), output="answer, with a comma")
     response = alice.get(reverse("llmjobs:job_export", args=[job.pk, "csv"]))
-    assert response["Content-Disposition"] == f'attachment; filename="job-{job.pk}.csv"'
+    assert response["Content-Disposition"] == 'attachment; filename="job.csv"'  # named after the job
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
-    assert [r["position"] for r in rows] == ["0", "1", "2"]
+    assert [r["text"] for r in rows] == [f"document number {i}" for i in range(3)]
     assert rows[0]["output"] == "answer, with a comma"
     response = alice.get(reverse("llmjobs:job_export", args=[job.pk, "jsonl"]))
     lines = [json.loads(line) for line in b"".join(response.streaming_content).decode().splitlines()]

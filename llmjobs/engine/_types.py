@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,11 +22,15 @@ class Call:
     ``max_tokens``, ``messages``, ``system``, ``stop_sequences``, ``metadata``...).
     ``stream=True`` sends a streaming request: it records the time to first
     token and is guarded by first-token and idle timeouts.
+    ``validate(text, stop_reason)``, when given, checks each answer: ``None`` if it
+    is acceptable, else why not; an unacceptable answer is repaired once, then the
+    item fails as ``invalid_output`` (see ``repair``).
     """
 
     key: Hashable
     params: Mapping[str, Any]
     stream: bool = False
+    validate: Callable[[str | None, str | None], str | None] | None = None
 
 
 @dataclass(slots=True)
@@ -42,7 +46,7 @@ class Outcome:
     status: str
     text: str | None = None
     stop_reason: str | None = None
-    usage: dict | None = None
+    usage: dict[str, Any] | None = None
     attempts: int = 0
     latency: float | None = None
     ttft: float | None = None
@@ -93,6 +97,9 @@ class EngineConfig:
     pause_max: float = 30.0
     #: learn limits from response headers
     learn_limits: bool = True
+    #: seconds of warm-up at most: one call in flight until the first answer, to learn the
+    #: account's limits before the first wave (0 = off)
+    warmup: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:
@@ -109,7 +116,7 @@ class RunAborted(Exception):
     finished; they were not reported as outcomes, so a fixed run can resume them.
     """
 
-    def __init__(self, error_type: str, message: str, undone_keys: list | None = None) -> None:
+    def __init__(self, error_type: str, message: str, undone_keys: list[Hashable] | None = None) -> None:
         super().__init__(f"run aborted ({error_type}): {message}")
         self.error_type = error_type
         self.message = message

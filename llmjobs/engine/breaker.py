@@ -101,19 +101,19 @@ class CircuitBreaker:
         While open, only the probe's answer closes the breaker: a late answer to
         a call sent before the outage says nothing about the API now.
         """
+        if probe:
+            self._probe_in_flight = False
         self._last_success = now
         if self.state == OPEN and not probe:
             return
         self._streak = 0
-        if probe:
-            self._probe_in_flight = False
         if self.state == OPEN:
             self.state = CLOSED
             self.opened_at = None
             self.probe_delay = self.probe_base
 
     def on_outage_failure(self, now: float, probe: bool = False, overloaded: bool = False) -> None:
-        """A connection error, timeout or 5xx (``overloaded``: a 529): the API may be down."""
+        """A connection error or 5xx (``overloaded``: a 529): the API may be down."""
         self._streak += 1
         if self.state == OPEN:
             if probe:

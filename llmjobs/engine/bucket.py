@@ -1,144 +1,312 @@
-"""A client-side mirror of one of the API's continuously refilling budgets."""
+"""A client-side mirror of one of the API's continuously refilling budgets.
+
+The API applies each limit (requests, input tokens, output tokens per minute) as
+a token bucket: it holds ``capacity`` units, refills continuously at
+``limit / 60`` per second up to the capacity, and takes a request's cost when it
+admits the request (``max_tokens`` for output tokens, capped at the capacity),
+refunding the unused part of an output reservation when the request ends.
+
+This module mirrors that ledger locally, exactly for this client's own traffic,
+and corrects it from the ``anthropic-ratelimit-*-remaining`` / ``-reset``
+headers. The API does not say *when* ``remaining`` is computed, so each bucket
+runs three models side by side, one per convention:
+
+* ``ADMISSION``: right after the server admitted the request;
+* ``ANSWER``: when it answered, the request's own output reservation still held;
+* ``REFUND``: after the request's unused reservation was refunded.
+
+Each model predicts every reading under its own convention and is corrected by
+its own residual; the one whose predictions have matched the server best lately
+drives the pacing (the most pessimistic one until there is evidence). A wrong
+convention shows up as residuals: the server's bucket clips at its capacity (or
+rejects with a 429, whose reading is unambiguous) where the wrong model does not.
+
+Stability by construction: every correction compares a prediction with a
+reading of the same moment, is applied with a gain below one, and every level
+stays within ``[-(capacity + limit), capacity]``; the capacity only grows, from
+server readings (``remaining + refill until reset``), never above the limit.
+"""
 
 from __future__ import annotations
 
-__all__ = ["Bucket"]
+__all__ = ["ADMISSION", "ANSWER", "CONVENTIONS", "REFUND", "Bucket"]
 
 _EPS = 1e-9
+
+ADMISSION, ANSWER, REFUND = 0, 1, 2
+CONVENTIONS = ("admission", "answer", "refund")
+_N = 3
+# Share of a residual applied per reading (noise averages out, drift is followed). The
+# server is often a little ahead of this client (a refund it made whose answer is still on
+# its way here): a reading above the model is partly that, and taken cautiously; one below
+# it is not, and taken nearly whole.
+_GAIN_UP = 0.25
+_GAIN_DOWN = 0.75
+_SCORE_DECAY = 0.9  # exponential average of each model's absolute residual
+_SWITCH = 0.6  # switch models when the other's average residual is below this share of ours...
+_SWITCH_MIN = 0.01  # ...and lower by at least this share of the capacity
+
+Mark = tuple[tuple[float, ...], tuple[float, ...]]
 
 
 class Bucket:
     """Local estimate of one server-side token bucket (requests, input or output tokens).
 
     ``rate`` is units per second (limit / 60); ``None`` means the limit is not
-    known yet and the bucket never delays. ``level`` may go negative (debt).
-    ``debited`` is a running total of what this client has taken (minus
-    refunds); a request's snapshot of it lets a later ``remaining`` header be
-    carried forward past everything dispatched after that request.
+    known yet and the bucket never delays. ``level`` (the selected model's) may
+    go negative (debt). ``debited`` is a running total of what this client has
+    taken (minus refunds).
     """
 
-    __slots__ = ("_seq", "capacity", "configured", "debited", "level", "limit", "rate", "updated")
+    __slots__ = (
+        "_corr",
+        "_observed",
+        "_seq",
+        "capacity",
+        "configured",
+        "convention",
+        "debited",
+        "levels",
+        "limit",
+        "rate",
+        "scores",
+        "updated",
+    )
 
     def __init__(self, limit: float | None = None, *, capacity: float | None = None, now: float = 0.0) -> None:
         self.limit: float | None = None
         self.rate: float | None = None
         self.capacity: float = 0.0
-        self.level: float = 0.0
+        self.levels: list[float] = [0.0] * _N
+        self.scores: list[float] = [0.0] * _N
+        self._corr: list[float] = [0.0] * _N  # cumulative corrections applied to each model
+        self.convention = REFUND
         self.updated = now
         self.debited = 0.0
         self.configured = limit is not None
         self._seq = -1
+        self._observed = 0
         if limit is not None:
-            self._set_limit(limit)
+            rate = self._set_limit(limit)
             # A configured limit: assume a full bucket of `capacity` (default 10 s of refill).
-            self.capacity = capacity if capacity is not None else max(1.0, self.rate * 10.0)  # type: ignore[operator]
-            self.level = self.capacity
+            self.capacity = capacity if capacity is not None else max(1.0, (rate or 0.0) * 10.0)
+            self.levels = [self.capacity] * _N
 
-    def _set_limit(self, limit: float) -> None:
+    def _set_limit(self, limit: float) -> float | None:
         self.limit = limit
         self.rate = limit / 60.0 if limit > 0 else None
+        return self.rate
+
+    # -- the selected model ------------------------------------------------------
+    @property
+    def level(self) -> float:
+        return self.levels[self.convention]
+
+    @level.setter
+    def level(self, value: float) -> None:
+        self.levels = [value] * _N
 
     @property
     def known(self) -> bool:
         return self.rate is not None
 
+    @property
+    def convention_name(self) -> str:
+        return CONVENTIONS[self.convention]
+
+    def _floor(self) -> float:
+        return -(self.capacity + (self.limit or 0.0))
+
+    # -- the ledger ----------------------------------------------------------------
     def refill(self, now: float) -> float:
         rate = self.rate
         if rate is not None:
             elapsed = now - self.updated
             if elapsed > 0:
-                level = self.level + elapsed * rate
-                self.level = level if level < self.capacity else self.capacity
+                cap = self.capacity
+                add = elapsed * rate
+                levels = self.levels
+                for i in range(_N):
+                    level = levels[i] + add
+                    levels[i] = level if level < cap else cap
         self.updated = now
-        return self.level
+        return self.levels[self.convention]
 
     def wait_time(self, cost: float, now: float) -> float:
         """Seconds until ``cost`` (capped at the capacity) is available; 0 if now."""
         rate = self.rate
         if rate is None:
             return 0.0
-        need = cost if cost < self.capacity else self.capacity
+        # a margin of twice the selected model's recent error (at most 5% of the capacity):
+        # a call sent the moment the model says "enough" must not meet a 429
+        margin = 2.0 * self.scores[self.convention]
+        cap = self.capacity
+        if margin > 0.05 * cap:
+            margin = 0.05 * cap
+        need = cost + margin
+        if need > cap:
+            need = cap
         deficit = need - self.refill(now)
         return deficit / rate if deficit > _EPS else 0.0
 
-    def debit(self, cost: float, now: float) -> None:
+    def debit(self, cost: float, now: float) -> Mark:
+        """Take ``cost`` now; returns the mark a later reading of this request is compared with."""
         if self.rate is not None:
             self.refill(now)
-        self.level -= cost
+        levels = self.levels
+        floor = self._floor() if self.rate is not None else float("-inf")
+        for i in range(_N):
+            level = levels[i] - cost
+            levels[i] = level if level > floor else floor
         self.debited += cost
+        return (tuple(levels), tuple(self._corr))
 
     def credit(self, amount: float, now: float) -> None:
         """Give back ``amount`` (a refund); negative amounts debit."""
+        levels = self.levels
         if self.rate is not None:
             self.refill(now)
-            level = self.level + amount
-            self.level = level if level < self.capacity else self.capacity
+            cap = self.capacity
+            floor = self._floor()
+            for i in range(_N):
+                level = levels[i] + amount
+                levels[i] = cap if level > cap else (level if level > floor else floor)
         else:
-            self.level += amount
+            for i in range(_N):
+                levels[i] += amount
         self.debited -= amount
 
+    # -- learning from headers -------------------------------------------------------
     def observe(
         self,
         *,
         limit: float,
         remaining: float,
         reset_in: float | None,
-        sent_at: float,
-        snapshot: float,
-        seq: int,
         now: float,
+        sent_at: float | None = None,
+        snapshot: float | None = None,
+        seq: int = 0,
         coarse: bool = False,
         force: bool = False,
+        mark: Mark | None = None,
+        own_refund: float = 0.0,
+        age: float = 0.0,
     ) -> bool:
         """Learn from a response's ``limit``/``remaining``/``reset`` headers.
 
-        The server may have computed ``remaining`` when it admitted the request
-        (this client was then at ``sent_at`` with ``debited == snapshot``: carry
-        it forward by the refill since, minus what was taken since) or when it
-        answered (then it is current). The smaller of the two readings is used,
-        which is right or safe under either convention. ``reset_in`` (seconds
-        until the server's bucket is full; ``coarse`` when rounded up to whole
-        seconds) gives a lower bound of its capacity, which may be well below
-        the per-minute limit. Only a response newer (by dispatch order) than the
-        last one applied corrects the level (``force``: always, e.g. after a 429).
+        ``mark`` is what :meth:`debit` returned for this request (else ``sent_at``
+        and ``snapshot``, the value of ``debited`` after its debit, give an
+        approximate one). ``own_refund`` is what this request will give back and
+        has not yet been credited (its unused output reservation): the server
+        still holds it under the ``ADMISSION`` and ``ANSWER`` conventions.
+        ``reset_in`` (seconds until the server's bucket is full; ``coarse`` when
+        rounded up to whole seconds) gives a lower bound of its capacity, which
+        may be well below the per-minute limit; ``age`` is the request's age (under
+        the ``ADMISSION`` convention ``reset`` was computed that long ago). ``force``: a 429's reading, taken
+        with nothing of this request held: it sets every model. Only a response
+        newer (by dispatch order) than the last one applied corrects the level.
         Returns True when it did.
         """
         if limit > 0 and (not self.configured or self.limit is None or limit < self.limit) and self.limit != limit:
             self._set_limit(limit)
         rate = self.rate
-        if rate is None:
+        if rate is None or self.limit is None:
             return False
+        if remaining < 0:
+            remaining = 0.0
         if reset_in is not None:
+            if self.convention == ADMISSION and not force:
+                reset_in += age
             if coarse:
                 reset_in -= 1.0
             bound = remaining + rate * reset_in if reset_in > 0 else remaining
         else:
             bound = remaining
-        if bound > self.limit:  # type: ignore[operator]
-            bound = self.limit  # type: ignore[assignment]
-        if self.capacity <= 0.0 or (self.configured and self._seq < 0):
+        if bound > self.limit:
+            bound = self.limit
+        first = self._observed == 0
+        if self.capacity <= 0.0 or (self.configured and first):
             self.capacity = bound if bound > 1.0 else 1.0
         elif bound > self.capacity:
             self.capacity = bound
+        cap = self.capacity
+        self.refill(now)
+        levels = self.levels
+        if force:
+            # nothing of this request is held: the reading is the level now, under any convention
+            for i in range(_N):
+                pred = levels[i]
+                self._score(i, _residual(remaining, pred))
+                target = remaining if remaining > 0 else (pred if pred < 0 else 0.0)
+                self._set(i, target)
+            self._observed += 1
+            self._select()
+            return True
+        # what each model says the server read, under its own convention
+        preds = [0.0] * _N
+        if mark is not None:
+            marked, corr = mark
+            preds[ADMISSION] = marked[ADMISSION] + (self._corr[ADMISSION] - corr[ADMISSION])
+        else:
+            since = self.debited - snapshot if snapshot is not None else 0.0
+            elapsed = now - sent_at if sent_at is not None else 0.0
+            preds[ADMISSION] = levels[ADMISSION] - rate * elapsed + since
+        preds[ANSWER] = levels[ANSWER]
+        pred_ref = levels[REFUND] + own_refund
+        preds[REFUND] = pred_ref if pred_ref < cap else cap
+        residuals = [_residual(remaining, preds[i]) for i in range(_N)]
+        if first:
+            # no history: each model takes the reading as its convention says, and the
+            # most pessimistic one drives the pacing until the readings tell them apart
+            for i in range(_N):
+                self._set(i, levels[i] + (remaining - preds[i]))
+            self.convention = min(range(_N), key=lambda i: (levels[i], -i))
+            self._observed = 1
+            self._seq = seq
+            return True
+        for i in range(_N):
+            self._score(i, residuals[i])
+        self._observed += 1
+        self._select()
         if seq < self._seq:
             return False
-        first_level = self._seq < 0 and not self.configured
         self._seq = seq
-        est = remaining + rate * (now - sent_at) - (self.debited - snapshot)
-        if remaining < est:
-            est = remaining
-        if est > self.capacity:
-            est = self.capacity
-        if first_level or force:
-            self.level = est
-            self.updated = now
-            return True
-        # Our own ledger is exact for our own traffic; the server's reading is floored
-        # to whole units and, under either timing convention, slightly pessimistic. Follow
-        # it when it says there is more, or clearly less (another client, a bad estimate);
-        # ignore small downward noise, which would otherwise bias the pacing low.
-        pred = self.refill(now)
-        tol = 0.03 * self.capacity
-        if est > pred or est < pred - tol:
-            self.level = est
+        for i in range(_N):
+            r = residuals[i]
+            if r:
+                self._set(i, levels[i] + (_GAIN_UP if r > 0 else _GAIN_DOWN) * r)
         return True
+
+    def _set(self, i: int, value: float) -> None:
+        cap = self.capacity
+        floor = self._floor()
+        value = cap if value > cap else (value if value > floor else floor)
+        self._corr[i] += value - self.levels[i]
+        self.levels[i] = value
+
+    def _score(self, i: int, residual: float) -> None:
+        err = residual if residual >= 0 else -residual
+        self.scores[i] = _SCORE_DECAY * self.scores[i] + (1.0 - _SCORE_DECAY) * err
+
+    def _select(self) -> None:
+        scores = self.scores
+        cur = self.convention
+        best = min(range(_N), key=lambda i: (scores[i], -i))
+        if (
+            best != cur
+            and scores[best] < _SWITCH * scores[cur]
+            and scores[cur] - scores[best] > _SWITCH_MIN * self.capacity
+        ):
+            self.convention = best
+
+
+def _residual(remaining: float, pred: float) -> float:
+    """Reading minus prediction; the server floors to whole units and never reports below 0."""
+    lo = remaining if remaining > 0 else float("-inf")
+    hi = remaining + 1.0
+    if pred < lo:
+        return lo - pred
+    if pred > hi:
+        return hi - pred
+    return 0.0

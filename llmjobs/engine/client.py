@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import anthropic
 import httpx2
@@ -19,7 +19,7 @@ def make_client(
     api_key: str | None = None,
     base_url: str | None = None,
     transport: Literal["aiohttp", "httpx"] = "aiohttp",
-    **kwargs,
+    **kwargs: Any,
 ) -> anthropic.AsyncAnthropic:
     """An ``AsyncAnthropic`` for the engine: ``max_retries=0`` (the governor retries).
 

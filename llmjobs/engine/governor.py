@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from .bucket import Bucket
+from .bucket import Bucket, Mark
 
 __all__ = ["Governor", "Ticket"]
 
@@ -55,6 +55,9 @@ _PROBE_MIN = 4.0  # per round trip below the last overload level (less a margin)
 _PROBE_SLOW = 0.5  # per round trip near or above it
 _DECREASE_529 = 0.9
 _DECREASE_429 = 0.7
+_FACTOR_MIN, _FACTOR_MAX = 0.25, 4.0  # the input estimate's correction factor stays in this range
+_OUT_WINDOW = 512  # completed outputs remembered for the output-length prediction
+_OUT_PERCENTILE = 0.9
 
 
 def _parse_reset(value: str | None, wall: float) -> tuple[float | None, bool]:
@@ -76,15 +79,14 @@ class Ticket:
     __slots__ = (
         "epoch",
         "in_cost",
+        "in_raw",
         "level",
+        "marks",
         "open",
         "out_cost",
         "probe",
         "sent_at",
         "seq",
-        "snap_in",
-        "snap_out",
-        "snap_req",
     )
 
     def __init__(
@@ -95,20 +97,18 @@ class Ticket:
         epoch: int,
         in_cost: float,
         out_cost: float,
-        snap_req: float,
-        snap_in: float,
-        snap_out: float,
+        marks: tuple[Mark, Mark, Mark],
         probe: bool = False,
+        in_raw: float = 0.0,
     ) -> None:
         self.seq = seq
         self.sent_at = sent_at
         self.level = level
         self.epoch = epoch
-        self.in_cost = in_cost
+        self.in_cost = in_cost  # input tokens debited (the raw estimate times the factor of the time)
+        self.in_raw = in_raw  # the raw local estimate: what usage is compared with
         self.out_cost = out_cost
-        self.snap_req = snap_req
-        self.snap_in = snap_in
-        self.snap_out = snap_out
+        self.marks = marks  # each bucket's models right after this debit
         self.open = True
         self.probe = probe  # sent at a concurrency above any that worked lately
 
@@ -119,6 +119,10 @@ class Governor:
     __slots__ = (
         "_clock",
         "_epoch",
+        "_out_dirty",
+        "_out_p",
+        "_out_pos",
+        "_outputs",
         "_pause_base",
         "_pause_max",
         "_pause_seq",
@@ -128,6 +132,9 @@ class Governor:
         "_seq",
         "_streak",
         "_succ_level",
+        "_wall",
+        "_warm_until",
+        "_warmup",
         "_win",
         "_win_529s",
         "ceiling",
@@ -142,6 +149,8 @@ class Governor:
         "requests",
         "ssthresh",
         "w_max",
+        "waited",
+        "warming",
     )
 
     def __init__(
@@ -155,10 +164,13 @@ class Governor:
         pause_base: float = 0.05,
         pause_max: float = 30.0,
         learn: bool = True,
+        warmup: float = 0.0,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._clock = clock
+        self._wall = wall  # epoch seconds, to read the absolute `-reset` timestamps
         now = self.now()
         self.requests = Bucket(rpm, now=now)
         self.input_tokens = Bucket(itpm, now=now)
@@ -171,6 +183,11 @@ class Governor:
         self.peak_in_flight = 0
         self.paused_until = 0.0
         self.input_factor = 1.0
+        self._outputs: list[float] = []  # a ring of the latest completed output lengths
+        self._out_pos = 0
+        self._out_p: float | None = None
+        self._out_dirty = 0
+        self.waited = [0.0, 0.0, 0.0]  # seconds of dispatch delay due to each bucket (requests, input, output)
         self._rng = rng or random.Random()
         self._seq = 0
         self._epoch = 0
@@ -184,6 +201,11 @@ class Governor:
         self._pause_base = pause_base
         self._pause_max = pause_max
         self.learn = learn
+        # one call in flight until the first answer (at most `warmup` seconds), while the
+        # limits are unknown: a first wave at the initial ceiling could only meet them with 429s
+        self.warming = warmup > 0
+        self._warmup = warmup
+        self._warm_until: float | None = None
 
     # -- clock -----------------------------------------------------------
     def now(self) -> float:
@@ -198,7 +220,21 @@ class Governor:
 
     # -- dispatch --------------------------------------------------------
     def free_slots(self) -> int:
+        if self.warming and self.warmup_left() > 0:
+            return 1 - self.in_flight
         return int(self.ceiling) - self.in_flight
+
+    def warmup_left(self, now: float | None = None) -> float:
+        """Seconds the warm-up (one call in flight until the first answer) may still last."""
+        if not self.warming:
+            return 0.0
+        if self._warm_until is None:
+            return self._warmup
+        left = self._warm_until - (self.now() if now is None else now)
+        if left <= 0:
+            self.warming = False
+            return 0.0
+        return left
 
     def estimate_input(self, raw: float) -> float:
         return raw * self.input_factor
@@ -208,57 +244,68 @@ class Governor:
         if now is None:
             now = self.now()
         wait = self.paused_until - now
+        which = -1
         w = self.requests.wait_time(1.0, now)
         if w > wait:
-            wait = w
+            wait, which = w, 0
         if in_cost:
             w = self.input_tokens.wait_time(in_cost, now)
             if w > wait:
-                wait = w
+                wait, which = w, 1
         if out_cost:
             w = self.output_tokens.wait_time(out_cost, now)
             if w > wait:
-                wait = w
+                wait, which = w, 2
+        if which >= 0:
+            self.waited[which] += wait
         return wait if wait > 0 else 0.0
 
-    def acquire(self, in_cost: float, out_cost: float, now: float | None = None) -> Ticket:
-        """Record a dispatch now: debit the budgets and count it in flight."""
+    def acquire(self, in_cost: float, out_cost: float, now: float | None = None, in_raw: float | None = None) -> Ticket:
+        """Record a dispatch now: debit the budgets and count it in flight.
+
+        ``in_cost`` is the input estimate to debit (``estimate_input(in_raw)``);
+        ``in_raw`` the raw local estimate (default: ``in_cost`` / the factor now).
+        """
         if now is None:
             now = self.now()
+        if in_raw is None:
+            in_raw = in_cost / self.input_factor
         cap = self.output_tokens.capacity
         if out_cost > cap > 0.0:
             out_cost = cap  # the API reserves at most the bucket's capacity
-        self.requests.debit(1.0, now)
-        self.input_tokens.debit(in_cost, now)
-        self.output_tokens.debit(out_cost, now)
+        marks = (
+            self.requests.debit(1.0, now),
+            self.input_tokens.debit(in_cost, now),
+            self.output_tokens.debit(out_cost, now),
+        )
+        if self.warming and self._warm_until is None:
+            self._warm_until = now + self._warmup
         self.in_flight = level = self.in_flight + 1
         if level > self.peak_in_flight:
             self.peak_in_flight = level
         self._seq += 1
-        return Ticket(
-            self._seq,
-            now,
-            level,
-            self._epoch,
-            in_cost,
-            out_cost,
-            self.requests.debited,
-            self.input_tokens.debited,
-            self.output_tokens.debited,
-            level > self._succ_level,
-        )
+        return Ticket(self._seq, now, level, self._epoch, in_cost, out_cost, marks, level > self._succ_level, in_raw)
 
     # -- feedback --------------------------------------------------------
     def observe(
-        self, ticket: Ticket, headers: Mapping[str, str] | None, now: float | None = None, force: bool = False
-    ) -> None:
-        """Learn limits and correct the levels from a response's rate-limit headers."""
+        self,
+        ticket: Ticket,
+        headers: Mapping[str, str] | None,
+        now: float | None = None,
+        force: bool = False,
+        out_refund: float = 0.0,
+    ) -> bool:
+        """Learn limits and correct the levels from a response's rate-limit headers.
+
+        ``out_refund``: this call's unused output reservation, not credited yet.
+        Returns True when a known budget took the reading.
+        """
         if not headers or not self.learn:
-            return
+            return False
+        took = False
         if now is None:
             now = self.now()
-        wall = time.time()
-        snaps = (ticket.snap_req, ticket.snap_in, ticket.snap_out)
+        wall = self._wall()
         for i, bucket in enumerate((self.requests, self.input_tokens, self.output_tokens)):
             lim_h, rem_h, reset_h = _HEADERS[i]
             limit = headers.get(lim_h)
@@ -273,22 +320,28 @@ class Governor:
             except ValueError:
                 continue
             reset_in, coarse = _parse_reset(headers.get(reset_h), wall)
-            bucket.observe(
-                limit=limit_f,
-                remaining=remaining_f,
-                reset_in=reset_in,
-                coarse=coarse,
-                sent_at=ticket.sent_at,
-                snapshot=snaps[i],
-                seq=ticket.seq,
-                now=now,
-                force=force,
+            took = (
+                bucket.observe(
+                    limit=limit_f,
+                    remaining=remaining_f,
+                    reset_in=reset_in,
+                    coarse=coarse,
+                    now=now,
+                    seq=ticket.seq,
+                    force=force,
+                    mark=ticket.marks[i],
+                    own_refund=out_refund if i == 2 else 0.0,
+                    age=now - ticket.sent_at,
+                )
+                or took
             )
+        return took
 
     def _close(self, ticket: Ticket) -> bool:
         if not ticket.open:
             return False
         ticket.open = False
+        self.warming = False
         self.in_flight -= 1
         return True
 
@@ -305,17 +358,28 @@ class Governor:
             now = self.now()
         if not self._close(ticket):
             return
+        if input_tokens is not None:
+            # the server charged the real input at admission: keep the ledger honest, and
+            # learn how the raw local estimate compares with its count (like with like,
+            # bounded: a factor can never run away, whatever the order of answers)
+            if ticket.in_cost:
+                self.input_tokens.credit(ticket.in_cost - input_tokens, now)
+            if ticket.in_raw > 0:
+                ratio = input_tokens / ticket.in_raw
+                ratio = _FACTOR_MIN if ratio < _FACTOR_MIN else (_FACTOR_MAX if ratio > _FACTOR_MAX else ratio)
+                factor = self.input_factor + 0.05 * (ratio - self.input_factor)
+                self.input_factor = (
+                    _FACTOR_MIN if factor < _FACTOR_MIN else (_FACTOR_MAX if factor > _FACTOR_MAX else factor)
+                )
+        refund = 0.0
         if output_tokens is not None:
             refund = ticket.out_cost - output_tokens
-            if refund:
-                self.output_tokens.credit(refund, now)
-        if input_tokens is not None and ticket.in_cost > 0:
-            # the server counted the real input: keep the ledger honest, and learn
-            # how our local estimate compares with its count
-            self.input_tokens.credit(ticket.in_cost - input_tokens, now)
-            ratio = input_tokens * self.input_factor / ticket.in_cost
-            self.input_factor += 0.05 * (ratio - self.input_factor)
-        self.observe(ticket, headers, now)
+            self._record_output(output_tokens)
+        # read the headers before crediting the refund: the models of the conventions
+        # under which the server still held it need the level without it
+        self.observe(ticket, headers, now, out_refund=refund if refund > 0 else 0.0)
+        if refund:
+            self.output_tokens.credit(refund, now)
         self._streak = 0
         level = ticket.level
         if ticket.probe:
@@ -391,13 +455,14 @@ class Governor:
         if not self._close(ticket):
             return 0.0
         self._refund_all(ticket, now)
+        modelled = False
         if headers:
-            # `remaining` on a 429 does not include this call (refunded above)
-            ticket.snap_req -= 1.0
-            ticket.snap_in -= ticket.in_cost
-            ticket.snap_out -= ticket.out_cost
-            self.observe(ticket, headers, now, force=True)
-        if ticket.epoch == self._epoch:
+            # `remaining` on a 429 is the level now, without this call (refunded above)
+            modelled = self.observe(ticket, headers, now, force=True)
+        # A 429 says a budget ran out, not that too many calls are in flight. When its
+        # headers corrected the budget's model, that model paces the next calls; only an
+        # unexplained 429 (no usable headers) lowers the in-flight ceiling.
+        if not modelled and ticket.epoch == self._epoch:
             self._epoch += 1
             base = min(self.ceiling, float(ticket.level))
             self.ceiling = max(1.0, base * _DECREASE_429)
@@ -450,8 +515,45 @@ class Governor:
         """The call was cancelled: just give back its slot and reservation."""
         self.on_failure(ticket, now)
 
+    # -- output lengths ------------------------------------------------------
+    def _record_output(self, tokens: float) -> None:
+        outs = self._outputs
+        if len(outs) < _OUT_WINDOW:
+            outs.append(float(tokens))
+        else:
+            outs[self._out_pos] = float(tokens)
+            self._out_pos = (self._out_pos + 1) % _OUT_WINDOW
+        self._out_dirty += 1
+
+    @property
+    def predicted_output(self) -> float | None:
+        """A high percentile (p90) of the latest completed outputs, in tokens; None before any.
+
+        For planning and the ETA only: output is always reserved at ``max_tokens``.
+        """
+        outs = self._outputs
+        if not outs:
+            return None
+        if self._out_p is None or self._out_dirty >= 16 or (len(outs) < 64 and self._out_dirty):
+            data = sorted(outs)
+            self._out_p = data[min(len(data) - 1, int(len(data) * _OUT_PERCENTILE))]
+            self._out_dirty = 0
+        return self._out_p
+
+    def observed_outputs(self) -> list[float]:
+        """The latest completed output lengths (at most the last 512), oldest first not guaranteed."""
+        return list(self._outputs)
+
+    @property
+    def binding(self) -> str | None:
+        """The budget that held dispatch back the longest ("requests", "input_tokens",
+        "output_tokens"), or None if none did."""
+        w = self.waited
+        i = max(range(3), key=lambda k: w[k])
+        return ("requests", "input_tokens", "output_tokens")[i] if w[i] > 0 else None
+
     # -- introspection -----------------------------------------------------
-    def limits(self) -> dict:
+    def limits(self) -> dict[str, float | None]:
         return {
             "rpm": self.requests.limit,
             "itpm": self.input_tokens.limit,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Mapping
 
 import anthropic
 import httpx2
+
+Headers = Mapping[str, str]
 
 __all__ = [
     "ABORT",
@@ -78,7 +81,13 @@ class Verdict:
     __slots__ = ("action", "error_type", "headers", "kind", "message", "retry_after")
 
     def __init__(
-        self, action: str, kind: str, error_type: str, message: str, retry_after: float | None = None, headers=None
+        self,
+        action: str,
+        kind: str,
+        error_type: str,
+        message: str,
+        retry_after: float | None = None,
+        headers: Headers | None = None,
     ) -> None:
         self.action = action
         self.kind = kind
@@ -91,7 +100,7 @@ class Verdict:
         return f"Verdict({self.action!r}, {self.kind!r}, {self.error_type!r}, {self.message!r})"
 
 
-def _retry_after(headers) -> float | None:
+def _retry_after(headers: Headers | None) -> float | None:
     if headers is None:
         return None
     value = headers.get("retry-after-ms")
@@ -109,7 +118,7 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-def _body_error(body) -> tuple[str | None, str | None]:
+def _body_error(body: object) -> tuple[str | None, str | None]:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
@@ -122,7 +131,9 @@ def _is_spend_limit(code: str | None, message: str) -> bool:
     return code in _ABORT_CODES or "spend limit" in message.lower()
 
 
-def _status_verdict(status: int, error_type: str | None, message: str, headers, code: str | None = None) -> Verdict:
+def _status_verdict(
+    status: int, error_type: str | None, message: str, headers: Headers | None, code: str | None = None
+) -> Verdict:
     verdict = _default_verdict(status, error_type, message, headers, code)
     # The server may say outright whether a retry can help (the SDK obeys this header first).
     should = headers.get("x-should-retry") if headers is not None else None
@@ -133,7 +144,9 @@ def _status_verdict(status: int, error_type: str | None, message: str, headers, 
     return verdict
 
 
-def _default_verdict(status: int, error_type: str | None, message: str, headers, code: str | None) -> Verdict:
+def _default_verdict(
+    status: int, error_type: str | None, message: str, headers: Headers | None, code: str | None
+) -> Verdict:
     if status == 429:
         if _is_spend_limit(code, message):
             return Verdict(ABORT, FATAL, error_type or "rate_limit_error", message)
@@ -188,7 +201,9 @@ def classify(exc: BaseException) -> Verdict:
     return Verdict(FAIL, PERMANENT, type(exc).__name__, str(exc) or repr(exc))
 
 
-_OUTAGE_TYPES = frozenset({"connection_error", "timeout", "api_error", "overloaded_error", "incomplete_stream"})
+# Timeouts and cut streams are left out: one item's long answer or odd content
+# can cause them, and a run of one such item must still end.
+_OUTAGE_TYPES = frozenset({"connection_error", "api_error", "overloaded_error"})
 
 
 def is_outage(verdict: Verdict) -> bool:
@@ -225,7 +240,7 @@ class RetryPolicy:
         ceiling = self.base * (2 ** min(failures - 1, 30))
         if ceiling > self.cap:
             ceiling = self.cap
-        return self._rng.random() * ceiling
+        return float(self._rng.random() * ceiling)
 
     def allows(self, verdict: Verdict, failures: int, started: float, retry_at: float) -> bool:
         """May the item be tried again at ``retry_at`` (same clock as ``started``)?"""

@@ -7,7 +7,7 @@ import contextlib
 import heapq
 import inspect
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable, Iterable
 from typing import Any
 
 import httpx2
@@ -17,6 +17,7 @@ from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, R
 from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
+from .repair import add_usage, invalid_outcome, repair_params, tool_answer
 from .retry import (
     ABORT,
     FAIL,
@@ -46,9 +47,10 @@ _LAUNCH_BURST = 8  # requests started per event-loop turn at most
 # estimates an hour per 128k output tokens) or past a model's non-streaming
 # limit; the engine posts directly, so it applies the same rule and streams them.
 try:
-    from anthropic._constants import MODEL_NONSTREAMING_TOKENS as _NONSTREAMING_TOKENS
+    from anthropic._constants import MODEL_NONSTREAMING_TOKENS
 except ImportError:  # pragma: no cover - an SDK without the table
-    _NONSTREAMING_TOKENS = {}
+    MODEL_NONSTREAMING_TOKENS = {}
+_NONSTREAMING_TOKENS: dict[str, int] = dict(MODEL_NONSTREAMING_TOKENS)
 _NONSTREAMING_MAX_TOKENS = 128_000 * 600 / 3600  # ~21,333
 
 
@@ -59,8 +61,9 @@ def needs_streaming(params: dict[str, Any]) -> bool:
         return False
     if mt > _NONSTREAMING_MAX_TOKENS:
         return True
-    limit = _NONSTREAMING_TOKENS.get(params.get("model"))  # type: ignore[call-overload]
-    return bool(limit) and mt > limit
+    model = params.get("model")
+    limit = _NONSTREAMING_TOKENS.get(model) if isinstance(model, str) else None
+    return limit is not None and mt > limit
 
 
 class _Job:
@@ -73,6 +76,8 @@ class _Job:
         "last_error",
         "out_cost",
         "params",
+        "repaired",
+        "spent",
         "started",
         "stream",
         "timeouts",
@@ -95,6 +100,8 @@ class _Job:
         self.timeouts = 0
         self.started: float | None = None
         self.last_error: Verdict | None = None
+        self.repaired = False  # an invalid answer was sent back once (see repair)
+        self.spent: dict[str, Any] | None = None  # usage of answers that were not kept
 
 
 class _Latency:
@@ -117,6 +124,12 @@ class _Latency:
             n = min(self.count, len(w))
             data = sorted(w[:n])
             self.p99 = data[min(n - 1, int(n * 0.99))]
+
+    @property
+    def mean(self) -> float | None:
+        """Mean of the latencies in the window (None before any)."""
+        n = min(self.count, len(self.window))
+        return sum(self.window[:n]) / n if n else None
 
 
 class Engine:
@@ -153,6 +166,7 @@ class Engine:
             pause_base=config.pause_base,
             pause_max=config.pause_max,
             learn=config.learn_limits,
+            warmup=config.warmup,
         )
         self.policy = RetryPolicy(
             max_attempts=config.max_attempts,
@@ -216,7 +230,7 @@ class Engine:
         return [results[i] for i in range(len(results))]
 
     @contextlib.asynccontextmanager
-    async def _client_scope(self):
+    async def _client_scope(self) -> AsyncIterator[None]:
         if self._client is not None:
             yield
             return
@@ -287,19 +301,19 @@ class _Run:
             self._is_async = False
         self._exhausted = False
         self._index = 0
-        self._heap: list = []
+        self._heap: list[tuple[float, int, _Job]] = []
         self._hseq = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._live: dict[int, _Job] = {}
-        self._out: deque = deque()
+        self._out: deque[tuple[int, Outcome]] = deque()
         self._out_limit = max(64, 2 * self.cfg.max_concurrency)
-        self._waiter: asyncio.Future | None = None
-        self._out_waiter: asyncio.Future | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._out_waiter: asyncio.Future[None] | None = None
         self._state = _RUNNING
         self._abort: Verdict | None = None
         self._held: _Job | None = None
         self._finished = False
-        self._dispatcher: asyncio.Task | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- outcomes ------------------------------------------------------------
@@ -329,7 +343,7 @@ class _Run:
             ),
         )
 
-    async def outcomes(self) -> AsyncIterator[tuple[int, Outcome]]:
+    async def outcomes(self) -> AsyncGenerator[tuple[int, Outcome]]:
         self.loop = asyncio.get_running_loop()
         self.stats = st = self.engine.stats = EngineStats(self.gov)
         st.started_at = self.gov.now()
@@ -366,7 +380,7 @@ class _Run:
             if st.finished_at is None:
                 st.finished_at = self.gov.now()
 
-    def _dispatcher_done(self, _task: asyncio.Task) -> None:
+    def _dispatcher_done(self, _task: asyncio.Task[None]) -> None:
         w = self._out_waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -431,8 +445,9 @@ class _Run:
                         break
                     await self._sleep(None)
                     continue
-                if gov.in_flight >= int(gov.ceiling) or len(self._out) >= self._out_limit:
-                    await self._sleep(None if own else 0.05)
+                if gov.free_slots() <= 0 or len(self._out) >= self._out_limit:
+                    warm = gov.warmup_left()
+                    await self._sleep(warm if warm > 0 else (None if own else 0.05))
                     continue
                 job = self._held
                 self._held = None
@@ -457,7 +472,7 @@ class _Run:
                         else:
                             return
                         continue
-                in_cost = job.in_raw * gov.input_factor
+                in_cost = gov.estimate_input(job.in_raw)
                 d = gov.delay(in_cost, job.out_cost, now)
                 bd = self.engine.breaker.delay(now)
                 if bd is None:  # the API looks down: wait for the probe in flight
@@ -497,11 +512,11 @@ class _Run:
                 self._emit_cancelled(job)
 
     @property
-    def _undone_keys(self) -> list:
+    def _undone_keys(self) -> list[Hashable]:
         return [job.call.key for _, job in sorted(self._live.items())]
 
     def _launch(self, job: _Job, in_cost: float, now: float) -> None:
-        ticket = self.gov.acquire(in_cost, job.out_cost, now)
+        ticket = self.gov.acquire(in_cost, job.out_cost, now)  # in_raw = in_cost / the factor now (exact)
         if job.started is None:
             job.started = now
         job.attempts += 1
@@ -509,10 +524,15 @@ class _Run:
         probe = self.engine.breaker.on_dispatch(now)
         task = self.loop.create_task(self._attempt(job, ticket, probe))
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda t: self._task_done(t, job, ticket))
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[None], job: _Job, ticket: Ticket) -> None:
         self._tasks.discard(task)
+        if task.cancelled() and ticket.open:
+            # cancelled before its first step: the attempt never ran its own cleanup
+            self.gov.release(ticket)
+            if self._state == _CANCELLING:
+                self._emit_cancelled(job)
         self._wake()
 
     # -- one attempt -----------------------------------------------------------
@@ -547,7 +567,29 @@ class _Run:
         st.output_tokens += out_tokens or 0
         st.cache_creation_input_tokens += usage.get("cache_creation_input_tokens") or 0
         st.cache_read_input_tokens += usage.get("cache_read_input_tokens") or 0
+        if job.call.validate is not None and self._review(job, outcome):
+            return  # sent back once with the validation error
         self._emit(job, outcome)  # a finished call is reported even while cancelling or aborting
+
+    def _review(self, job: _Job, outcome: Outcome) -> bool:
+        """Validate a structured answer; True when the job was queued again to repair it."""
+        assert job.call.validate is not None
+        error = job.call.validate(outcome.text, outcome.stop_reason)
+        outcome.usage = add_usage(job.spent, outcome.usage)
+        if error is None:
+            return False
+        if job.repaired or self._state != _RUNNING:
+            invalid_outcome(outcome, error)
+            return False
+        job.repaired = True
+        job.spent = outcome.usage
+        job.params = repair_params(job.params, outcome.text, error)
+        job.in_raw = estimate_input_tokens(job.params)
+        self.stats.retries += 1
+        self._hseq += 1
+        heapq.heappush(self._heap, (self.gov.now(), self._hseq, job))
+        self._wake()
+        return True
 
     async def _plain_attempt(self, job: _Job, ticket: Ticket) -> tuple[Outcome, Any]:
         timeout = self.engine._attempt_timeout(job)
@@ -562,6 +604,8 @@ class _Run:
         try:
             data = loads(response.content)
             parts = [b.get("text", "") for b in data["content"] if b.get("type") == "text"]
+            if not parts:  # a forced tool (structured output's fallback): its input is the answer
+                parts = tool_answer(data["content"])
         except (ValueError, KeyError, TypeError, AttributeError):
             raise InvalidResponse(
                 f"the API answered {response.status_code} with a body that is not a message: {response.content[:80]!r}"
@@ -629,7 +673,7 @@ class _Run:
             None,
             state.message_id,
         )
-        return outcome, response.headers  # type: ignore[union-attr]
+        return outcome, response.headers
 
     def _failed_attempt(self, job: _Job, ticket: Ticket, verdict: Verdict, probe: bool = False) -> None:
         gov = self.gov
@@ -699,7 +743,7 @@ class _Run:
         )
 
 
-def _resolve(fut: asyncio.Future) -> None:
+def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
 

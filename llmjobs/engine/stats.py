@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .governor import Governor
@@ -39,7 +40,23 @@ class EngineStats:
 
     __slots__ = (*_COUNTERS, "started_at", "finished_at", "_governor", "_clock")
 
-    def __init__(self, governor: Governor | None = None, clock=None) -> None:
+    requests: int
+    ok: int
+    rate_limited: int
+    overloaded: int
+    errors: int
+    timeouts: int
+    retries: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    pulled: int
+
+    def __init__(self, governor: Governor | None = None, clock: Callable[[], float] | None = None) -> None:
         for name in _COUNTERS:
             setattr(self, name, 0)
         self.started_at: float | None = None
@@ -80,8 +97,19 @@ class EngineStats:
         return self._governor.ceiling if self._governor else 0.0
 
     @property
-    def limits(self) -> dict:
+    def limits(self) -> dict[str, float | None]:
         return self._governor.limits() if self._governor else {}
+
+    @property
+    def predicted_output(self) -> float | None:
+        """A high percentile (p90) of the latest outputs in tokens, for planning and the ETA."""
+        return self._governor.predicted_output if self._governor else None
+
+    @property
+    def binding(self) -> str | None:
+        """The budget that held dispatch back the longest (``"requests"``, ``"input_tokens"``,
+        ``"output_tokens"``), or None."""
+        return self._governor.binding if self._governor else None
 
     @property
     def paused_for(self) -> float:
@@ -96,7 +124,7 @@ class EngineStats:
         """Governor-clock time until which dispatch is paused (0.0 if never paused)."""
         return self._governor.paused_until if self._governor else 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = {name: getattr(self, name) for name in _COUNTERS}
         d.update(
             elapsed=round(self.elapsed, 3),

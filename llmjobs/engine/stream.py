@@ -11,7 +11,7 @@ response.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 import httpx2
@@ -22,7 +22,7 @@ from .retry import AttemptTimeout, StreamError
 __all__ = ["TextStream", "iter_sse", "open_stream", "stream_text"]
 
 
-async def iter_sse(response: httpx2.Response) -> AsyncIterator[tuple[str | None, bytes]]:
+async def iter_sse(response: httpx2.Response) -> AsyncGenerator[tuple[str | None, bytes]]:
     """Yield ``(event, data)`` for each server-sent event of ``response`` (pings included)."""
     buf = b""
     async for chunk in response.aiter_bytes():
@@ -55,7 +55,8 @@ async def open_stream(client: Any, params: Mapping[str, Any]) -> httpx2.Response
     """POST a streaming Messages request; returns the open response (status errors raise typed SDK errors)."""
     body = dict(params)
     body["stream"] = True
-    return await client.post("/v1/messages", body=body, cast_to=httpx2.Response, stream=True)
+    response: httpx2.Response = await client.post("/v1/messages", body=body, cast_to=httpx2.Response, stream=True)
+    return response
 
 
 def _stream_error(data: bytes) -> StreamError:
@@ -69,14 +70,15 @@ def _stream_error(data: bytes) -> StreamError:
 class StreamState:
     """What a stream told us so far (shared by the engine and :class:`TextStream`)."""
 
-    __slots__ = ("finished", "message_id", "model", "parts", "started", "stop_reason", "ttft", "usage")
+    __slots__ = ("finished", "message_id", "model", "parts", "started", "stop_reason", "tool_parts", "ttft", "usage")
 
     def __init__(self, started: float) -> None:
         self.message_id: str | None = None
         self.model: str | None = None
         self.parts: list[str] = []
+        self.tool_parts: list[str] = []  # input_json_delta of a tool call (a forced tool's answer)
         self.stop_reason: str | None = None
-        self.usage: dict | None = None
+        self.usage: dict[str, Any] | None = None
         self.started = started
         self.ttft: float | None = None
         self.finished = False
@@ -85,12 +87,15 @@ class StreamState:
         """Apply one non-ping event; returns a text delta if it carried one."""
         if event == "content_block_delta":
             d = loads(data).get("delta") or {}
-            text = d.get("text")
+            text: str | None = d.get("text")
             if text is not None:
                 if self.ttft is None:
                     self.ttft = now - self.started
                 self.parts.append(text)
                 return text
+            partial = d.get("partial_json")
+            if partial is not None:
+                self.tool_parts.append(partial)
             if self.ttft is None:
                 self.ttft = now - self.started
             return None
@@ -119,7 +124,8 @@ class StreamState:
 
     @property
     def text(self) -> str:
-        return "".join(self.parts)
+        """The answer's text; with no text at all, the JSON a tool call streamed (structured output)."""
+        return "".join(self.parts) if self.parts or not self.tool_parts else "".join(self.tool_parts)
 
 
 class TextStream:
@@ -175,7 +181,7 @@ class TextStream:
         return self._state.text if self._state else ""
 
     @property
-    def usage(self) -> dict | None:
+    def usage(self) -> dict[str, Any] | None:
         return self._state.usage if self._state else None
 
     @property
@@ -231,7 +237,7 @@ class TextStream:
         loop = self._loop
         try:
             async with asyncio.timeout_at(self._limit(loop.time())) as cm:
-                async for event, data in self._events:  # type: ignore[union-attr]
+                async for event, data in self._events:
                     if event == "ping":
                         continue
                     now = loop.time()

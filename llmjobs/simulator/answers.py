@@ -21,7 +21,7 @@ import re
 from .extraction import EXTRACT_HINT, extract
 from .generic import digest, generic
 
-__all__ = ["count_tokens", "finish", "make_answer"]
+__all__ = ["classify", "count_tokens", "finish", "make_answer"]
 
 
 def count_tokens(text: str) -> int:
@@ -147,7 +147,7 @@ def _find_labels(prompt: str) -> tuple[list[str], tuple[int, int]]:
     return [], (0, 0)
 
 
-def _classify(labels: list[str], document: str) -> str:
+def classify(labels: list[str], document: str) -> str:
     low = document.lower()
     words = _WORDS.findall(low)
     scores = []
@@ -248,7 +248,7 @@ def _answer(prompt: str, system: str, user: str, answer_tokens: int) -> str:
                 # Text after the list is the document; the question before it
                 # often names a label ("Is this spam?"), so skip it when we can.
                 document = after if len(after.split()) >= 3 else prompt[:start] + " " + after
-            return _classify(labels, document)
+            return classify(labels, document)
     match = _SUMMARY_HINT.search(user)
     if match:
         return _summarize(_strip_instruction(user, match))

@@ -21,7 +21,7 @@ from typing import Any
 
 from .batches import BatchStore, batches
 from .buckets import RateLimiter
-from .catalog import KNOWN_MODEL_SET, KNOWN_MODELS, model_info
+from .catalog import KNOWN_MODEL_SET, KNOWN_MODELS, lacks_structured_output, model_info
 from .config import ConfigError, SimConfig
 from .control import control
 from .faults import FAULTS, OUTAGE_MODES, fail_outage
@@ -120,6 +120,9 @@ class SimulatorApp:
                 del cache[old]
         cache[key] = max(cache.get(key, 0.0), now + ttl)
 
+    def _model(self, model_id: str) -> dict[str, Any]:
+        return model_info(model_id, not lacks_structured_output(model_id, self.config.no_structured_output))
+
     # ------------------------------------------------------------------ ASGI
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -149,13 +152,13 @@ class SimulatorApp:
         elif path == "/v1/messages/count_tokens" and method == "POST":
             await count_tokens(self, scope, receive, send)
         elif path == "/v1/models" and method == "GET":
-            data = [model_info(m) for m in KNOWN_MODELS]
+            data = [self._model(m) for m in KNOWN_MODELS]
             page = {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
             await send_json(send, 200, page)
         elif path.startswith("/v1/models/") and method == "GET":
             model = path[len("/v1/models/") :]
             if model in KNOWN_MODEL_SET:
-                await send_json(send, 200, model_info(model))
+                await send_json(send, 200, self._model(model))
             else:
                 await send_error(send, 404, "not_found_error", f"model: {model}", [])
         else:

@@ -3,7 +3,9 @@ plus a few dated aliases); anything else gets 404 not_found_error."""
 
 from __future__ import annotations
 
-__all__ = ["KNOWN_MODELS", "MAX_OUTPUT_TOKENS", "cache_minimum", "model_info"]
+from typing import Any
+
+__all__ = ["KNOWN_MODELS", "MAX_OUTPUT_TOKENS", "cache_minimum", "lacks_structured_output", "model_info"]
 
 KNOWN_MODELS: tuple[str, ...] = (
     "claude-fable-5-2",
@@ -72,10 +74,44 @@ def _display_name(model_id: str) -> str:
     return " ".join(["Claude", *(p.capitalize() for p in family), version]).strip()
 
 
-def model_info(model_id: str) -> dict[str, str]:
+def lacks_structured_output(model_id: str, unsupported: str) -> bool:
+    """Is ``model_id`` one of ``unsupported`` (comma-separated ids or id prefixes)?"""
+    return any(model_id.startswith(p) for p in unsupported.split(",") if p)
+
+
+def _yes(supported: bool = True) -> dict[str, bool]:
+    return {"supported": supported}
+
+
+def model_info(model_id: str, structured: bool = True) -> dict[str, Any]:
+    """A ModelInfo, with ``capabilities`` (``structured_outputs`` as configured)."""
+    capabilities = {
+        "batch": _yes(),
+        "citations": _yes(),
+        "code_execution": _yes(False),
+        "context_management": _yes(False),
+        "effort": {
+            "supported": False,
+            "low": _yes(False),
+            "medium": _yes(False),
+            "high": _yes(False),
+            "max": _yes(False),
+        },
+        "image_input": _yes(False),
+        "pdf_input": _yes(False),
+        "server_tools": {"supported": False, "code_execution": _yes(False), "web_search": _yes(False)},
+        "structured_outputs": _yes(structured),
+        "thinking": {
+            "supported": False,
+            "types": {k: _yes(False) for k in ("adaptive", "between_tools", "disabled", "enabled")},
+        },
+    }
     return {
         "type": "model",
         "id": model_id,
         "display_name": _display_name(model_id),
         "created_at": "2025-01-01T00:00:00Z",
+        "lifecycle": "active",
+        "max_tokens": MAX_OUTPUT_TOKENS,
+        "capabilities": capabilities,
     }

@@ -57,6 +57,12 @@ class SimConfig:
     tier: int = 0
     remaining_at: str = "refund"
     cache_min_tokens: int = -1
+    invalid_output: float = 0.0
+    batch_error: float = 0.0
+    batch_expire: float = 0.0
+    batch_max_requests: int = 100_000
+    batch_max_bytes: int = 256 * MiB
+    no_structured_output: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,6 +137,21 @@ def _int(value: Any) -> int:
     return int(value)
 
 
+def _positive_int(value: Any) -> int:
+    number = _non_negative_int(value)
+    if number == 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def _model_list(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError("must be a comma-separated string of model ids")
+    return ",".join(part.strip() for part in value.split(",") if part.strip())
+
+
 def _tier(value: Any) -> int:
     number = _non_negative_int(value)
     if number and number not in TIERS:
@@ -175,6 +196,12 @@ _COERCE = {
     "tier": _tier,
     "remaining_at": _remaining_at,
     "cache_min_tokens": _cache_min,
+    "invalid_output": _probability,
+    "batch_error": _probability,
+    "batch_expire": _probability,
+    "batch_max_requests": _positive_int,
+    "batch_max_bytes": _positive_int,
+    "no_structured_output": _model_list,
 }
 assert set(_COERCE) == {f.name for f in dataclasses.fields(SimConfig)}
 
@@ -207,7 +234,8 @@ FIELD_HELP: dict[str, str] = {
     "seed": "seed for the fault and jitter random generators",
     "answer_tokens": "approximate length of generic answers in tokens; 0 = natural length (20-120 tokens)",
     "max_body": "largest request body in bytes; larger ones get 413 request_too_large",
-    "batch_seconds": "seconds a Message Batch stays in_progress before it ends with results",
+    "batch_seconds": "seconds a Message Batch stays in_progress before it ends with results (its requests "
+    "finish one by one over that time)",
     "tier": "preset of Anthropic's published Sonnet/Opus 4.x limits for usage tier 1-4 (tier 4: 4,000 RPM, "
     "2,000,000 ITPM, 400,000 OTPM) with 60 s buckets; explicit --rpm/--itpm/--otpm/--burst override it; 0 = none",
     "remaining_at": "when the *-remaining headers of an admitted request are computed: admission (right after "
@@ -216,6 +244,15 @@ FIELD_HELP: dict[str, str] = {
     "the reservation held",
     "cache_min_tokens": "shortest prefix (tokens) a cache_control breakpoint caches; -1 = each model's published "
     "minimum (1,024-4,096), 0 = any length",
+    "invalid_output": "probability that a structured answer (output_config.format or a tool call) breaks its "
+    "schema: a field of the wrong type, a missing required field, or prose before the JSON (text answers); "
+    "also in batches",
+    "batch_error": "probability that a Message Batch request ends `errored` (an api_error object in its result)",
+    "batch_expire": "probability that a Message Batch request ends `expired` (never processed; not billed)",
+    "batch_max_requests": "most requests in one Message Batch; more get 400 invalid_request_error",
+    "no_structured_output": "comma-separated model ids (or id prefixes) that lack structured outputs: "
+    "output_config.format and strict tools get 400 invalid_request_error (to test a fallback to a plain tool)",
+    "batch_max_bytes": "largest Message Batch request body in bytes (256 MB); larger ones get 413 request_too_large",
 }
 
 

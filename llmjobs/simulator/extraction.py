@@ -7,7 +7,7 @@ import re
 
 import orjson
 
-__all__ = ["EXTRACT_HINT", "extract"]
+__all__ = ["EXTRACT_HINT", "extract", "find_for"]
 
 EXTRACT_HINT = re.compile(r"\bextract\w*\b", re.I)
 _EXTRACT_FIELDS = re.compile(
@@ -92,6 +92,27 @@ def _proper_names(document: str) -> list[str]:
     return names
 
 
+_KEY_WORDS = re.compile(r"[a-z0-9-]+")
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+
+
+def _names(word: str, name: str) -> bool:
+    """Does a field-name word name this kind ("emails" names "email"; "summary" does not name "sum")?"""
+    return word in (name, name + "s", name + "es") or (len(name) >= 5 and word.startswith(name))
+
+
+def find_for(key: str, document: str) -> list[str] | None:
+    """What the document holds for a field named ``key`` (emails for "email", names
+    for "customer", ...): distinct matches in order; None if the name suggests nothing."""
+    words = _KEY_WORDS.findall(_CAMEL.sub(r"\1_\2", key).lower())
+    pattern = next((pat for names, pat in _EXTRACTORS if any(_names(w, n) for w in words for n in names)), None)
+    if pattern is None:
+        return None
+    if pattern is _PROPER:
+        return _proper_names(document)
+    return list(dict.fromkeys(m.strip() for m in pattern.findall(document)))
+
+
 def extract(prompt: str, document: str) -> str:
     keys: list[str] = []
     match = _EXTRACT_FIELDS.search(prompt)
@@ -104,10 +125,7 @@ def extract(prompt: str, document: str) -> str:
                     keys.append(key)
     result: dict[str, object] = {}
     for key in keys[:8]:
-        pattern = next((pat for names, pat in _EXTRACTORS if any(n in key for n in names)), None)
-        found = list(dict.fromkeys(m.strip() for m in pattern.findall(document))) if pattern else []
-        if pattern is _PROPER:
-            found = _proper_names(document)
+        found = find_for(key, document) or []
         if key.endswith("s") and not key.endswith("ss"):
             result[key] = found[:10]
         else:

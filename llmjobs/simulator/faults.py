@@ -23,7 +23,10 @@ __all__ = ["CLOSED", "FAULTS", "OUTAGE_MODES", "draw", "fail_outage"]
 #: * ``cut_stream``: a stream that stops mid-way without ``message_stop`` or an error
 #:   event, just EOF (a plain request: the connection closes without a response);
 #: * ``bad_json``: a 200 whose body is not JSON;
-#: * ``close``: the connection closes without a response.
+#: * ``close``: the connection closes without a response;
+#: * ``invalid_output``: a structured answer (output_config.format or a tool call) that breaks
+#:   its schema: a field of the wrong type, a missing required field, or prose before the JSON
+#:   (a plain request is answered normally).
 FAULTS = frozenset(
     {
         "500",
@@ -38,6 +41,7 @@ FAULTS = frozenset(
         "cut_stream",
         "bad_json",
         "close",
+        "invalid_output",
     }
 )
 
@@ -50,8 +54,9 @@ OUTAGE_MODES = ("close", "503", "529")
 CLOSED = 444
 
 
-def draw(cfg: SimConfig, rng: random.Random, stream: bool) -> str | None:
-    """One seeded draw for an admitted request: a fault name or None."""
+def draw(cfg: SimConfig, rng: random.Random, stream: bool, structured: bool = False) -> str | None:
+    """One seeded draw for an admitted request: a fault name or None
+    (``invalid_output`` only for a ``structured`` request)."""
     rates = (
         ("529", cfg.fail_529),
         ("500", cfg.fail_500),
@@ -60,6 +65,7 @@ def draw(cfg: SimConfig, rng: random.Random, stream: bool) -> str | None:
         ("should_retry_false", cfg.fail_should_retry_false),
         ("cut_stream", cfg.cut_stream),
         ("bad_json", cfg.bad_json),
+        ("invalid_output", cfg.invalid_output if structured else 0.0),
     )
     if not any(rate for _, rate in rates):
         return None

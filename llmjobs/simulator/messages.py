@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from . import faults
+from .answers import count_tokens as text_tokens
 from .answers import finish, make_answer
 from .buckets import Admission, RateLimiter
 from .config import SimConfig
+from .json_answers import generate, invalidate
 from .prompt import Answer, Prompt, validate
 from .respond import (
     CT_JSON,
@@ -35,7 +37,7 @@ from .streaming import stream
 if TYPE_CHECKING:
     from .app import SimulatorApp
 
-__all__ = ["count_tokens", "message_object", "messages", "settle"]
+__all__ = ["answer_for", "count_tokens", "message_object", "messages", "settle"]
 
 _ADMITTED = Admission(True)
 _ANSWER_CACHE_SIZE = 8192
@@ -78,7 +80,7 @@ async def _read_prompt(app: SimulatorApp, scope: Scope, receive: Receive, conten
     payload = load_json(await read_body(receive, cfg.max_body))
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_request_error", "Input should be a valid dictionary")
-    return validate(payload, app.prompt_cache, app.clock, cfg.cache_min_tokens)
+    return validate(payload, app.prompt_cache, app.clock, cfg.cache_min_tokens, cfg.no_structured_output)
 
 
 async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send) -> int:
@@ -109,7 +111,7 @@ async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send)
     snapshot = limiter.headers() if cfg.remaining_at == "admission" and limiter.enabled else None
 
     if fault is None:
-        fault = faults.draw(cfg, app.fault_rng, prompt.stream)
+        fault = faults.draw(cfg, app.fault_rng, prompt.stream, prompt.structured is not None)
     if fault == "529":
         headers = settle(limiter, admission, 0, snapshot, cfg.remaining_at)
         return await send_error(send, 529, "overloaded_error", "Overloaded", headers)
@@ -132,7 +134,9 @@ async def _handle(app: SimulatorApp, scope: Scope, receive: Receive, send: Send)
         limiter.settle(admission.output_reserved, 0)
         return DISCONNECTED
 
-    answer = _answer(app, prompt)
+    answer = answer_for(app, prompt, invalid=fault == "invalid_output")
+    if fault == "invalid_output":
+        fault = None
     if prompt.stream:
         return await stream(app, send, receive, prompt, stat, admission, answer, fault, snapshot)
 
@@ -177,19 +181,45 @@ async def _fail_early(send: Send, receive: Receive, limiter: RateLimiter, fault:
     )
 
 
-def _answer(app: SimulatorApp, prompt: Prompt) -> Answer:
+def answer_for(app: SimulatorApp, prompt: Prompt, invalid: bool = False) -> Answer:
     """The deterministic answer (memoised per prompt and ``answer_tokens``), cut
-    at ``max_tokens`` and the stop sequences."""
+    at ``max_tokens`` and the stop sequences. A structured request gets JSON valid
+    under its schema (a tool call or a text block), spoiled if ``invalid``; ``invalid``
+    does nothing to a plain request."""
     answer_tokens = app.config.answer_tokens
-    key = (prompt.prompt_key, answer_tokens)
+    structured = prompt.structured
+    tool: str | None = None
+    schema: dict[str, Any] | None = None
+    if structured is not None:
+        tool = structured.tool_for(f"{prompt.system_text}\n{prompt.user_text}")
+        schema = structured.tools[tool] if tool else structured.schema
+    invalid = invalid and schema is not None
+    if schema is not None:
+        counts = app.counters.structured
+        counts["answers"] += 1
+        counts["tool_use"] += tool is not None
+        counts["invalid"] += invalid
+    key = (prompt.prompt_key + ("!" if invalid else ""), answer_tokens)
     answers = app.answers
     text = answers.get(key)
     if text is None:
-        text = make_answer(prompt.system_text, prompt.user_text, prompt.prefill, answer_tokens)
+        if schema is not None:
+            value = generate(schema, prompt.system_text, prompt.user_text)
+            prose = None
+            if invalid:
+                value, prose = invalidate(value, schema, prompt.prompt_key, tool=tool is not None)
+            text = (prose or "") + orjson.dumps(value).decode()
+        else:
+            text = make_answer(prompt.system_text, prompt.user_text, prompt.prefill, answer_tokens)
         answers[key] = text
         if len(answers) > _ANSWER_CACHE_SIZE:
             answers.popitem(last=False)
-    return Answer(*finish(text, prompt.max_tokens, prompt.stop_sequences))
+    if tool is None:
+        return Answer(*finish(text, prompt.max_tokens, prompt.stop_sequences))
+    tokens = text_tokens(text)
+    if tokens > prompt.max_tokens:  # a tool call cut short: its input is incomplete (empty here)
+        return Answer(text[: prompt.max_tokens * 4], "max_tokens", None, prompt.max_tokens, tool, {})
+    return Answer(text, "tool_use", None, max(1, tokens), tool, orjson.loads(text))
 
 
 def settle(limiter: RateLimiter, admission: Admission, actual: int, snapshot: Headers | None, at: str) -> Headers:
@@ -228,7 +258,7 @@ def message_object(req_id: str, prompt: Prompt, answer: Answer, service_tier: st
         "type": "message",
         "role": "assistant",
         "model": prompt.model,
-        "content": [{"type": "text", "text": answer.text}],
+        "content": [answer.content(req_id)],
         "stop_reason": answer.stop_reason,
         "stop_sequence": answer.stop_sequence,
         "usage": {**prompt.usage(), "output_tokens": answer.output_tokens, "service_tier": service_tier},
@@ -242,7 +272,9 @@ async def count_tokens(app: SimulatorApp, scope: Scope, receive: Receive, send: 
         if not isinstance(payload, dict):
             raise ApiError(400, "invalid_request_error", "Request body must be a JSON object")
         payload.setdefault("max_tokens", 1)
-        prompt = validate(payload, app.prompt_cache, app.clock, app.config.cache_min_tokens)
+        prompt = validate(
+            payload, app.prompt_cache, app.clock, app.config.cache_min_tokens, app.config.no_structured_output
+        )
     except ApiError as exc:
         await send_error(send, exc.status, exc.kind, exc.message, [])
         return

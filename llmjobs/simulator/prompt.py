@@ -12,6 +12,7 @@ import orjson
 
 from .catalog import KNOWN_MODEL_SET, MAX_OUTPUT_TOKENS, cache_minimum
 from .respond import ApiError
+from .structured import Structured, parse_structured
 
 __all__ = ["CACHE_TTLS", "Answer", "Prompt", "validate"]
 
@@ -40,6 +41,8 @@ class Prompt:
     cache_read: int = 0
     #: (prefix key, ttl seconds) of every cacheable breakpoint: written or refreshed once admitted
     cache_keys: list[tuple[str, float]] = field(default_factory=list)
+    #: output_config.format, tools and tool_choice (None: a plain text request)
+    structured: Structured | None = None
 
     def usage(self) -> dict[str, Any]:
         """The input side of the ``usage`` object."""
@@ -55,10 +58,22 @@ class Prompt:
 
 
 class Answer(NamedTuple):
+    """An answer: its text (for a tool call, the JSON of its input) and, for a
+    tool call, the tool's name and input."""
+
     text: str
     stop_reason: str
     stop_sequence: str | None
     output_tokens: int
+    tool_name: str | None = None
+    tool_input: Any = None
+
+    def content(self, req_id: str) -> dict[str, Any]:
+        """The answer's content block."""
+        if self.tool_name is None:
+            return {"type": "text", "text": self.text}
+        tool_id = "toolu_01" + req_id[8:]
+        return {"type": "tool_use", "id": tool_id, "name": self.tool_name, "input": self.tool_input}
 
 
 def _bad(message: str) -> ApiError:
@@ -225,7 +240,11 @@ def _conversation(messages: list[Any], chars: _Chars) -> tuple[str, str]:
 
 
 def validate(
-    payload: dict[str, Any], prompt_cache: dict[str, float], clock: Callable[[], float], cache_min_tokens: int = -1
+    payload: dict[str, Any],
+    prompt_cache: dict[str, float],
+    clock: Callable[[], float],
+    cache_min_tokens: int = -1,
+    no_structured_output: str = "",
 ) -> Prompt:
     """Check a Messages request the way the API does and account its tokens.
     ``prompt_cache`` (prefix key -> clock time it expires) decides cache reads;
@@ -233,16 +252,30 @@ def validate(
     model, max_tokens, messages, stream, stops = _check_params(payload)
     system = payload.get("system")
     chars = _Chars(model)
+    structured = parse_structured(payload)
+    if structured is not None:  # tools, then the format, come before the system prompt
+        for part, control, where in structured.parts:
+            chars.add_text(part.decode(), part)
+            if control is not None:
+                chars.breakpoint(control, f"{where}.cache_control")
     system_text = _system_text(system, chars)
     user_text, prefill = _conversation(messages, chars)
+    if prefill and structured is not None and structured.schema is not None:
+        raise _bad("Prefilling the assistant message is not supported when using output_config.format")
     if model not in KNOWN_MODEL_SET:
         raise ApiError(404, "not_found_error", f"model: {model}")
+    if structured is not None and no_structured_output:
+        structured.check_model(model, no_structured_output)
     if max_tokens > MAX_OUTPUT_TOKENS:
         raise _bad(
             f"max_tokens: {max_tokens} > {MAX_OUTPUT_TOKENS}, which is the maximum allowed number "
             f"of output tokens for {model}"
         )
     canonical = orjson.dumps([model, system, messages], option=orjson.OPT_SORT_KEYS)
+    if structured is not None:
+        canonical += b"".join(part for part, _, _ in structured.parts) + orjson.dumps(
+            [structured.choice, structured.choice_name]
+        )
     prompt = Prompt(
         model=model,
         max_tokens=max_tokens,
@@ -253,6 +286,7 @@ def validate(
         prefill=prefill,
         prompt_key=hashlib.sha1(canonical).hexdigest()[:16],
         preview=(user_text or system_text)[:40],
+        structured=structured,
     )
     total_tokens = (chars.total + 3) // 4
     minimum = cache_minimum(model) if cache_min_tokens < 0 else cache_min_tokens

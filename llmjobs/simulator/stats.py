@@ -7,6 +7,9 @@ from typing import Any
 
 from .prompt import Prompt
 
+#: Message Batches cost this share of the standard price (input and output).
+BATCH_PRICE_MULTIPLIER = 0.5
+
 __all__ = ["DISCONNECTED", "PromptStat", "Stats"]
 
 _TOKENS = (
@@ -38,7 +41,17 @@ class Stats:
         self.stream_errors = 0
         self.tokens = dict.fromkeys(_TOKENS, 0)
         self.prompts: dict[str, PromptStat] = {}
-        self.batch = {"batches": 0, "requests": 0, "succeeded": 0, "errored": 0, "canceled": 0, **self.tokens}
+        #: structured answers (output_config.format or a tool call), tool calls, spoiled by invalid_output
+        self.structured = {"answers": 0, "tool_use": 0, "invalid": 0}
+        self.batch = {
+            "batches": 0,
+            "requests": 0,
+            "succeeded": 0,
+            "errored": 0,
+            "canceled": 0,
+            "expired": 0,
+            **self.tokens,
+        }
 
     def started(self) -> None:
         self.requests += 1
@@ -85,7 +98,8 @@ class Stats:
                 "extra_paid_calls": sum(s.paid - 1 for s in stats if s.paid > 1),
             },
             **extra,
-            "batch": dict(self.batch),
+            "structured": dict(self.structured),
+            "batch": {**self.batch, "price_multiplier": BATCH_PRICE_MULTIPLIER},
         }
         if not brief:
             out["prompt_counts"] = {

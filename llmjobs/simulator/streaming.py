@@ -87,7 +87,8 @@ async def stream(
     elif limiter.enabled:
         headers.extend(limiter.headers())
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    head = _message_start(req_id, prompt) + _EV_BLOCK_START + _EV_PING
+    tool = answer.tool_name is not None
+    head = _message_start(req_id, prompt) + _block_start(answer, req_id) + _EV_PING
     if fault == "bad_json":  # a message_start event whose data is cut short: nothing produced, nothing billed
         start = _message_start(req_id, prompt).rstrip(b"\n")
         await send({"type": "http.response.body", "body": start[: len(start) // 2] + b"\n\n"})
@@ -98,7 +99,7 @@ async def stream(
 
     if not (cfg.ttft or cfg.tps or stall or fault):
         # Instant: the whole stream in one write.
-        body = head + b"".join(_delta(piece) for piece in split(text, 48)) + _tail(prompt, answer)
+        body = head + b"".join(_delta(piece, tool) for piece in split(text, 48)) + _tail(prompt, answer)
         await send({"type": "http.response.body", "body": body})
         limiter.settle(admission.output_reserved, answer.output_tokens)
         app.counters.bill(prompt, stat, answer.output_tokens)
@@ -147,7 +148,7 @@ async def stream(
             if tps and not await pause(t0 + count_tokens(text[:sent_chars]) / tps):
                 sent_chars -= len(piece)
                 return DISCONNECTED
-            await send({"type": "http.response.body", "body": _delta(piece), "more_body": True})
+            await send({"type": "http.response.body", "body": _delta(piece, tool), "more_body": True})
         if cut:  # drop_stream: an error event; cut_stream: just EOF, no message_stop
             app.counters.stream_errors += 1
             body = _EV_DROPPED if fault == "drop_stream" else b""
@@ -190,7 +191,18 @@ def split(text: str, chunk_chars: int) -> list[str]:
     return pieces
 
 
-def _delta(piece: str) -> bytes:
+def _block_start(answer: Answer, req_id: str) -> bytes:
+    """``content_block_start``: an empty text block, or a tool_use block with empty input."""
+    if answer.tool_name is None:
+        return _EV_BLOCK_START
+    block = {**answer.content(req_id), "input": {}}
+    return _sse(b"content_block_start", {"type": "content_block_start", "index": 0, "content_block": block})
+
+
+def _delta(piece: str, tool: bool = False) -> bytes:
+    if tool:
+        delta = {"type": "input_json_delta", "partial_json": piece}
+        return _sse(b"content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
     return (
         b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":'
         + orjson.dumps(piece)

@@ -10,11 +10,13 @@ from ..conf import llmjobs_settings
 from ..exceptions import JobInputError
 from ..parsing import detect_format, max_upload_bytes
 from ..prompts import compile_template
+from ..structured import FIELD_TYPES, check_schema, schema_from_fields
 
 __all__ = ["JobForm", "PlaygroundForm", "model_choices"]
 
 MAX_TOKENS_LIMIT = 64_000
 CONCURRENCY_LIMIT = 512
+SCHEMA_ROWS = 6  # rows of the output field list on the new-job form
 
 
 def model_choices() -> list[tuple[str, str]]:
@@ -87,6 +89,73 @@ class JobForm(_ModelChoiceForm):
         help_text="Empty (recommended): automatic, adapted to your rate limits as the job runs.",
     )
 
+    output_schema = forms.CharField(
+        label="Output schema (JSON)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 6, "spellcheck": "false", "placeholder": '{"type": "object", ...}'}),
+        help_text="A JSON Schema with an object at the top level, for what the field list can't say "
+        "(nested objects, arrays, patterns). When given, it replaces the field list.",
+    )
+    webhook_url = forms.URLField(
+        label="Webhook URL",
+        required=False,
+        max_length=2000,
+        assume_scheme="https",
+        help_text="Optional: receives a signed job.finished event when the job ends.",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The output field list: each row is a name, a type, enum values and "required".
+        types = [(t, t) for t in FIELD_TYPES]
+        for i in range(SCHEMA_ROWS):
+            self.fields[f"field_{i}_name"] = forms.CharField(max_length=100, required=False, label="Field name")
+            self.fields[f"field_{i}_type"] = forms.ChoiceField(
+                choices=types, initial="string", required=False, label="Type"
+            )
+            self.fields[f"field_{i}_enum"] = forms.CharField(
+                max_length=2000, required=False, label="Enum values (comma-separated)"
+            )
+            self.fields[f"field_{i}_required"] = forms.BooleanField(required=False, initial=True, label="Required")
+
+    @property
+    def schema_rows(self) -> list[dict[str, Any]]:
+        """The field list's bound fields, row by row (for the template)."""
+        return [
+            {part: self[f"field_{i}_{part}"] for part in ("name", "type", "enum", "required")}
+            for i in range(SCHEMA_ROWS)
+        ]
+
+    def _schema(self, data: dict[str, Any]) -> dict[str, Any] | None:
+        raw = (data.get("output_schema") or "").strip()
+        try:
+            if raw:
+                return check_schema(raw)
+            rows = [
+                {
+                    "name": data.get(f"field_{i}_name"),
+                    "type": data.get(f"field_{i}_type") or "string",
+                    "enum": data.get(f"field_{i}_enum"),
+                    "required": data.get(f"field_{i}_required"),
+                }
+                for i in range(SCHEMA_ROWS)
+            ]
+            return schema_from_fields(rows)
+        except JobInputError as exc:
+            self.add_error("output_schema" if raw else None, str(exc))
+            return None
+
+    def clean_webhook_url(self) -> str:
+        url = (self.cleaned_data.get("webhook_url") or "").strip()
+        if url:
+            from ..webhooks import check_webhook_url
+
+            try:
+                check_webhook_url(url)
+            except JobInputError as exc:
+                raise forms.ValidationError(str(exc)) from None
+        return url
+
     def clean_prompt_template(self) -> str:
         template = self.cleaned_data.get("prompt_template") or ""
         try:
@@ -117,6 +186,7 @@ class JobForm(_ModelChoiceForm):
             self.add_error("texts", "Paste at least one line, or choose a file instead.")
         if source == self.SOURCE_FILE and not data.get("file") and "file" not in self.errors:
             self.add_error("file", "Choose a file to upload, or paste lines instead.")
+        data["schema"] = self._schema(data)
         return data
 
     def service_kwargs(self) -> dict[str, Any]:
@@ -129,6 +199,8 @@ class JobForm(_ModelChoiceForm):
             "model": data["model"],
             "max_tokens": data["max_tokens"],
             "concurrency": data.get("concurrency"),
+            "schema": data.get("schema"),
+            "webhook_url": data.get("webhook_url") or "",
         }
         if data["source"] == self.SOURCE_FILE:
             upload = data["file"]

@@ -68,6 +68,11 @@ async def _last_errors(job_id: int) -> list[dict[str, Any]]:
     ]
 
 
+async def _settling(job_id: int) -> bool:
+    """Items of a cancelled job still held by a live runner (their answers are on the way)."""
+    return await Item.objects.filter(job_id=job_id).live().aexists()
+
+
 async def _retries(job_id: int) -> int:
     """Extra requests beyond one per finished item: 429s, 529s and transient errors."""
     agg = await Item.objects.filter(job_id=job_id, attempts__gt=1).aaggregate(n=Count("pk"), attempts=Sum("attempts"))
@@ -134,12 +139,19 @@ async def progress_events(
     queryset = BatchJob.objects.filter(pk=job_id).values(*_JOB_FIELDS)
     while True:
         row = await queryset.afirst()
+        settling = False
+        if row is not None and row["status"] == BatchJob.Status.CANCELLED:
+            # Cancelled, but a runner may still be writing its in-flight answers: keep counting
+            # until it lets go; then read the counters again so "done" carries the final ones.
+            settling = await _settling(job_id)
+            if not settling:
+                row = await queryset.afirst()
         if row is None:  # deleted while watched
             yield sse.event("done", {"status": "deleted", "active": False})
             return
         now = loop.time()
         done = row["succeeded_count"] + row["failed_count"] + row["cancelled_count"]
-        active = _active(row["status"])
+        active = _active(row["status"]) or settling
 
         # items/s over the last RATE_WINDOW seconds of counter readings
         history.append((now, done))
@@ -214,6 +226,9 @@ def throughput(job: BatchJob, *, now: dt.datetime | None = None, max_buckets: in
     retries = [0] * count
     rows = (
         Item.objects.filter(job_id=job.pk, finished_at__gte=start)
+        # answered items only: a Cancel stamps every pending item at once (no spike), reused answers cost no time
+        .exclude(status=Item.Status.CANCELLED)
+        .exclude(reused=True)
         .annotate(t=trunc("finished_at"))
         .values("t")
         .annotate(n=Count("pk"), attempts=Sum("attempts"))

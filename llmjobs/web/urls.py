@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from . import views
+from . import results_views, views
 
 app_name = "llmjobs"
 
@@ -17,6 +17,11 @@ urlpatterns = [
     path("jobs/<int:pk>/preview", views.job_preview, name="job_preview"),
     path("jobs/<int:pk>/cancel", views.job_cancel_view, name="job_cancel"),
     path("jobs/<int:pk>/retry", views.job_retry_view, name="job_retry"),
+    path("jobs/new/inspect", results_views.upload_inspect, name="upload_inspect"),
+    path("jobs/<int:pk>/results.json", results_views.job_results, name="job_results"),
+    path("jobs/<int:pk>/items/<int:position>/", results_views.item_detail, name="item_detail"),
+    path("jobs/<int:pk>/clone/", results_views.job_clone_view, name="job_clone"),
+    path("jobs/<int:pk>/resume", results_views.job_resume_view, name="job_resume"),
     path("playground/", views.playground, name="playground"),
     path("playground/stream", views.playground_stream, name="playground_stream"),
 ]

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from asgiref.sync import sync_to_async
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
 from django.db import connection
@@ -30,11 +30,14 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import jobs
+from ..api_errors import PreviewError
 from ..conf import api_target
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
-from . import sse
+from ..security import may_act_on
+from . import sse, uploads
 from .forms import JobForm, PlaygroundForm
+from .job_page import job_page_context
 from .playground import get_client, playground_events
 from .progress import progress_events, throughput, throughput_svg_context
 
@@ -49,21 +52,15 @@ def home(request: HttpRequest) -> HttpResponse:
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
-    """Liveness for load balancers and for `make run`'s own check."""
+    """Liveness for load balancers and for `make run`'s own check: nothing about the
+    configuration (staff see details at /healthz/details)."""
 
     def db_ok() -> bool:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
             return bool(cursor.fetchone() == (1,))
 
-    target = api_target()
-    return JsonResponse(
-        {
-            "status": "ok",
-            "database": await sync_to_async(db_ok)(),
-            "api": "simulator" if target.is_simulator else "anthropic",
-        }
-    )
+    return JsonResponse({"status": "ok", "database": await sync_to_async(db_ok)()})
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -71,6 +68,14 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 def _job_or_404(request: HttpRequest, pk: int) -> BatchJob:
     return get_object_or_404(BatchJob.objects.for_user(request.user), pk=pk)
+
+
+def _job_to_change(request: HttpRequest, pk: int) -> BatchJob:
+    """A job this user may act on: 404 if they can't see it, 403 if they may only look."""
+    job = _job_or_404(request, pk)
+    if not may_act_on(request.user, job):
+        raise PermissionDenied("You may view this job but not change it.")
+    return job
 
 
 def _job_url(job: BatchJob | int) -> str:
@@ -81,6 +86,9 @@ def _preview(request: HttpRequest, job: BatchJob) -> None:
     """Run the first pending items now and show their outputs as messages."""
     try:
         results = jobs.job_preview(job=job)
+    except PreviewError as exc:  # the API refused the run (bad key, no permission): plain words
+        messages.error(request, f"Preview failed: {exc}")
+        return
     except Exception as exc:  # an operator's check: say what happened, keep the page
         log.exception("preview of job %s failed", job.pk)
         messages.error(request, f"Preview failed: {type(exc).__name__}: {exc}")
@@ -127,7 +135,8 @@ def job_list(request: HttpRequest) -> HttpResponse:
 def job_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         try:
-            form = JobForm(request.POST, request.FILES)
+            files = uploads.files_with_stash(request)  # a file kept from an earlier form error
+            form = JobForm(request.POST, files)
             action = request.POST.get("action", "run")
         except RequestDataTooBig:
             form = JobForm()
@@ -147,14 +156,16 @@ def job_new(request: HttpRequest) -> HttpResponse:
                 elif action == "run":
                     _enqueue(request, job)
                 else:
-                    messages.success(request, f"Job #{job.pk} saved as a draft.")
+                    messages.success(request, f"Job #{job.pk} saved (not started yet).")
                 return redirect(_job_url(job))
+        uploads.keep_for_next_post(request, form)
         return _form_page(request, form, status=400)
     return _form_page(request, JobForm())
 
 
 def _form_page(request: HttpRequest, form: JobForm, status: int = 200) -> HttpResponse:
-    return render(request, "llmjobs/job_form.html", {"form": form, "preview_count": jobs.PREVIEW_COUNT}, status=status)
+    context = {"form": form, "preview_count": jobs.PREVIEW_COUNT, "stash": getattr(form, "stash", None)}
+    return render(request, "llmjobs/job_form.html", context, status=status)
 
 
 @login_required
@@ -168,16 +179,18 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
     else:
         status = ""
     page = Paginator(items, ITEMS_PER_PAGE).get_page(request.GET.get("page"))
+    mine = may_act_on(request.user, job)  # a viewer of others' jobs gets no action buttons
     context = {
         "job": job,
         "page": page,
         "items": page.object_list,
         "status_filter": status,
         "item_statuses": Item.Status.choices,
-        "can_run": job.status == BatchJob.Status.DRAFT and job.remaining_count > 0,
-        "can_cancel": job.is_active,
-        "can_retry": job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
+        "can_run": mine and job.status == BatchJob.Status.DRAFT and job.remaining_count > 0,
+        "can_cancel": mine and job.is_active,
+        "can_retry": mine and job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
         "preview_count": jobs.PREVIEW_COUNT,
+        **job_page_context(job, mine=mine),  # settings, timeline, Run/Resume, results endpoint
     }
     return render(request, "llmjobs/job_detail.html", context)
 
@@ -206,7 +219,7 @@ def _job_action(act: Callable[[HttpRequest, BatchJob], None]) -> Callable[..., H
     @login_required
     @require_POST
     def view(request: HttpRequest, pk: int) -> HttpResponse:
-        job = _job_or_404(request, pk)
+        job = _job_to_change(request, pk)
         act(request, job)
         return redirect(_job_url(job))
 
@@ -244,7 +257,10 @@ async def job_events(request: HttpRequest, pk: int) -> HttpResponseBase:
     if request.method != "GET":
         return HttpResponse(status=405, headers={"Allow": "GET"})
     user = await request.auser()
-    job_id = await BatchJob.objects.for_user(user).filter(pk=pk).values_list("pk", flat=True).afirst()
+    # for_user asks user.has_perm, which reads the database: do it off the loop.
+    job_id = await sync_to_async(
+        lambda: BatchJob.objects.for_user(user).filter(pk=pk).values_list("pk", flat=True).first()
+    )()
     if job_id is None:
         raise Http404("No such job.")
     return sse.EventStreamResponse(progress_events(job_id))

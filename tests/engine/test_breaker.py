@@ -124,7 +124,9 @@ async def test_items_survive_a_simulated_outage_of_every_kind(sim, mode):
         Call(i, {"model": "claude-haiku-4-5", "max_tokens": 16, "messages": [{"role": "user", "content": f"x {i}"}]})
         for i in range(n)
     ]
-    cfg = EngineConfig(max_attempts=3, backoff_base=0.05, backoff_max=0.2, initial_concurrency=8, max_concurrency=8)
+    # 4 attempts with 0.2 s backoffs: without the breaker the items burn their
+    # budget in well under a second of a 3-second outage.
+    cfg = EngineConfig(max_attempts=4, backoff_base=0.2, backoff_max=1.0, initial_concurrency=8, max_concurrency=8)
     outcomes = []
     async with Engine(base_url=sim.base_url, config=cfg) as engine:
         async for outcome in engine.run(calls):

@@ -69,7 +69,8 @@ from llmjobs.simulator.config import SimConfig  # noqa: E402
 #: Settings tests/conftest.py's SIM_DEFAULTS does not restore.
 _RESTORED = (
     "api_key", "seed", "answer_tokens", "max_body", "batch_seconds", "tier", "remaining_at",
-    "fail_should_retry_false", "cut_stream", "bad_json", "cache_min_tokens",
+    "fail_should_retry_false", "cut_stream", "bad_json", "cache_min_tokens", "invalid_output",
+    "batch_error", "batch_expire", "batch_max_requests", "batch_max_bytes", "no_structured_output",
 )  # fmt: skip
 _RESTORE = {k: v for k, v in SimConfig().as_dict().items() if k in _RESTORED}
 

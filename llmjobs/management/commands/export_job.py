@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -29,4 +31,17 @@ class Command(BaseCommand):
                 raise CommandError(f"{output}: {exc.strerror}") from None
             self.stderr.write(f"wrote {count} item(s) to {output}")
         else:
-            job_export(job=job, fmt=fmt, out=cast(TextIO, self.stdout._out))  # the underlying stream
+            stream = cast(TextIO, self.stdout._out)  # the underlying stream
+            try:
+                job_export(job=job, fmt=fmt, out=stream)
+                stream.flush()
+            except BrokenPipeError:
+                # The reader went away (`export_job 1 | head`): stop quietly, as Unix tools do.
+                # Point stdout at /dev/null so the interpreter's final flush doesn't complain.
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                try:
+                    os.dup2(devnull, sys.stdout.fileno())
+                except (OSError, ValueError):
+                    pass
+                finally:
+                    os.close(devnull)

@@ -1,4 +1,8 @@
-"""`manage.py process_job ID`: run a job now, with a tqdm progress bar.
+"""`manage.py process_job ID`: run a job now, with live progress.
+
+Progress: a tqdm bar on a terminal (done/total, items/s, 429s, cost so far,
+ETA), one plain line every few seconds otherwise, only the final summary with
+``--no-progress``.
 
 SIGINT (Ctrl-C) or SIGTERM stops cleanly: nothing new is sent, calls in
 flight may finish for ``LLMJOBS_DRAIN_SECONDS`` and their answers are stored,
@@ -11,46 +15,17 @@ leases. A run that can't go on (the database unwritable past
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
-from tqdm import tqdm
 
+from llmjobs.cli_progress import CliProgress, choose_mode
 from llmjobs.jobs import job_run
-from llmjobs.runner import JobRunner, engine_counter, stop_on_signals
+from llmjobs.results import job_cost_so_far
+from llmjobs.runner import JobRunner, stop_on_signals
 
 from ._common import get_job
-
-
-class ProgressBar:
-    """A tqdm bar fed by the runner as items finish: done/total, items/s, 429s, ETA."""
-
-    def __init__(self, *, total: int, initial: int, disable: bool, stream: TextIO) -> None:
-        self.bar = tqdm(total=total, initial=initial, unit="item", dynamic_ncols=True, disable=disable, file=stream)
-        self.initial = initial  # a disabled tqdm has no ``initial`` of its own
-        self.disabled = disable
-        self._last_postfix = 0.0
-
-    def __call__(self, runner: JobRunner) -> None:
-        if self.disabled:
-            return
-        stats = runner.stats
-        self.bar.n = runner.report.succeeded + runner.report.failed + self.initial
-        now = time.monotonic()
-        if stats is not None and now - self._last_postfix > 0.5:
-            self._last_postfix = now
-            self.bar.set_postfix(
-                failed=runner.report.failed,
-                r429=engine_counter(stats, "rate_limited"),
-                inflight=stats.in_flight,
-                refresh=False,
-            )
-        self.bar.refresh() if now - self.bar.last_print_t > self.bar.mininterval else None
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 class Command(BaseCommand):
@@ -58,14 +33,20 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("job_id", type=int)
-        parser.add_argument("--no-progress", action="store_true", help="No progress bar")
+        parser.add_argument("--no-progress", action="store_true", help="Print only the final summary")
 
     def handle(self, *args: Any, job_id: int, no_progress: bool, **opts: Any) -> None:
         job = get_job(job_id)
         if job.status == job.Status.CANCELLED:
             raise CommandError(f"job {job_id} is cancelled")
-        bar = ProgressBar(
-            total=job.total, initial=job.done_count, disable=no_progress, stream=cast(TextIO, self.stderr._out)
+        stream = cast(TextIO, self.stderr._out)
+        bar = CliProgress(
+            total=job.total,
+            initial=job.done_count,
+            model=job.model,
+            cost_before=job_cost_so_far(job),
+            mode=choose_mode(no_progress=no_progress, stream=stream),
+            stream=stream,
         )
         runner = JobRunner(job_id, on_progress=bar)
 
@@ -78,7 +59,7 @@ class Command(BaseCommand):
                     f"{name}: stopping; in-flight calls may finish for {runner.drain_seconds:g} s "
                     f"and are stored, the rest goes back to pending ({name} again to stop now)..."
                 )
-            tqdm.write(message, file=cast(TextIO, self.stderr._out))
+            bar.write(message)
 
         try:
             with stop_on_signals(runner, on_signal=on_signal):

@@ -37,6 +37,10 @@ class Command(BaseCommand):
             "--concurrency", type=positive_int, default=None, help="In-flight ceiling (default: automatic)"
         )
         parser.add_argument("--rpm", type=positive_int, default=None, help="Requests-per-minute cap for this job")
+        parser.add_argument(
+            "--schema", help="Output JSON Schema file (an object): every answer is JSON that matches it"
+        )
+        parser.add_argument("--webhook-url", default="", help="POSTed a signed job.finished event when the job ends")
         parser.add_argument("--run", action="store_true", help="Process the job now, with a progress bar")
 
     def handle(self, *args: Any, file: str, **opts: Any) -> None:
@@ -47,6 +51,15 @@ class Command(BaseCommand):
             if not path.is_file():
                 raise CommandError(f"{file}: no such file")
             name, data, fmt = path.name, path.read_bytes(), opts["fmt"]
+        schema = None
+        if opts["schema"]:
+            schema_path = Path(opts["schema"])
+            if not schema_path.is_file():
+                raise CommandError(f"{opts['schema']}: no such file")
+            try:
+                schema = schema_path.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise CommandError(f"{opts['schema']}: not UTF-8 text") from None
         try:
             job = job_create(
                 name=opts["name"] or name,
@@ -62,6 +75,8 @@ class Command(BaseCommand):
                 column=opts["column"],
                 field=opts["field"],
                 fmt=fmt,
+                schema=schema,
+                webhook_url=opts["webhook_url"],
             )
         except JobInputError as exc:
             raise CommandError(f"{name}: {exc}") from None

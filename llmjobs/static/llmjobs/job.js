@@ -68,10 +68,12 @@
       const response = await fetch(window.location.href, { credentials: "same-origin" });
       if (!response.ok) return;
       const doc = new DOMParser().parseFromString(await response.text(), "text/html");
-      for (const id of ["results", "job-actions"]) {
+      for (const id of ["results", "job-actions", "timeline"]) {
         const fresh = doc.getElementById(id), old = document.getElementById(id);
         if (fresh && old) old.replaceWith(fresh);
       }
+      document.dispatchEvent(new CustomEvent("llmjobs:results-replaced"));  // results.js takes the new table over
+      root.dataset.refreshed = "1";
     } catch (e) { /* keep the old table */ }
   }
 

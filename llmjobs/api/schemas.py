@@ -1,0 +1,76 @@
+"""The REST API's request and response bodies (pydantic, through django-ninja)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Field
+
+__all__ = ["CreatedOut", "JobCounts", "JobIn", "JobOut", "JobUsage", "RetryOut"]
+
+MAX_TOKENS_LIMIT = 64_000  # as the web form
+CONCURRENCY_LIMIT = 512
+
+
+class JobIn(Schema):
+    """A new job. ``items`` are objects (their keys are the template's ``{placeholders}``)
+    or strings (``{text}``)."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    name: str = Field("", max_length=200)
+    template: str = Field("", description="Prompt template with {placeholders}; empty sends each item's text.")
+    system: str = ""
+    model: str | None = Field(None, description="One of LLMJOBS_MODELS; default LLMJOBS_DEFAULT_MODEL.")
+    max_tokens: int = Field(1024, ge=1, le=MAX_TOKENS_LIMIT)
+    concurrency: int | None = Field(None, ge=1, le=CONCURRENCY_LIMIT)
+    mode: Literal["realtime"] = Field("realtime", description="Only realtime for now (batch is not available yet).")
+    output_schema: dict[str, Any] | None = Field(
+        None, alias="schema", description="JSON Schema (an object) every answer must match."
+    )
+    budget_usd: float | None = Field(None, description="Not available yet: must be empty.")
+    webhook_url: str = Field("", max_length=2000, description="POSTed a signed job.finished event.")
+    items: list[dict[str, Any] | str] = Field(..., min_length=1)
+
+
+class JobCounts(Schema):
+    succeeded: int
+    failed: int
+    cancelled: int
+    remaining: int
+
+
+class JobUsage(Schema):
+    input_tokens: int
+    output_tokens: int
+
+
+class JobOut(Schema):
+    id: int
+    name: str
+    status: str
+    model: str
+    total: int
+    counts: JobCounts
+    progress: float
+    usage: JobUsage
+    cost_usd: str
+    estimate_usd: str
+    has_schema: bool
+    last_error: str
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    url: str
+
+
+class CreatedOut(Schema):
+    id: int
+    status: str
+    url: str
+
+
+class RetryOut(Schema):
+    reset: int
+    job: JobOut
