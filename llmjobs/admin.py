@@ -17,8 +17,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 from django.utils.text import Truncator
 
 from .admin_forms import BatchJobAdminForm
@@ -36,6 +37,7 @@ from .jobs import (
 )
 from .models import ApiToken, BatchJob, Item, WebhookDelivery
 from .security import may_act_on
+from .workers import workers_on_job
 
 if TYPE_CHECKING:  # ModelAdmin is generic only in django-stubs
     _JobAdminBase = admin.ModelAdmin[BatchJob]
@@ -90,6 +92,7 @@ class BatchJobAdmin(_JobAdminBase):
         "task_id",
         "schema_display",
         "webhook_url",
+        "workers_display",
     )
     fieldsets = (
         (None, {"fields": ("name", "owner", "model", "status", "progress_display", "items_link")}),
@@ -100,7 +103,7 @@ class BatchJobAdmin(_JobAdminBase):
         ("Speed", {"fields": ("concurrency", "rate_limit_rpm")}),
         ("Structured output and notifications", {"fields": ("schema_display", "webhook_url")}),
         ("Counters", {"fields": BatchJob.COUNTER_FIELDS}),
-        ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error")}),
+        ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error", "workers_display")}),
     )
 
     form = BatchJobAdminForm  # the web form's checks: template against the items, model, limits
@@ -121,6 +124,13 @@ class BatchJobAdmin(_JobAdminBase):
         if not job.output_schema:
             return "none (free text)"
         return format_html("<pre>{}</pre>", json.dumps(job.output_schema, indent=2, ensure_ascii=False))
+
+    @admin.display(description="workers")
+    def workers_display(self, job: BatchJob) -> str:
+        workers = workers_on_job(job.pk)
+        if not workers:
+            return "none yet"
+        return format_html_join(mark_safe("<br>"), "{}", ((w.describe(),) for w in workers))
 
     @admin.display(description="progress")
     def progress_display(self, job: BatchJob) -> str:

@@ -67,6 +67,11 @@ class LLMJobsSettings:
     lease_seconds: float = _setting(
         30.0, "How long a claimed item stays reserved without renewal: how soon a dead runner's items are taken over."
     )
+    runners_per_job: int = _setting(
+        1,
+        "Tasks enqueued per job: each runs on a free `db_worker` and claims chunks of the job's items with "
+        "leases, so one job spreads over that many workers. Set it to the number of workers (PostgreSQL).",
+    )
     db_outage_seconds: float = _setting(
         120.0,
         "How long a run keeps retrying a database that cannot be written (holding answers, sending nothing new) "

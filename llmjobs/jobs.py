@@ -33,6 +33,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import Truncator
 
+from .conf import llmjobs_settings
 from .exceptions import JobInputError, JobStateError
 from .exports import (
     EXPORT_FIELDS,
@@ -327,6 +328,9 @@ def _enqueue_task(job_id: int, job: BatchJob) -> None:
 
     try:
         result = process_job_task.enqueue(job_id)
+        # More runners for the same job, each on a free worker (issue 12; ``llmjobs.workers``).
+        for _ in range(llmjobs_settings().runners_per_job - 1):
+            process_job_task.enqueue(job_id)
     except Exception as exc:
         logger.exception("could not enqueue job %s", job_id)
         error = f"could not enqueue the job: {type(exc).__name__}: {exc}"

@@ -393,10 +393,13 @@ class ItemQuerySet(models.QuerySet["Item"]):
 
     # --- verbs (each one UPDATE, or one locked SELECT + UPDATE) ---------------------------
 
-    def claim(self, *, limit: int, lease: datetime.timedelta) -> list[tuple[int, Any]]:
+    def claim(
+        self, *, limit: int, lease: datetime.timedelta, worker: dict[str, Any] | None = None
+    ) -> list[tuple[int, Any]]:
         """Take up to ``limit`` claimable items in position order: mark them running with a
         lease of ``lease`` and return their ``(pk, input)``. Rows another runner has
-        locked are skipped (``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it)."""
+        locked are skipped (``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it).
+        ``worker`` (``workers.worker_identity()``) records who claimed them."""
         now = timezone.now()
         with transaction.atomic(using=self.db):
             qs = self.claimable(now).order_by("position")
@@ -405,7 +408,7 @@ class ItemQuerySet(models.QuerySet["Item"]):
             rows = list(qs.values_list("pk", "input")[:limit])
             if rows:
                 Item.objects.filter(pk__in=[pk for pk, _ in rows]).update(
-                    status=Item.Status.RUNNING, lease_expires_at=now + lease, started_at=now
+                    status=Item.Status.RUNNING, lease_expires_at=now + lease, started_at=now, **(worker or {})
                 )
         return rows
 
@@ -511,6 +514,11 @@ class Item(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    # The worker that last claimed the item (issue 12, ``llmjobs.workers``).
+    worker_id = models.CharField(max_length=64, blank=True, default="")
+    worker_host = models.CharField(max_length=255, blank=True, default="")
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
 
     objects = ItemQuerySet.as_manager()
 

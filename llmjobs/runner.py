@@ -60,6 +60,7 @@ from .models import BatchJob, Item
 from .prompts import build_params
 from .stopping import stop_on_signals
 from .structured import make_validator
+from .workers import ChunkSizer, others_hold_leases, worker_identity
 from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, fail_items, one_line, outcome_rows
 
 __all__ = [
@@ -75,7 +76,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CLAIM_CHUNK = 500  # items claimed per query
+CLAIM_CHUNK = 500  # most items claimed per query (the size adapts: ``workers.ChunkSizer``)
+CLAIM_FIRST = 50  # the first claim of a run, before its throughput is known
 FLUSH_BATCH = 100  # outcomes waiting that trigger a write at once
 FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses at most about this)
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
@@ -168,6 +170,7 @@ class JobRunner:
             label=f"job {job_id}", outage_seconds=self.db_outage_seconds, stop=self._hard_stop, report=self.report
         )
         self._last_renew = time.monotonic()
+        self._sizer = ChunkSizer(max_chunk=self.claim_chunk, initial=min(self.claim_chunk, CLAIM_FIRST))
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -398,7 +401,11 @@ class JobRunner:
             # After a stall (a database outage) our own leases may have lapsed: renew them
             # before claiming, so that we never claim (and pay for) an item we still hold.
             self._renew()
-        rows = Item.objects.filter(job_id=job.pk).claim(limit=self.claim_chunk, lease=self.lease)
+        size = self.claim_chunk
+        if connection.features.has_select_for_update_skip_locked:  # several workers may share the job
+            done = self.report.succeeded + self.report.failed
+            size = self._sizer.next(now=time.monotonic(), done=done)  # a chunk lasts a few seconds
+        rows = Item.objects.filter(job_id=job.pk).claim(limit=size, lease=self.lease, worker=worker_identity())
         self._held.update(pk for pk, _ in rows)
         calls: list[tuple[int, dict[str, Any]]] = []
         broken: list[tuple[int, str]] = []
@@ -569,7 +576,8 @@ class JobRunner:
             return job
         if self.report.interrupted:
             job.refresh_counters()
-            job.mark_interrupted()
+            if not others_hold_leases(self.job_id):  # other workers still run the job: it stays running
+                job.mark_interrupted()
             return job
         if (
             Item.objects.filter(job_id=self.job_id).unfinished().exists()

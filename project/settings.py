@@ -149,6 +149,8 @@ LLMJOBS_HTTP_TRANSPORT = os.environ.get("LLMJOBS_HTTP_TRANSPORT", "aiohttp")  # 
 # Seconds an item stays claimed without renewal: how soon a crashed runner's
 # items can be taken over by a new run.
 LLMJOBS_LEASE_SECONDS = float(os.environ.get("LLMJOBS_LEASE_SECONDS", "30"))
+# Tasks per job: one job spreads over this many db_worker processes (issue 12).
+LLMJOBS_RUNNERS_PER_JOB = int(os.environ.get("LLMJOBS_RUNNERS_PER_JOB", "1"))
 LLMJOBS_MAX_ITEMS = int(os.environ.get("LLMJOBS_MAX_ITEMS", "100000"))
 LLMJOBS_MAX_ITEM_CHARS = int(os.environ.get("LLMJOBS_MAX_ITEM_CHARS", "100000"))
 LLMJOBS_MAX_UPLOAD_BYTES = int(os.environ.get("LLMJOBS_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))

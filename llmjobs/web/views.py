@@ -35,6 +35,7 @@ from ..conf import api_target
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
 from ..security import may_act_on
+from ..workers import workers_on_job
 from . import sse, uploads
 from .forms import JobForm, PlaygroundForm
 from .job_page import job_page_context
@@ -190,6 +191,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_cancel": mine and job.is_active,
         "can_retry": mine and job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
         "preview_count": jobs.PREVIEW_COUNT,
+        "workers": workers_on_job(job.pk),  # issue 12: who claimed the job's items
         **job_page_context(job, mine=mine),  # settings, timeline, Run/Resume, results endpoint
     }
     return render(request, "llmjobs/job_detail.html", context)

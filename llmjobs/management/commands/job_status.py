@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
+from ...workers import workers_on_job
 from ._common import get_job
 
 
@@ -27,6 +28,8 @@ class Command(BaseCommand):
             f"progress:  {job.progress:.1%}",
             f"tokens:    {job.input_tokens} input, {job.output_tokens} output (~${job.cost_estimate})",
         ]
+        for worker in workers_on_job(job.pk):
+            lines.append(f"worker:    {worker.describe()}")
         if job.last_error:
             lines.append(f"last error: {job.last_error}")
         self.stdout.write("\n".join(lines))
