@@ -12,25 +12,28 @@ it after the transaction commits.
 
 from __future__ import annotations
 
-from django.tasks import task
+from django.tasks import TaskContext, task
 
-__all__ = ["deliver_webhook_task", "process_job_task"]
+__all__ = ["deliver_webhook_task", "process_job_task", "sweep_task"]
 
 
-@task()
-def process_job_task(job_id: int) -> None:
-    """Process the pending items of job ``job_id`` (resumable; see ``runner``)."""
+@task(takes_context=True)
+def process_job_task(context: TaskContext[[int], None], job_id: int) -> None:
+    """Process the pending items of job ``job_id`` (resumable; see ``runner``). Several
+    such tasks may run one job on several workers (``workers``)."""
     from .jobs import job_run
     from .models import BatchJob
     from .runner import JobRunner, stop_on_signals
+    from .workers import Heartbeat, ensure_sweep_scheduled
 
     job = BatchJob.objects.filter(pk=job_id).first()
     if job is None:
         raise BatchJob.DoesNotExist(f"job {job_id} does not exist")
     runner = JobRunner(job.pk)
+    ensure_sweep_scheduled()  # idle workers look for dead ones while the job is active
     # The worker (django-tasks-db's db_worker) runs tasks in its main thread with its own
     # SIGTERM/SIGINT handler, which only stops it *after* the task: the job must notice.
-    with stop_on_signals(runner, chain_first=True):
+    with Heartbeat(job.pk, str(context.task_result.id)), stop_on_signals(runner, chain_first=True):
         report = job_run(job=job, runner=runner)
     if report.aborted:
         raise RuntimeError(f"job {job_id} stopped: {report.aborted}")
@@ -43,3 +46,15 @@ def deliver_webhook_task(delivery_id: int) -> None:
     from .webhooks import deliver
 
     deliver(delivery_id)
+
+
+@task(takes_context=True)
+def sweep_task(context: TaskContext[[], None]) -> None:
+    """Look for dead workers and runnerless jobs and take them over (``workers.sweep``);
+    re-enqueued a few seconds later while any job is queued or running, so idle workers
+    notice a dead one too."""
+    from .workers import active_jobs_exist, ensure_sweep_scheduled, sweep
+
+    sweep()
+    if active_jobs_exist():
+        ensure_sweep_scheduled(exclude=context.task_result.id)

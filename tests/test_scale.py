@@ -98,5 +98,54 @@ def test_three_db_workers_share_one_job(site):
     assert all(n > 0 for n in per_pid.values())
     status = site.manage("job_status", str(job_id)).stdout
     assert status.count("worker:") == 3, status
-    tasks = site.query("SELECT status, COUNT(*) FROM django_tasks_database_dbtaskresult GROUP BY status")
+    tasks = site.query(
+        "SELECT status, COUNT(*) FROM django_tasks_database_dbtaskresult WHERE task_path = ? GROUP BY status",
+        ("llmjobs.tasks.process_job_task",),
+    )
     assert dict(tasks) == {"SUCCESSFUL": 3}
+
+
+# -- takeover: kill -9 of a worker, no command run ------------------------------------------
+@postgres_only
+@pytest.mark.parametrize(("runners", "workers"), [(1, 2), (3, 3)], ids=["job-on-one-worker", "job-on-three"])
+def test_kill_9_of_a_worker_is_taken_over_with_no_command(tmp_path, sim, runners, workers):
+    site = FaultSite(tmp_path, sim, LLMJOBS_RUNNERS_PER_JOB=str(runners))
+    procs: list = []
+    try:
+        site.sim.configure(ttft=0.3)
+        job_id = site.submit(600, "--concurrency", "10")
+        procs = _start_workers(site, workers)
+        site.shell(
+            "from llmjobs.jobs import job_enqueue; from llmjobs.models import BatchJob; "
+            f"job_enqueue(job=BatchJob.objects.get(pk={job_id}))"
+        )
+        site.wait_succeeded(job_id, 60)
+        [(victim_pid, task_id)] = site.query(
+            "SELECT worker_pid, task_id FROM llmjobs_runnerheartbeat WHERE job_id = ? ORDER BY id LIMIT 1", (job_id,)
+        )
+        victim = next(p for p in procs if p.pid == victim_pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        site.wait_for(lambda: site.job_status(job_id)[0] == "succeeded")
+        # Sweeps still running finish; then no task row is left running.
+        site.wait_for(
+            lambda: not site.query("SELECT 1 FROM django_tasks_database_dbtaskresult WHERE status = 'RUNNING'")
+        )
+        assert site.counts(job_id) == {"succeeded": 600}
+        [(status, exc_path, reason)] = site.query(
+            "SELECT status, exception_class_path, traceback FROM django_tasks_database_dbtaskresult WHERE id = ?",
+            (task_id,),
+        )
+        assert (status, exc_path) == ("FAILED", "llmjobs.workers.WorkerLost")
+        assert f"pid {victim_pid}" in reason and "taken over" in reason
+        # Items the dead worker held were run again by live workers (not lost, not left running).
+        survivors = {p.pid for p in procs if p is not victim}
+        after = dict(
+            site.query("SELECT worker_pid, COUNT(*) FROM llmjobs_item WHERE job_id = ? GROUP BY worker_pid", (job_id,))
+        )
+        assert set(after) - {victim_pid} <= survivors and set(after) & survivors
+        assert site.paid_twice() <= 10 * runners + 60  # in flight at the kill, plus unwritten answers
+    finally:
+        for code, _out, err in _stop(site, procs):
+            assert code in (0, -signal.SIGKILL), err
+        site.close()
