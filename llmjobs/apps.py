@@ -6,6 +6,10 @@ class LlmjobsConfig(AppConfig):
     verbose_name = "LLM jobs"
     default_auto_field = "django.db.models.BigAutoField"
 
+    def import_models(self) -> None:
+        super().import_models()
+        from . import heartbeats  # noqa: F401  (RunnerHeartbeat: a model outside models.py, issue 12)
+
     def ready(self) -> None:
         from . import (
             conf,  # noqa: F401  (connects the setting_changed receiver that clears the settings cache)

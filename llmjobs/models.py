@@ -393,13 +393,10 @@ class ItemQuerySet(models.QuerySet["Item"]):
 
     # --- verbs (each one UPDATE, or one locked SELECT + UPDATE) ---------------------------
 
-    def claim(
-        self, *, limit: int, lease: datetime.timedelta, worker: dict[str, Any] | None = None
-    ) -> list[tuple[int, Any]]:
+    def claim(self, *, limit: int, lease: datetime.timedelta, worker: dict[str, Any] | None = None) -> list[Any]:
         """Take up to ``limit`` claimable items in position order: mark them running with a
         lease of ``lease`` and return their ``(pk, input)``. Rows another runner has
-        locked are skipped (``SELECT ... FOR UPDATE SKIP LOCKED`` where the database has it).
-        ``worker`` (``workers.worker_identity()``) records who claimed them."""
+        locked are skipped (``SELECT ... FOR UPDATE SKIP LOCKED``); ``worker``: who claims."""
         now = timezone.now()
         with transaction.atomic(using=self.db):
             qs = self.claimable(now).order_by("position")
@@ -515,11 +512,9 @@ class Item(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
-    # The worker that last claimed the item (issue 12, ``llmjobs.workers``).
     worker_id = models.CharField(max_length=64, blank=True, default="")
     worker_host = models.CharField(max_length=255, blank=True, default="")
-    worker_pid = models.PositiveIntegerField(null=True, blank=True)
-
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)  # worker_*: who claimed it last (issue 12)
     objects = ItemQuerySet.as_manager()
 
     class Meta:
@@ -602,20 +597,3 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} for job {self.job_id} ({self.status})"
-
-
-class RunnerHeartbeat(models.Model):
-    """A job runner alive on a worker (issue 12, ``llmjobs.workers``): written when a task
-    starts a job, touched every few seconds by the task's heartbeat thread, deleted when it
-    ends. A row whose ``beat_at`` is older than the lease belongs to a dead worker."""
-
-    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="heartbeats")
-    task_id = models.CharField(max_length=64, blank=True, help_text="The task result's id (django.tasks).")
-    worker_id = models.CharField(max_length=64)
-    worker_host = models.CharField(max_length=255)
-    worker_pid = models.PositiveIntegerField()
-    started_at = models.DateTimeField(default=timezone.now)
-    beat_at = models.DateTimeField(default=timezone.now, db_index=True)
-
-    def __str__(self) -> str:
-        return f"runner of job {self.job_id} on {self.worker_host} pid {self.worker_pid}"

@@ -77,7 +77,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLAIM_CHUNK = 500  # most items claimed per query (the size adapts: ``workers.ChunkSizer``)
-CLAIM_FIRST = 50  # the first claim of a run, before its throughput is known
 FLUSH_BATCH = 100  # outcomes waiting that trigger a write at once
 FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses at most about this)
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
@@ -170,7 +169,7 @@ class JobRunner:
             label=f"job {job_id}", outage_seconds=self.db_outage_seconds, stop=self._hard_stop, report=self.report
         )
         self._last_renew = time.monotonic()
-        self._sizer = ChunkSizer(max_chunk=self.claim_chunk, initial=min(self.claim_chunk, CLAIM_FIRST))
+        self._sizer = ChunkSizer(max_chunk=self.claim_chunk)
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -401,10 +400,7 @@ class JobRunner:
             # After a stall (a database outage) our own leases may have lapsed: renew them
             # before claiming, so that we never claim (and pay for) an item we still hold.
             self._renew()
-        size = self.claim_chunk
-        if connection.features.has_select_for_update_skip_locked:  # several workers may share the job
-            done = self.report.succeeded + self.report.failed
-            size = self._sizer.next(now=time.monotonic(), done=done)  # a chunk lasts a few seconds
+        size = self._sizer.for_claim(done=self.report.succeeded + self.report.failed)  # lasts a few seconds
         rows = Item.objects.filter(job_id=job.pk).claim(limit=size, lease=self.lease, worker=worker_identity())
         self._held.update(pk for pk, _ in rows)
         calls: list[tuple[int, dict[str, Any]]] = []

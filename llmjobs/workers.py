@@ -41,6 +41,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -177,6 +178,15 @@ class ChunkSizer:
         self.target_seconds = target_seconds
         self._start: float | None = None
 
+    def for_claim(self, *, done: int) -> int:
+        """The runner's next claim: adaptive where several workers may share a job
+        (``SKIP LOCKED``), ``max_chunk`` on SQLite (one process; fewer write locks)."""
+        from django.db import connection
+
+        if not connection.features.has_select_for_update_skip_locked:
+            return self.max_chunk
+        return self.next(now=time.monotonic(), done=done)
+
     def next(self, *, now: float, done: int) -> int:
         """The size of the next claim, given ``done`` items finished by this runner so far."""
         if self._start is None:
@@ -202,7 +212,7 @@ class Heartbeat:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> Heartbeat:
-        from .models import RunnerHeartbeat
+        from .heartbeats import RunnerHeartbeat
 
         me = worker_identity()
         self.pk = RunnerHeartbeat.objects.create(job_id=self.job_id, task_id=self.task_id, **me).pk
@@ -211,7 +221,7 @@ class Heartbeat:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from .models import RunnerHeartbeat
+        from .heartbeats import RunnerHeartbeat
 
         self._stop.set()
         if self._thread is not None:
@@ -224,7 +234,7 @@ class Heartbeat:
     def _loop(self) -> None:
         from django.db import connection
 
-        from .models import RunnerHeartbeat
+        from .heartbeats import RunnerHeartbeat
 
         next_sweep = 0.0
         step = beat_seconds()
@@ -264,7 +274,7 @@ def _orphan_task_rows(now: dt.datetime, lease: dt.timedelta) -> list[tuple[Any, 
         from django_tasks_db.models import DBTaskResult
     except ImportError:
         return []
-    from .models import RunnerHeartbeat
+    from .heartbeats import RunnerHeartbeat
 
     alive = {str(t) for t in RunnerHeartbeat.objects.values_list("task_id", flat=True)}
     rows = DBTaskResult.objects.filter(status="RUNNING", task_path=JOB_TASK_PATH, started_at__lt=now - 2 * lease)
@@ -283,7 +293,8 @@ def sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
     from django.db import transaction
 
     from .conf import llmjobs_settings
-    from .models import BatchJob, Item, RunnerHeartbeat
+    from .heartbeats import RunnerHeartbeat
+    from .models import BatchJob, Item
 
     now = now or timezone.now()
     lease = dt.timedelta(seconds=lease_seconds())
