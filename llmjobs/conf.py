@@ -72,6 +72,8 @@ class LLMJobsSettings:
         "Tasks enqueued per job: each runs on a free `db_worker` and claims chunks of the job's items with "
         "leases, so one job spreads over that many workers. Set it to the number of workers (PostgreSQL).",
     )
+    quota_active_jobs: int = _setting(0, "Most queued or running jobs per user when submitting a job (0: no limit).")
+    quota_items_per_day: int = _setting(0, "Most items a user may submit in 24 hours (0: no limit).")
     db_outage_seconds: float = _setting(
         120.0,
         "How long a run keeps retrying a database that cannot be written (holding answers, sending nothing new) "

@@ -52,6 +52,7 @@ from .exports import (
 from .models import BatchJob, Item
 from .parsing import iter_file, iter_records, iter_texts
 from .prompts import compile_template
+from .quotas import check_quota
 from .structured import check_schema
 
 if TYPE_CHECKING:
@@ -214,6 +215,7 @@ def job_create(
     if not rows:
         what = "the file has" if file_data is not None else "the input has"
         raise JobInputError(f"no items: {what} no data, only blank lines")
+    check_quota(owner, items=len(rows))  # per-user quotas (issue 12)
 
     with transaction.atomic():
         job = BatchJob.objects.create(

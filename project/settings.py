@@ -151,6 +151,9 @@ LLMJOBS_HTTP_TRANSPORT = os.environ.get("LLMJOBS_HTTP_TRANSPORT", "aiohttp")  # 
 LLMJOBS_LEASE_SECONDS = float(os.environ.get("LLMJOBS_LEASE_SECONDS", "30"))
 # Tasks per job: one job spreads over this many db_worker processes (issue 12).
 LLMJOBS_RUNNERS_PER_JOB = int(os.environ.get("LLMJOBS_RUNNERS_PER_JOB", "1"))
+# Per-user quotas on submit (0: no limit), issue 12.
+LLMJOBS_QUOTA_ACTIVE_JOBS = int(os.environ.get("LLMJOBS_QUOTA_ACTIVE_JOBS", "0"))
+LLMJOBS_QUOTA_ITEMS_PER_DAY = int(os.environ.get("LLMJOBS_QUOTA_ITEMS_PER_DAY", "0"))
 LLMJOBS_MAX_ITEMS = int(os.environ.get("LLMJOBS_MAX_ITEMS", "100000"))
 LLMJOBS_MAX_ITEM_CHARS = int(os.environ.get("LLMJOBS_MAX_ITEM_CHARS", "100000"))
 LLMJOBS_MAX_UPLOAD_BYTES = int(os.environ.get("LLMJOBS_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))

@@ -1,0 +1,60 @@
+"""Per-user quotas, checked when a job is submitted (issue 12). Every surface (the
+form, ``submit_job``, the API, the admin, clone) creates jobs through
+``jobs.job_create``, which calls ``check_quota``: a quota exceeded raises
+``JobInputError`` with a one-line reason, and nothing is created.
+
+Settings (0 = no limit): ``LLMJOBS_QUOTA_ACTIVE_JOBS`` (most queued or running
+jobs per user) and ``LLMJOBS_QUOTA_ITEMS_PER_DAY`` (most items submitted per user
+in the last 24 hours). Jobs without an owner (``submit_job`` without ``--owner``)
+are not counted against anyone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Sum
+from django.utils import timezone
+
+from .conf import llmjobs_settings
+from .exceptions import JobInputError
+
+__all__ = ["Usage", "check_quota", "usage_of"]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    active_jobs: int
+    items_today: int  # items submitted in the last 24 hours
+
+
+def usage_of(owner: Any, *, now: dt.datetime | None = None) -> Usage:
+    from .models import BatchJob
+
+    now = now or timezone.now()
+    jobs = BatchJob.objects.filter(owner=owner)
+    active = jobs.filter(status__in=[BatchJob.Status.QUEUED, BatchJob.Status.RUNNING]).count()
+    items = jobs.filter(created_at__gte=now - dt.timedelta(days=1)).aggregate(n=Sum("total"))["n"] or 0
+    return Usage(active_jobs=active, items_today=int(items))
+
+
+def check_quota(owner: Any, *, items: int) -> None:
+    """Refuse a new job of ``items`` items for ``owner`` past a quota (``JobInputError``)."""
+    conf = llmjobs_settings()
+    if owner is None or getattr(owner, "pk", None) is None:
+        return
+    if not (conf.quota_active_jobs or conf.quota_items_per_day):
+        return
+    usage = usage_of(owner)
+    if conf.quota_active_jobs and usage.active_jobs >= conf.quota_active_jobs:
+        raise JobInputError(
+            f"quota: you have {usage.active_jobs} job(s) queued or running, the most allowed is "
+            f"{conf.quota_active_jobs}; wait for one to finish"
+        )
+    if conf.quota_items_per_day and usage.items_today + items > conf.quota_items_per_day:
+        raise JobInputError(
+            f"quota: {items:,} more item(s) would make {usage.items_today + items:,} in 24 hours, "
+            f"over your limit of {conf.quota_items_per_day:,} items a day"
+        )
