@@ -23,6 +23,7 @@ from django.utils.text import Truncator
 
 from .admin_forms import BatchJobAdminForm
 from .api_errors import PreviewError
+from .costs import fmt_usd, job_cost
 from .exceptions import JobStateError
 from .jobs import (
     PREVIEW_COUNT,
@@ -68,7 +69,7 @@ class BatchJobAdmin(_JobAdminBase):
         "progress_display",
         "counts",
         "tokens",
-        "cost_estimate",
+        "cost_display",
         "created_at",
     )
     list_display_links = ("id", "name")
@@ -133,6 +134,16 @@ class BatchJobAdmin(_JobAdminBase):
     @admin.display(description="tokens in / out")
     def tokens(self, job: BatchJob) -> str:
         return f"{job.input_tokens:,} / {job.output_tokens:,}"
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost_display(self, job: BatchJob) -> str:
+        """Spent so far (live), the estimate and the budget; "unknown" for a model without a price."""
+        text = fmt_usd(job_cost(job))
+        if job.estimated_cost_usd is not None:
+            text += f" (est. {fmt_usd(job.estimated_cost_usd)})"
+        if job.budget_usd is not None:
+            text += f" / budget {fmt_usd(job.budget_usd)}"
+        return text
 
     @admin.display(description="items")
     def items_link(self, job: BatchJob) -> str:

@@ -83,7 +83,7 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         a job a worker already took is left alone)."""
         return self.filter(status=BatchJob.Status.QUEUED).update(status=BatchJob.Status.DRAFT, last_error=error)
 
-    def add_to_counters(self, **deltas: int) -> int:
+    def add_to_counters(self, **deltas: int | Decimal) -> int:
         """Add to the jobs' counters in one UPDATE (``F()`` arithmetic: safe against concurrent
         writers). Keywords: ``succeeded``, ``failed``, ``cancelled``, ``rate_limited``,
         ``retries`` (the ``*_count`` fields), ``input_tokens``, ``output_tokens``."""
@@ -158,6 +158,28 @@ class BatchJob(models.Model):
     cost_estimate = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal(0), help_text="USD, estimated."
     )
+
+    # Cost (issue 14): see llmjobs/costs.py.
+    class Mode(models.TextChoices):
+        ONLINE = "online", "Online"
+        BATCH = "batch", "Batch: 50% cheaper, results within 24 h"
+
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.ONLINE, db_index=True)
+    cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
+    cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
+    cost_usd = models.DecimalField(
+        max_digits=14, decimal_places=6, default=Decimal(0), help_text="USD spent so far (genai-prices)."
+    )
+    saved_usd = models.DecimalField(
+        max_digits=14, decimal_places=6, default=Decimal(0), help_text="USD saved by cache reads and dedup."
+    )
+    budget_usd = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Stop dispatching before passing this."
+    )
+    estimated_cost_usd = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Estimated before running."
+    )
+    dedup = models.BooleanField(default=True, help_text="Send identical requests once.")
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -315,6 +337,9 @@ class BatchJob(models.Model):
         "input_tokens",
         "output_tokens",
         "cost_estimate",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cost_usd",
     )
 
     def _recount(self) -> None:
@@ -327,6 +352,9 @@ class BatchJob(models.Model):
             # answers reused from a cloned job's source were paid for there, not here
             input_tokens=Coalesce(Sum("input_tokens", filter=Q(reused=False)), 0),
             output_tokens=Coalesce(Sum("output_tokens", filter=Q(reused=False)), 0),
+            cache_creation=Coalesce(Sum("cache_creation_input_tokens", filter=Q(reused=False)), 0),
+            cache_read=Coalesce(Sum("cache_read_input_tokens", filter=Q(reused=False)), 0),
+            cost=Sum("cost_usd", filter=Q(reused=False)),
         )
         self.total = counts["total"]
         self.succeeded_count = counts["succeeded"]
@@ -334,7 +362,10 @@ class BatchJob(models.Model):
         self.cancelled_count = counts["cancelled"]
         self.input_tokens = int(counts["input_tokens"])
         self.output_tokens = int(counts["output_tokens"])
-        self.cost_estimate = estimate_cost(self.model, self.input_tokens, self.output_tokens)
+        self.cache_creation_input_tokens = int(counts["cache_creation"])
+        self.cache_read_input_tokens = int(counts["cache_read"])
+        self.cost_usd = counts["cost"] or Decimal(0)
+        self.cost_estimate = self.cost_usd or estimate_cost(self.model, self.input_tokens, self.output_tokens)
 
     def refresh_counters(self) -> None:
         """Recount items by status and sum their tokens (one aggregate query), then save."""
@@ -485,6 +516,9 @@ class Item(models.Model):
         "output_tokens",
         "latency_ms",
         "ttft_ms",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cost_usd",
     )
 
     # No index of its own: the (job, position) unique index serves lookups by job.
@@ -504,6 +538,11 @@ class Item(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first token.")
+    cache_creation_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_read_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cost_usd = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="USD for this request; empty: unknown."
+    )
     reused = models.BooleanField(
         default=False, help_text="The answer was copied from the cloned job's identical request: no cost here."
     )

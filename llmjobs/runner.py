@@ -503,7 +503,13 @@ class JobRunner:
         self._written_retries += retries
 
     def _write(self, batch: list[Outcome], rate_limited: int = 0, retries: int = 0) -> None:
-        rows = outcome_rows(batch, cancel=self._job_cancelled)
+        job = self.job
+        rows = outcome_rows(
+            batch,
+            cancel=self._job_cancelled,
+            model=job.model if job else "",
+            batch_price=bool(job and job.mode == BatchJob.Mode.BATCH),
+        )
         with transaction.atomic():
             if rows.items:
                 Item.objects.bulk_update(rows.items, ITEM_FIELDS, batch_size=500)

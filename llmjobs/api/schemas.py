@@ -44,6 +44,8 @@ class JobCounts(Schema):
 class JobUsage(Schema):
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
 
 class JobOut(Schema):
@@ -55,8 +57,12 @@ class JobOut(Schema):
     counts: JobCounts
     progress: float
     usage: JobUsage
-    cost_usd: str
+    mode: str = "online"
+    cost_usd: str = Field(description='USD spent so far; "unknown" when the model has no known price.')
     estimate_usd: str
+    estimated_cost_usd: str = "unknown"
+    budget_usd: str = "unknown"
+    saved_usd: str = "unknown"
     has_schema: bool
     last_error: str
     created_at: str | None

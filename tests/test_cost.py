@@ -1,0 +1,126 @@
+"""Cost as a first-class feature (issue 14), against the real simulator over TCP."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from llmjobs.costs import job_summary, price_answer
+from llmjobs.engine import Outcome
+from llmjobs.jobs import job_create
+from llmjobs.models import BatchJob, Item
+from llmjobs.runner import process_job
+from llmjobs.writer import ITEM_FIELDS, outcome_rows
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def api(sim, settings):
+    settings.ANTHROPIC_API_KEY = ""
+    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+    return sim
+
+
+def make_job(n: int = 10, **kw) -> BatchJob:
+    texts = kw.pop("texts", None) or [f"Doc {i:04d}: the quick brown fox number {i}." for i in range(n)]
+    return job_create(
+        name="cost",
+        template=kw.pop("template", "Summarize: {text}"),
+        model=kw.pop("model", "claude-haiku-4-5"),
+        texts=texts,
+        **kw,
+    )
+
+
+def test_every_item_is_priced_and_the_job_accrues_its_cost(api):
+    job = make_job(12, max_tokens=64)
+    process_job(job.pk)
+    job.refresh_from_db()
+    items = list(job.items.all())
+    assert all(i.cost_usd is not None and i.cost_usd > 0 for i in items)
+    assert job.cost_usd == sum(i.cost_usd for i in items) > 0
+    assert job.input_tokens == sum(i.input_tokens for i in items)
+    assert job.cache_creation_input_tokens == job.cache_read_input_tokens == 0
+    out = StringIO()
+    call_command("job_status", str(job.pk), "--json", stdout=out)
+    data = json.loads(out.getvalue())
+    for key in (
+        "id",
+        "status",
+        "mode",
+        "counts",
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+        "cost_usd",
+        "estimated_cost_usd",
+        "budget_usd",
+        "saved_usd",
+    ):
+        assert key in data
+    assert data["counts"]["succeeded"] == 12 and data["mode"] == "online"
+    assert Decimal(data["cost_usd"]) == job.cost_usd
+
+
+def test_cache_tokens_are_recorded_and_priced_below_plain_input(api):
+    api.configure(cache_min_tokens=1024)
+    system = "You are a careful summariser. " * 400  # well past the minimum
+    job = make_job(6, max_tokens=32, system=system, concurrency=1)
+    from llmjobs import prompts
+
+    original = prompts.build_params
+
+    def cached(job_, fields):  # mark the system prompt cacheable by hand (step 1 only records)
+        params = original(job_, fields)
+        params["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+        return params
+
+    import llmjobs.runner as runner
+
+    runner.build_params = cached
+    try:
+        process_job(job.pk)
+    finally:
+        runner.build_params = original
+    job.refresh_from_db()
+    assert job.cache_creation_input_tokens > 0 and job.cache_read_input_tokens > 0
+    assert job.saved_usd > 0
+    first, second = job.items.order_by("position")[:2]
+    assert first.cache_creation_input_tokens and second.cache_read_input_tokens
+    assert second.cost_usd < first.cost_usd
+
+
+def test_an_unknown_model_costs_unknown_never_zero(api):
+    # the simulator refuses unknown models, so the job's rows are written as the runner would
+    job = make_job(3, model="claude-made-up-9")
+    ids = list(job.items.values_list("pk", flat=True))
+    usage = {"input_tokens": 100, "output_tokens": 20}
+    rows = outcome_rows(
+        [Outcome(key=pk, status="succeeded", text="ok", usage=usage, attempts=1) for pk in ids],
+        cancel=False,
+        model=job.model,
+    )
+    assert all(item.cost_usd is None for item in rows.items)
+    Item.objects.bulk_update(rows.items, ITEM_FIELDS)
+    BatchJob.objects.filter(pk=job.pk).add_to_counters(**rows.counters)
+    job.refresh_from_db()
+    assert job.input_tokens == 300
+    assert job_summary(job)["cost_usd"] is None
+    out = StringIO()
+    call_command("job_status", str(job.pk), stdout=out)
+    assert "cost:      unknown" in out.getvalue()
+    job.refresh_counters()
+    assert job_summary(job)["cost_usd"] is None
+
+
+def test_batch_price_is_half_the_online_price():
+    usage = {"input_tokens": 10_000, "output_tokens": 2_000}
+    online = price_answer("claude-haiku-4-5", usage).cost
+    batch = price_answer("claude-haiku-4-5", usage, batch=True).cost
+    assert online and batch and batch * 2 == online
