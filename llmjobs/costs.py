@@ -11,9 +11,19 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from .budget import BudgetGuard, stopped_message
 from .pricing import TokenUsage, model_known, price_usage
 
-__all__ = ["ItemPrice", "fmt_usd", "job_summary", "price_answer"]
+__all__ = [
+    "ItemPrice",
+    "apply_cost_options",
+    "budget_guard",
+    "fmt_usd",
+    "job_cost",
+    "job_summary",
+    "price_answer",
+    "stop_for_budget",
+]
 
 
 class ItemPrice:
@@ -47,6 +57,42 @@ def price_answer(model: str, usage: Mapping[str, Any] | None, *, batch: bool = F
     elif cost is None:
         saved = None
     return ItemPrice(tokens, cost, saved)
+
+
+def apply_cost_options(job: Any, *, budget_usd: Any = None, dedup: bool | None = None, mode: str | None = None) -> Any:
+    """Set a new job's cost options (budget, dedup, mode) and save them."""
+    fields = []
+    if budget_usd is not None:
+        budget = Decimal(str(budget_usd))
+        if budget <= 0:
+            raise ValueError("the budget must be more than $0")
+        job.budget_usd = budget
+        fields.append("budget_usd")
+    if dedup is not None:
+        job.dedup = bool(dedup)
+        fields.append("dedup")
+    if mode:
+        job.mode = mode
+        fields.append("mode")
+    if fields:
+        job.save(update_fields=fields)
+    return job
+
+
+def budget_guard(job: Any) -> BudgetGuard | None:
+    """The runner's budget guard for ``job`` (``None`` without a budget)."""
+    if job.budget_usd is None:
+        return None
+    return BudgetGuard(
+        model=job.model, budget=Decimal(job.budget_usd), spent=Decimal(job.cost_usd), batch=job.mode == "batch"
+    )
+
+
+def stop_for_budget(job: Any, guard: BudgetGuard) -> None:
+    """End the run "stopped: budget reached": back to draft (resumable), the rest pending."""
+    job.status = job.Status.DRAFT
+    job.last_error = stopped_message(guard, job.remaining_count)
+    job.save(update_fields=["status", "last_error"])
 
 
 def fmt_usd(value: Decimal | None) -> str:

@@ -54,7 +54,9 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from .budget import BudgetGuard
 from .conf import api_target, llmjobs_settings
+from .costs import budget_guard, stop_for_budget
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
@@ -168,6 +170,7 @@ class JobRunner:
             label=f"job {job_id}", outage_seconds=self.db_outage_seconds, stop=self._hard_stop, report=self.report
         )
         self._last_renew = time.monotonic()
+        self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -251,6 +254,7 @@ class JobRunner:
             base_url=target.base_url,
             transport=llmjobs_settings().http_transport,
         )
+        self._budget = budget_guard(job)
         if self._stopping:  # stopped before the engine existed
             self._stop(self._interrupted, self._hard_stop.is_set())
         helpers: list[asyncio.Task[None]] = []
@@ -269,6 +273,8 @@ class JobRunner:
                             if self._unwritten_since is None:
                                 self._unwritten_since = self._buffer_since
                         self._buffer.append(outcome)
+                        if self._budget is not None:
+                            self._budget.settle(outcome.key, outcome.usage)
                         if self.limit is not None:
                             self.report.outcomes.append(outcome)
                         if outcome.status == "succeeded":
@@ -378,11 +384,21 @@ class JobRunner:
                 for item_id, params in batch:
                     while self._writes_stalled() and not self._stopping:
                         await asyncio.sleep(0.05)  # backpressure: nothing new while answers can't be stored
-                    if self._stopping:
+                    if self._stopping or not await self._within_budget(item_id, params):
                         return
                     yield Call(key=item_id, params=params, validate=validate)
         except DatabaseUnavailable as exc:
             self._give_up(exc)
+
+    async def _within_budget(self, key: int, params: dict[str, Any]) -> bool:
+        """Admit this call under the budget, waiting for in-flight calls to settle; ``False``:
+        the budget is reached (or the run stops), dispatch nothing more."""
+        guard = self._budget
+        while guard is not None and not guard.admit(key, params):
+            if guard.reached or self._stopping:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def _writes_stalled(self) -> bool:
         """The database is failing, or answers have waited past ``STALL_SECONDS`` (a write
@@ -572,6 +588,10 @@ class JobRunner:
         if self.report.aborted:
             job.refresh_counters()
             job.mark_failed(f"Stopped: {self.report.aborted}. Unfinished items stay pending; fix and run again.")
+            return job
+        if self._budget is not None and self._budget.reached:  # "stopped: budget reached", resumable
+            job.refresh_counters()
+            stop_for_budget(job, self._budget)
             return job
         if self.report.interrupted:
             job.refresh_counters()

@@ -124,3 +124,39 @@ def test_batch_price_is_half_the_online_price():
     online = price_answer("claude-haiku-4-5", usage).cost
     batch = price_answer("claude-haiku-4-5", usage, batch=True).cost
     assert online and batch and batch * 2 == online
+
+
+def test_the_budget_stops_the_job_and_a_higher_budget_resumes_it(api):
+    job = make_job(40, max_tokens=64, concurrency=4)
+    process_job(job.pk)
+    job.refresh_from_db()
+    full = job.cost_usd
+    assert full > 0
+    # the same job again, capped at 30% of what it cost in full
+    capped = make_job(40, max_tokens=64, concurrency=4)
+    capped.budget_usd = (full * Decimal("0.3")).quantize(Decimal("0.000001"))
+    capped.save(update_fields=["budget_usd"])
+    api.reset()
+    process_job(capped.pk)
+    capped.refresh_from_db()
+    assert capped.status == BatchJob.Status.DRAFT
+    assert capped.last_error.startswith("Stopped: budget reached")
+    assert 0 < capped.cost_usd <= capped.budget_usd
+    assert capped.succeeded_count < 40
+    assert capped.items.filter(status="pending").count() == 40 - capped.succeeded_count
+    assert api.stats()["by_status"] == {"200": capped.succeeded_count}  # nothing sent past the cap
+    # resumable with a higher budget
+    capped.budget_usd = full * 2
+    capped.save(update_fields=["budget_usd"])
+    process_job(capped.pk)
+    capped.refresh_from_db()
+    assert capped.status == BatchJob.Status.SUCCEEDED and capped.succeeded_count == 40
+
+
+def test_submit_job_takes_a_budget(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("one\ntwo\n")
+    out = StringIO()
+    call_command("submit_job", str(path), "--template", "Say: {text}", "--budget-usd", "0.5", "--no-dedup", stdout=out)
+    job = BatchJob.objects.get(pk=int(out.getvalue().split()[0]))
+    assert job.budget_usd == Decimal("0.5") and job.dedup is False

@@ -29,7 +29,10 @@ class JobIn(Schema):
     output_schema: dict[str, Any] | None = Field(
         None, alias="schema", description="JSON Schema (an object) every answer must match."
     )
-    budget_usd: float | None = Field(None, description="Not available yet: must be empty.")
+    budget_usd: float | None = Field(
+        None, gt=0, description="Stop dispatching before the job's cost passes this many USD (resumable)."
+    )
+    dedup: bool = Field(True, description="Send identical rendered requests once; every item gets the answer.")
     webhook_url: str = Field("", max_length=2000, description="POSTed a signed job.finished event.")
     items: list[dict[str, Any] | str] = Field(..., min_length=1)
 

@@ -32,6 +32,7 @@ from django.views.decorators.http import require_GET, require_POST
 from .. import jobs
 from ..api_errors import PreviewError
 from ..conf import api_target
+from ..costs import apply_cost_options
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
 from ..security import may_act_on
@@ -148,6 +149,7 @@ def job_new(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             try:
                 job = jobs.job_create(owner=request.user, **form.service_kwargs())
+                apply_cost_options(job, **form.cost_options())
             except JobInputError as exc:
                 form.add_error(None, str(exc))
             else:

@@ -10,6 +10,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from llmjobs.conf import llmjobs_settings
+from llmjobs.costs import apply_cost_options
 from llmjobs.exceptions import JobInputError
 from llmjobs.jobs import job_create
 
@@ -41,6 +42,12 @@ class Command(BaseCommand):
             "--schema", help="Output JSON Schema file (an object): every answer is JSON that matches it"
         )
         parser.add_argument("--webhook-url", default="", help="POSTed a signed job.finished event when the job ends")
+        parser.add_argument(
+            "--budget-usd", type=float, default=None, help="Stop before the job's cost would pass this (resumable)"
+        )
+        parser.add_argument(
+            "--no-dedup", action="store_true", help="Send identical requests each time (default: once, shared)"
+        )
         parser.add_argument("--run", action="store_true", help="Process the job now, with a progress bar")
 
     def handle(self, *args: Any, file: str, **opts: Any) -> None:
@@ -80,6 +87,11 @@ class Command(BaseCommand):
             )
         except JobInputError as exc:
             raise CommandError(f"{name}: {exc}") from None
+        try:
+            apply_cost_options(job, budget_usd=opts["budget_usd"], dedup=not opts["no_dedup"])
+        except ValueError as exc:
+            job.delete()
+            raise CommandError(f"--budget-usd: {exc}") from None
         self.stdout.write(str(job.pk))
         if opts["run"]:
             call_command("process_job", job.pk, stdout=self.stdout, stderr=self.stderr)
