@@ -78,7 +78,15 @@ class BatchJobAdmin(_JobAdminBase):
     list_select_related = ("owner",)
     date_hierarchy = "created_at"
     list_per_page = 50
-    actions = ("run_in_background", "cancel_jobs", "retry_failed", "export_csv", "export_jsonl", "preview")
+    actions = (
+        "run_in_background",
+        "cancel_jobs",
+        "retry_failed",
+        "export_csv",
+        "export_jsonl",
+        "preview",
+        "estimate_cost",
+    )
     readonly_fields = (
         "status",
         "progress_display",
@@ -249,6 +257,18 @@ class BatchJobAdmin(_JobAdminBase):
             for line in preview_lines(results):
                 # Plain text: the admin's message template escapes it.
                 self.message_user(request, f"#{job.pk} {job.name}: {line}", messages.INFO)
+
+    @admin.action(description="Estimate the cost (count_tokens, free)")
+    def estimate_cost(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        from .estimate import job_estimate
+
+        for job in queryset[:10]:
+            try:
+                line = job_estimate(job=job).line()
+            except Exception as exc:
+                self.message_user(request, f"#{job.pk}: estimate failed: {type(exc).__name__}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"#{job.pk} {job.name}: {line}", messages.INFO)
 
 
 class JobFilter(admin.SimpleListFilter):

@@ -11,6 +11,7 @@ from django.core.management import call_command
 
 from llmjobs.costs import job_summary, price_answer
 from llmjobs.engine import Outcome
+from llmjobs.estimate import job_estimate
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
 from llmjobs.runner import process_job
@@ -160,3 +161,43 @@ def test_submit_job_takes_a_budget(tmp_path):
     call_command("submit_job", str(path), "--template", "Say: {text}", "--budget-usd", "0.5", "--no-dedup", stdout=out)
     job = BatchJob.objects.get(pk=int(out.getvalue().split()[0]))
     assert job.budget_usd == Decimal("0.5") and job.dedup is False
+
+
+def test_the_estimate_uses_count_tokens_before_any_messages_call(api):
+    job = make_job(8, max_tokens=50)
+    estimate = job_estimate(job=job)
+    stats = api.stats()
+    assert stats["by_status"] == {}  # no Messages call: count_tokens only
+    job.refresh_from_db()
+    assert job.estimated_cost_usd == estimate.cost_usd > 0
+    assert estimate.sampled == estimate.unique_requests == 8 and estimate.output_from == "max_tokens"
+    assert job_summary(job)["estimated_cost_usd"] == str(estimate.cost_usd)
+    # once answers exist, the observed output length replaces max_tokens
+    process_job(job.pk)
+    job.refresh_from_db()
+    again = job_estimate(job=job, save=False)
+    assert again.requests == 0 and again.cost_usd == job.cost_usd
+
+
+def test_the_estimate_is_close_after_a_preview(api):
+    job = make_job(30, max_tokens=400)
+    from llmjobs.runner import preview_job
+
+    preview_job(job.pk, count=5)
+    job.refresh_from_db()
+    spent = job.cost_usd
+    estimate = job_estimate(job=job)
+    assert estimate.output_from == "observed" and estimate.requests == 25
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert abs(job.cost_usd - estimate.cost_usd) <= Decimal("0.25") * job.cost_usd
+    assert spent < estimate.cost_usd
+
+
+def test_submit_job_prints_the_estimate(api, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("one\ntwo\n")
+    out, err = StringIO(), StringIO()
+    call_command("submit_job", str(path), "--template", "Say: {text}", stdout=out, stderr=err)
+    assert out.getvalue().strip().isdigit()
+    assert err.getvalue().startswith("estimate: $")

@@ -33,6 +33,7 @@ from .. import jobs
 from ..api_errors import PreviewError
 from ..conf import api_target
 from ..costs import apply_cost_options
+from ..estimate import job_estimate
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
 from ..security import may_act_on
@@ -99,6 +100,10 @@ def _preview(request: HttpRequest, job: BatchJob) -> None:
         return
     for line in jobs.preview_lines(results):
         messages.info(request, line)
+    try:  # the estimate, with the output length observed in the preview
+        messages.info(request, job_estimate(job=job).line())
+    except Exception as exc:
+        log.warning("estimate of job %s failed: %s", job.pk, exc)
 
 
 def _attempt(request: HttpRequest, service: Callable[..., object], job: BatchJob, *, refused: str, done: str) -> None:

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from llmjobs.conf import llmjobs_settings
 from llmjobs.costs import apply_cost_options
+from llmjobs.estimate import job_estimate
 from llmjobs.exceptions import JobInputError
 from llmjobs.jobs import job_create
 
@@ -47,6 +48,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--no-dedup", action="store_true", help="Send identical requests each time (default: once, shared)"
+        )
+        parser.add_argument(
+            "--no-estimate", action="store_true", help="Skip the cost estimate (count_tokens on a sample; free)"
         )
         parser.add_argument("--run", action="store_true", help="Process the job now, with a progress bar")
 
@@ -93,5 +97,10 @@ class Command(BaseCommand):
             job.delete()
             raise CommandError(f"--budget-usd: {exc}") from None
         self.stdout.write(str(job.pk))
+        if not opts["no_estimate"]:  # on stderr: stdout stays the job's id, for scripts
+            try:
+                self.stderr.write(job_estimate(job=job).line())
+            except Exception as exc:
+                self.stderr.write(f"estimate: unavailable ({type(exc).__name__}: {' '.join(str(exc).split())})")
         if opts["run"]:
             call_command("process_job", job.pk, stdout=self.stdout, stderr=self.stderr)
