@@ -11,12 +11,16 @@ ITPM; cache writes do (the governor counts input + cache writes).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LONG_JOB_ITEMS", "CachePlan", "cache_minimum", "mark_cacheable", "plan"]
+from .engine import Call, Outcome
+
+__all__ = ["LONG_JOB_ITEMS", "CacheMarker", "CachePlan", "CacheWarmer", "cache_minimum", "mark_cacheable", "plan"]
 
 log = logging.getLogger(__name__)
 
@@ -87,3 +91,55 @@ def mark_cacheable(params: dict[str, Any], cache: CachePlan) -> dict[str, Any]:
         control["ttl"] = "1h"
     marked["system"] = [{"type": "text", "text": system, "cache_control": control}]
     return marked
+
+
+class CacheMarker:
+    """The runner's automatic caching, decided once per run from its first rendered request
+    (on the writer thread: ``count_tokens`` is a blocking call) and applied to every request."""
+
+    def __init__(self, job: Any, *, client: Any = None) -> None:
+        self.job = job
+        self.client = client
+        self.decided = False
+        self.plan: CachePlan | None = None
+
+    def mark(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.decided:
+            self.decided = True
+            try:
+                self.plan = plan(self.job, params, client=self.client or _sync_client())
+            except Exception as exc:  # never stop a job for an optimisation
+                log.warning("job %s: no automatic caching (%s)", getattr(self.job, "pk", "?"), exc)
+                self.plan = None
+        return mark_cacheable(params, self.plan) if self.plan is not None else params
+
+
+def _sync_client() -> Any:
+    from .estimate import _client
+
+    return _client()
+
+
+class CacheWarmer:
+    """Send the first request alone, and the rest once it has written the cache, so that the
+    first wave does not pay for a cache write each."""
+
+    def __init__(self, marker: CacheMarker) -> None:
+        self.marker = marker
+        self._first: Any = None
+        self._warm = asyncio.Event()
+
+    async def calls(self, calls: AsyncIterator[Call]) -> AsyncIterator[Call]:
+        async for call in calls:
+            first = self._first is None
+            if first:
+                self._first = call.key  # before yielding: its answer may come back at once
+            yield call
+            if first and self.marker.plan is not None:
+                await self._warm.wait()  # every call ends in an outcome (answer, failure or cancel)
+
+    async def outcomes(self, outcomes: AsyncIterator[Outcome]) -> AsyncIterator[Outcome]:
+        async for outcome in outcomes:
+            if outcome.key == self._first:
+                self._warm.set()
+            yield outcome

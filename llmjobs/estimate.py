@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -32,7 +33,7 @@ SAMPLE_SIZE = 20  # distinct requests counted; all of them when the job has no m
 COUNT_FIELDS = ("model", "messages", "system", "tools", "tool_choice")
 
 
-def request_key(params: dict[str, Any]) -> str:
+def request_key(params: Mapping[str, Any]) -> str:
     """A stable digest of a rendered request (dedup: identical digests share one answer)."""
     return hashlib.sha256(json.dumps(params, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 

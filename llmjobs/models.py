@@ -21,6 +21,8 @@ from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from .cost_fields import ItemCostFields, JobCostFields
+
 __all__ = ["PRICES_PER_MTOK", "ApiToken", "BatchJob", "Item", "WebhookDelivery", "WebhookSecret", "estimate_cost"]
 
 # USD per million tokens, (input, output), for the *estimate* shown on a job.
@@ -91,7 +93,7 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         return self.update(**{field: F(field) + delta for field, delta in fields.items()})
 
 
-class BatchJob(models.Model):
+class BatchJob(JobCostFields):
     class Status(models.TextChoices):
         DRAFT = "draft", "Not started"  # the value stays "draft"; people read "Not started"
         QUEUED = "queued", "Queued"
@@ -158,28 +160,6 @@ class BatchJob(models.Model):
     cost_estimate = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal(0), help_text="USD, estimated."
     )
-
-    # Cost (issue 14): see llmjobs/costs.py.
-    class Mode(models.TextChoices):
-        ONLINE = "online", "Online"
-        BATCH = "batch", "Batch: 50% cheaper, results within 24 h"
-
-    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.ONLINE, db_index=True)
-    cache_creation_input_tokens = models.PositiveBigIntegerField(default=0)
-    cache_read_input_tokens = models.PositiveBigIntegerField(default=0)
-    cost_usd = models.DecimalField(
-        max_digits=14, decimal_places=6, default=Decimal(0), help_text="USD spent so far (genai-prices)."
-    )
-    saved_usd = models.DecimalField(
-        max_digits=14, decimal_places=6, default=Decimal(0), help_text="USD saved by cache reads and dedup."
-    )
-    budget_usd = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Stop dispatching before passing this."
-    )
-    estimated_cost_usd = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Estimated before running."
-    )
-    dedup = models.BooleanField(default=True, help_text="Send identical requests once.")
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -337,9 +317,7 @@ class BatchJob(models.Model):
         "input_tokens",
         "output_tokens",
         "cost_estimate",
-        "cache_creation_input_tokens",
-        "cache_read_input_tokens",
-        "cost_usd",
+        *JobCostFields.COST_COUNTERS,
     )
 
     def _recount(self) -> None:
@@ -352,9 +330,7 @@ class BatchJob(models.Model):
             # answers reused from a cloned job's source were paid for there, not here
             input_tokens=Coalesce(Sum("input_tokens", filter=Q(reused=False)), 0),
             output_tokens=Coalesce(Sum("output_tokens", filter=Q(reused=False)), 0),
-            cache_creation=Coalesce(Sum("cache_creation_input_tokens", filter=Q(reused=False)), 0),
-            cache_read=Coalesce(Sum("cache_read_input_tokens", filter=Q(reused=False)), 0),
-            cost=Sum("cost_usd", filter=Q(reused=False)),
+            **JobCostFields.cost_sums(),
         )
         self.total = counts["total"]
         self.succeeded_count = counts["succeeded"]
@@ -362,10 +338,7 @@ class BatchJob(models.Model):
         self.cancelled_count = counts["cancelled"]
         self.input_tokens = int(counts["input_tokens"])
         self.output_tokens = int(counts["output_tokens"])
-        self.cache_creation_input_tokens = int(counts["cache_creation"])
-        self.cache_read_input_tokens = int(counts["cache_read"])
-        self.cost_usd = counts["cost"] or Decimal(0)
-        self.cost_estimate = self.cost_usd or estimate_cost(self.model, self.input_tokens, self.output_tokens)
+        self.set_costs(counts, estimate_cost(self.model, self.input_tokens, self.output_tokens))
 
     def refresh_counters(self) -> None:
         """Recount items by status and sum their tokens (one aggregate query), then save."""
@@ -492,7 +465,7 @@ class ItemQuerySet(models.QuerySet["Item"]):
         )
 
 
-class Item(models.Model):
+class Item(ItemCostFields):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         RUNNING = "running", "Running"
@@ -516,9 +489,6 @@ class Item(models.Model):
         "output_tokens",
         "latency_ms",
         "ttft_ms",
-        "cache_creation_input_tokens",
-        "cache_read_input_tokens",
-        "cost_usd",
     )
 
     # No index of its own: the (job, position) unique index serves lookups by job.
@@ -538,11 +508,6 @@ class Item(models.Model):
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True, help_text="Time to first token.")
-    cache_creation_input_tokens = models.PositiveIntegerField(null=True, blank=True)
-    cache_read_input_tokens = models.PositiveIntegerField(null=True, blank=True)
-    cost_usd = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, help_text="USD for this request; empty: unknown."
-    )
     reused = models.BooleanField(
         default=False, help_text="The answer was copied from the cloned job's identical request: no cost here."
     )

@@ -55,8 +55,10 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from .budget import BudgetGuard
+from .caching import CacheMarker, CacheWarmer
 from .conf import api_target, llmjobs_settings
 from .costs import budget_guard, stop_for_budget
+from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
@@ -171,6 +173,7 @@ class JobRunner:
         )
         self._last_renew = time.monotonic()
         self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
+        self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -255,6 +258,7 @@ class JobRunner:
             transport=llmjobs_settings().http_transport,
         )
         self._budget = budget_guard(job)
+        self._cache.job = job
         if self._stopping:  # stopped before the engine existed
             self._stop(self._interrupted, self._hard_stop.is_set())
         helpers: list[asyncio.Task[None]] = []
@@ -266,8 +270,13 @@ class JobRunner:
                     asyncio.create_task(self._watch_cancel(), name="llmjobs-cancel-watch"),
                 ]
                 calls = self._calls()
+                dedup = Dedup() if job.dedup else None  # identical requests sent once (issue 14)
+                warm = CacheWarmer(self._cache)  # the first request writes the cache alone
+                sent = dedup.calls(warm.calls(calls)) if dedup else warm.calls(calls)
+                outcomes = warm.outcomes(engine.run(sent))
+                outcomes = dedup.outcomes(outcomes) if dedup else outcomes
                 try:
-                    async for outcome in engine.run(calls):
+                    async for outcome in outcomes:
                         if not self._buffer:
                             self._buffer_since = asyncio.get_running_loop().time()
                             if self._unwritten_since is None:
@@ -420,7 +429,7 @@ class JobRunner:
         broken: list[tuple[int, str]] = []
         for pk, fields in rows:
             try:
-                calls.append((pk, build_params(job, fields)))
+                calls.append((pk, self._cache.mark(build_params(job, fields))))
             except Exception as exc:  # the item can't be rendered: it fails, the job goes on
                 broken.append((pk, f"{type(exc).__name__}: {one_line(exc)}"))
         if broken:

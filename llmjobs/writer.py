@@ -49,7 +49,7 @@ FINAL_DB_BUDGET = 5.0  # seconds: retries of the last flush and release of a run
 # Errors of a database that is (for now) unreachable or locked: retried over a fresh connection.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
-ITEM_FIELDS = [*Item.RESULT_FIELDS, "lease_expires_at", "finished_at"]
+ITEM_FIELDS = [*Item.RESULT_FIELDS, *Item.COST_FIELDS, "lease_expires_at", "finished_at"]
 
 
 class DatabaseUnavailable(Exception):

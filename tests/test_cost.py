@@ -201,3 +201,55 @@ def test_submit_job_prints_the_estimate(api, tmp_path):
     call_command("submit_job", str(path), "--template", "Say: {text}", stdout=out, stderr=err)
     assert out.getvalue().strip().isdigit()
     assert err.getvalue().startswith("estimate: $")
+
+
+def test_dedup_sends_each_distinct_request_once(api):
+    texts = [f"Doc {i % 4}: the same few texts again." for i in range(20)]  # 4 distinct, 16 duplicates
+    job = make_job(texts=texts, max_tokens=32, concurrency=3)
+    estimate = job_estimate(job=job)
+    assert estimate.unique_requests == 4
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED and job.succeeded_count == 20
+    assert api.stats()["by_status"] == {"200": 4}
+    items = list(job.items.order_by("position"))
+    assert all(item.output == items[item.position % 4].output and item.output for item in items)
+    paid = [item for item in items if item.cost_usd]
+    assert len(paid) == 4 and job.cost_usd == sum(item.cost_usd for item in paid)
+
+
+def test_dedup_can_be_turned_off(api):
+    texts = [f"Doc {i % 4}: the same few texts again." for i in range(12)]
+    job = make_job(texts=texts, max_tokens=32)
+    job.dedup = False
+    job.save(update_fields=["dedup"])
+    process_job(job.pk)
+    assert api.stats()["by_status"] == {"200": 12}
+
+
+def test_automatic_caching_of_a_shared_system_prompt_cuts_billed_input(api):
+    system = "Rules for careful summaries, one of many. " * 300  # ~3,200 tokens: past sonnet-4-5's 1,024
+    job = make_job(12, max_tokens=16, system=system, model="claude-sonnet-4-5")
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED
+    items = list(job.items.order_by("finished_at", "position"))
+    writes = [i for i in items if i.cache_creation_input_tokens]
+    assert len(writes) == 1  # warmed by one request, then read by every other
+    prefix = writes[0].cache_creation_input_tokens
+    assert prefix > 3000 and job.cache_read_input_tokens == prefix * 11
+    assert job.cache_creation_input_tokens == prefix
+    stats = api.stats()
+    assert stats["cache_read_input_tokens"] == prefix * 11
+    # what was billed as input (writes at 1.25x, reads at 0.1x) vs. the same input uncached
+    uncached = (job.input_tokens + prefix * 12) * 1.0
+    billed = job.input_tokens + prefix * 1.25 + prefix * 11 * 0.1
+    assert billed < 0.25 * uncached
+    assert job.saved_usd > 0 and job_summary(job)["saved_usd"] == str(job.saved_usd)
+
+
+def test_a_short_system_prompt_is_not_marked(api):
+    job = make_job(4, max_tokens=16, system="Be brief.", model="claude-sonnet-4-5")
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.cache_creation_input_tokens == job.cache_read_input_tokens == 0
