@@ -25,6 +25,7 @@ __all__ = ["LONG_JOB_ITEMS", "CacheMarker", "CachePlan", "CacheWarmer", "cache_m
 log = logging.getLogger(__name__)
 
 LONG_JOB_ITEMS = 5000  # jobs this large run for longer than a 5-minute cache is worth: 1 h TTL
+AUTO_CACHE = True  # automatic caching on (bench/cost.py turns it off for its baseline row)
 
 # Minimum cacheable prefix, in tokens, from Anthropic's prompt-caching docs.
 _CACHE_MINIMUM = {
@@ -66,7 +67,7 @@ def _count(client: Any, params: dict[str, Any]) -> int:
 def plan(job: Any, params: dict[str, Any], *, client: Any) -> CachePlan | None:
     """Whether (and how) to cache ``job``'s shared system prompt; ``params`` is one rendered request.
     The prompt's length is measured with ``count_tokens`` (free): with and without it."""
-    if not getattr(job, "auto_cache", True) or not isinstance(params.get("system"), str) or not params["system"]:
+    if not AUTO_CACHE or not isinstance(params.get("system"), str) or not params["system"]:
         return None
     try:
         without = {k: v for k, v in params.items() if k != "system"}
