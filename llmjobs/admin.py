@@ -65,6 +65,7 @@ class BatchJobAdmin(_JobAdminBase):
         "name",
         "owner",
         "model",
+        "mode",
         "status",
         "progress_display",
         "counts",
@@ -73,7 +74,7 @@ class BatchJobAdmin(_JobAdminBase):
         "created_at",
     )
     list_display_links = ("id", "name")
-    list_filter = ("status", "model", "owner")
+    list_filter = ("status", "mode", "model", "owner")
     search_fields = ("name",)
     list_select_related = ("owner",)
     date_hierarchy = "created_at"

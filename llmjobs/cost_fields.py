@@ -36,6 +36,9 @@ class JobCostFields(models.Model):
     )
     dedup = models.BooleanField(default=True, help_text="Send identical requests once.")
 
+    batch_state = models.JSONField(
+        default=dict, blank=True, help_text="Batch mode: the Message Batches sent (ids, states, counts)."
+    )
     COST_COUNTERS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cost_usd")
 
     class Meta:

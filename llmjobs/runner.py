@@ -54,6 +54,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from .batch_mode import run_batch_job
 from .budget import BudgetGuard
 from .caching import CacheMarker, CacheWarmer
 from .conf import api_target, llmjobs_settings
@@ -243,6 +244,9 @@ class JobRunner:
         if job is None:
             return self.report
         self.job = job
+        if job.mode == BatchJob.Mode.BATCH and self.limit is None:  # Message Batches (issue 14)
+            self.report.status = (await sync_to_async(run_batch_job, thread_sensitive=False)(job.pk)).status
+            return self.report
         config = self._engine_config or EngineConfig()
         if job.concurrency:
             config.max_concurrency = job.concurrency

@@ -9,7 +9,7 @@ from io import StringIO
 import pytest
 from django.core.management import call_command
 
-from llmjobs.costs import job_summary, price_answer
+from llmjobs.costs import apply_cost_options, job_summary, price_answer
 from llmjobs.engine import Outcome
 from llmjobs.estimate import job_estimate
 from llmjobs.jobs import job_create
@@ -29,13 +29,15 @@ def api(sim, settings):
 
 def make_job(n: int = 10, **kw) -> BatchJob:
     texts = kw.pop("texts", None) or [f"Doc {i:04d}: the quick brown fox number {i}." for i in range(n)]
-    return job_create(
+    mode = kw.pop("mode", None)
+    job = job_create(
         name="cost",
         template=kw.pop("template", "Summarize: {text}"),
         model=kw.pop("model", "claude-haiku-4-5"),
         texts=texts,
         **kw,
     )
+    return apply_cost_options(job, mode=mode) if mode else job
 
 
 def test_every_item_is_priced_and_the_job_accrues_its_cost(api):
@@ -253,3 +255,58 @@ def test_a_short_system_prompt_is_not_marked(api):
     process_job(job.pk)
     job.refresh_from_db()
     assert job.cache_creation_input_tokens == job.cache_read_input_tokens == 0
+
+
+def test_batch_mode_end_to_end_at_half_price(api):
+    from llmjobs.batch_mode import run_batch_job
+
+    api.configure(batch_seconds=0.3, batch_error=0.2, seed=3)
+    job = make_job(30, max_tokens=32, mode="batch")
+    job = run_batch_job(job.pk, poll_base=0.05, poll_cap=0.2, max_requests=12, retry_rounds=3)
+    assert job.status == BatchJob.Status.SUCCEEDED and job.succeeded_count == 30
+    items = list(job.items.order_by("position"))
+    assert all(i.output.startswith(f"Doc {i.position:04d}") for i in items)  # mapped back by custom_id
+    assert len(job.batch_state["batches"]) >= 3 and all(b["status"] == "collected" for b in job.batch_state["batches"])
+    online = sum(
+        price_answer(job.model, {"input_tokens": i.input_tokens, "output_tokens": i.output_tokens}).cost for i in items
+    )
+    assert job.cost_usd * 2 == online
+    stats = api.stats()
+    assert stats["by_status"] == {} and stats["batch"]["succeeded"] == 30
+
+
+def test_batch_mode_resumes_polling_a_stored_batch(api):
+    from llmjobs.batch_mode import run_batch_job
+
+    api.configure(batch_seconds=0.2)
+    job = make_job(5, max_tokens=32, mode="batch")
+    # a run that died after submitting: its batch id is stored, the items are leased
+    import anthropic
+
+    client = anthropic.Anthropic(api_key="sim", base_url=api.base_url)
+    from llmjobs.prompts import build_params
+
+    rows = job.items.claim(limit=10, lease=__import__("datetime").timedelta(hours=25))
+    batch = client.messages.batches.create(
+        requests=[{"custom_id": f"item-{pk}", "params": build_params(job, fields)} for pk, fields in rows]
+    )
+    job.batch_state = {"batches": [{"id": batch.id, "status": "in_progress"}], "round": 0}
+    job.save(update_fields=["batch_state"])
+    job = run_batch_job(job.pk, poll_base=0.05, poll_cap=0.1)
+    assert job.status == BatchJob.Status.SUCCEEDED and job.succeeded_count == 5
+    assert api.stats()["batch"]["succeeded"] == 5  # submitted once, never again
+
+
+def test_a_batch_mode_job_runs_through_process_job(api, tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_text("one\ntwo\nthree\n")
+    out = StringIO()
+    call_command(
+        "submit_job", str(path), "--template", "Say: {text}", "--mode", "batch", "--max-tokens", "16", stdout=out
+    )
+    job = BatchJob.objects.get(pk=int(out.getvalue().split()[0]))
+    assert job.mode == "batch"
+    process_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED and job.cost_usd > 0
+    assert api.stats()["by_status"] == {}  # no Messages call: Message Batches only

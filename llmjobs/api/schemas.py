@@ -25,7 +25,9 @@ class JobIn(Schema):
     model: str | None = Field(None, description="One of LLMJOBS_MODELS; default LLMJOBS_DEFAULT_MODEL.")
     max_tokens: int = Field(1024, ge=1, le=MAX_TOKENS_LIMIT)
     concurrency: int | None = Field(None, ge=1, le=CONCURRENCY_LIMIT)
-    mode: Literal["realtime"] = Field("realtime", description="Only realtime for now (batch is not available yet).")
+    mode: Literal["realtime", "online", "batch"] = Field(
+        "online", description="online (realtime), or batch: the Message Batches API, 50% cheaper, within 24 h."
+    )
     output_schema: dict[str, Any] | None = Field(
         None, alias="schema", description="JSON Schema (an object) every answer must match."
     )

@@ -124,7 +124,8 @@ def _create(user: Any, payload: JobIn) -> BatchJob:
                 schema=schema,
                 webhook_url=payload.webhook_url,
             )
-            apply_cost_options(job, budget_usd=payload.budget_usd, dedup=payload.dedup)
+            mode = "batch" if payload.mode == "batch" else "online"
+            apply_cost_options(job, budget_usd=payload.budget_usd, dedup=payload.dedup, mode=mode)
             jobs.job_enqueue(job=job)  # the task is enqueued after commit
     except JobInputError as exc:
         raise FieldError([("items", str(exc))]) from None

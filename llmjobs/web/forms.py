@@ -97,6 +97,12 @@ class JobForm(_ModelChoiceForm):
         help_text="A JSON Schema with an object at the top level, for what the field list can't say "
         "(nested objects, arrays, patterns). When given, it replaces the field list.",
     )
+    mode = forms.ChoiceField(
+        choices=[("online", "Online: results as they come"), ("batch", "Batch: 50% cheaper, results within 24 h")],
+        initial="online",
+        required=False,
+        widget=forms.RadioSelect,
+    )
     budget_usd = forms.DecimalField(
         label="Budget (USD)",
         required=False,
@@ -207,7 +213,8 @@ class JobForm(_ModelChoiceForm):
     def cost_options(self) -> dict[str, Any]:
         """Keyword arguments for ``costs.apply_cost_options`` (after ``is_valid()``)."""
         data = self.cleaned_data
-        return {"budget_usd": data.get("budget_usd"), "dedup": bool(data.get("dedup"))}
+        mode = "batch" if data.get("mode") == "batch" else "online"
+        return {"budget_usd": data.get("budget_usd"), "dedup": bool(data.get("dedup")), "mode": mode}
 
     def service_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``jobs.job_create`` (after ``is_valid()``)."""

@@ -47,6 +47,12 @@ class Command(BaseCommand):
             "--budget-usd", type=float, default=None, help="Stop before the job's cost would pass this (resumable)"
         )
         parser.add_argument(
+            "--mode",
+            choices=["online", "batch"],
+            default="online",
+            help="batch: the Message Batches API, 50%% cheaper, results within 24 h",
+        )
+        parser.add_argument(
             "--no-dedup", action="store_true", help="Send identical requests each time (default: once, shared)"
         )
         parser.add_argument(
@@ -92,7 +98,7 @@ class Command(BaseCommand):
         except JobInputError as exc:
             raise CommandError(f"{name}: {exc}") from None
         try:
-            apply_cost_options(job, budget_usd=opts["budget_usd"], dedup=not opts["no_dedup"])
+            apply_cost_options(job, budget_usd=opts["budget_usd"], dedup=not opts["no_dedup"], mode=opts["mode"])
         except ValueError as exc:
             job.delete()
             raise CommandError(f"--budget-usd: {exc}") from None
