@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -28,6 +29,7 @@ from django.db import transaction
 from .caching import CacheMarker
 from .conf import api_target
 from .engine import Outcome
+from .estimate import request_key
 from .models import BatchJob, Item
 from .prompts import build_params
 from .writer import ITEM_FIELDS, fail_items, one_line, outcome_rows
@@ -71,12 +73,20 @@ def _submit(client: Any, job: BatchJob, state: dict[str, Any], marker: CacheMark
         requests: list[dict[str, Any]] = []
         broken: list[tuple[int, str]] = []
         size = 0
+        leaders: dict[str, int] = {}  # dedup: request digest -> the item that sends it
+        followers: dict[str, list[int]] = {}  # leader pk (as text) -> items that get its answer
         for pk, fields in rows:
             try:
                 params = marker.mark(build_params(job, fields))
             except Exception as exc:
                 broken.append((pk, f"{type(exc).__name__}: {one_line(exc)}"))
                 continue
+            if job.dedup:
+                digest = request_key(params)
+                if digest in leaders:
+                    followers.setdefault(str(leaders[digest]), []).append(pk)
+                    continue
+                leaders[digest] = pk
             request = {"custom_id": f"{PREFIX}{pk}", "params": params}
             size += len(json.dumps(request))
             if size > MAX_BYTES and requests:
@@ -88,7 +98,8 @@ def _submit(client: Any, job: BatchJob, state: dict[str, Any], marker: CacheMark
         if not requests:
             continue
         batch = client.messages.batches.create(requests=requests)
-        state["batches"].append({"id": batch.id, "status": "in_progress", "requests": len(requests)})
+        entry = {"id": batch.id, "status": "in_progress", "requests": len(requests), "followers": followers}
+        state["batches"].append(entry)
         _save_state(job, state)  # stored at once: a restart polls it, never submits it again
         sent += len(requests)
 
@@ -115,25 +126,28 @@ def _collect(client: Any, job: BatchJob, state: dict[str, Any], entry: dict[str,
     outcomes: list[Outcome] = []
     retry: list[int] = []
     failures: list[tuple[int, str]] = []
+    shared = entry.get("followers") or {}
     for result in client.messages.batches.results(entry["id"]):
         if not result.custom_id.startswith(PREFIX):
             continue
         pk = int(result.custom_id[len(PREFIX) :])
+        copies = shared.get(str(pk), [])
         kind = result.result.type
         if kind == "succeeded":
             message = result.result.message
             text = "".join(getattr(block, "text", "") for block in message.content)
             usage = message.usage.model_dump(exclude_none=True)
-            outcomes.append(
-                Outcome(key=pk, status="succeeded", text=text, stop_reason=message.stop_reason, usage=usage, attempts=1)
-            )
+            answer = Outcome(key=pk, status="succeeded", text=text, stop_reason=message.stop_reason, usage=usage)
+            outcomes.append(dataclasses.replace(answer, attempts=1))
+            outcomes.extend(dataclasses.replace(answer, key=c, usage=None) for c in copies)  # dedup: paid once
         elif kind == "canceled":
-            outcomes.append(Outcome(key=pk, status="cancelled", attempts=1))
+            outcomes.extend(Outcome(key=k, status="cancelled", attempts=1) for k in (pk, *copies))
         elif final:
             error = getattr(getattr(result.result, "error", None), "error", None)
-            failures.append((pk, f"batch request {kind}" + (f": {error.message}" if error is not None else "")))
+            reason = f"batch request {kind}" + (f": {error.message}" if error is not None else "")
+            failures.extend((k, reason) for k in (pk, *copies))
         else:
-            retry.append(pk)
+            retry.extend((pk, *copies))
     cancelled_job = BatchJob.objects.status_of(job.pk) == BatchJob.Status.CANCELLED
     rows = outcome_rows(outcomes, cancel=True, model=job.model, batch_price=True)
     with transaction.atomic():

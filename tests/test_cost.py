@@ -310,3 +310,16 @@ def test_a_batch_mode_job_runs_through_process_job(api, tmp_path):
     job.refresh_from_db()
     assert job.status == BatchJob.Status.SUCCEEDED and job.cost_usd > 0
     assert api.stats()["by_status"] == {}  # no Messages call: Message Batches only
+
+
+def test_batch_mode_sends_duplicates_once(api):
+    from llmjobs.batch_mode import run_batch_job
+
+    api.configure(batch_seconds=0.1)
+    texts = [f"Doc {i % 5}: the same few texts again." for i in range(15)]
+    job = make_job(texts=texts, max_tokens=32, mode="batch")
+    job = run_batch_job(job.pk, poll_base=0.05, poll_cap=0.1)
+    assert job.status == BatchJob.Status.SUCCEEDED and job.succeeded_count == 15
+    assert api.stats()["batch"]["succeeded"] == 5
+    items = list(job.items.order_by("position"))
+    assert all(i.output == items[i.position % 5].output for i in items)
