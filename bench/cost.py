@@ -3,7 +3,7 @@
 500 items, 100 of them duplicates, a ~3,000-token shared system prompt, on
 claude-sonnet-4-5 (minimum cacheable prefix 1,024 tokens), against the simulator.
 Rows: online without optimisations; online with caching + dedup; a budget of
-30% of row 1's cost. (Batch mode is not built yet: no batch row.)
+30% of row 1's cost; batch with caching + dedup.
 Columns: requests sent, input, cache-write, cache-read, output tokens, cost,
 cost relative to row 1, the estimate's error (estimate made before the run,
 count_tokens only, output at max_tokens), the error of the estimate made after a
@@ -58,7 +58,9 @@ def texts(n: int, dups: int) -> list[str]:
 SYSTEM = ("You summarise documents for an archive. Keep names, dates and numbers exact. " * 150).strip()
 
 
-def run_row(sim, label: str, *, n: int, dups: int, cache: bool, dedup: bool, budget: Decimal | None = None) -> dict:
+def run_row(
+    sim, label: str, *, n: int, dups: int, cache: bool, dedup: bool, budget: Decimal | None = None, mode: str = "online"
+) -> dict:
     from llmjobs import caching
     from llmjobs.estimate import job_estimate
     from llmjobs.jobs import job_create
@@ -71,19 +73,23 @@ def run_row(sim, label: str, *, n: int, dups: int, cache: bool, dedup: bool, bud
     )
     job.dedup = dedup
     job.budget_usd = budget
-    job.save(update_fields=["dedup", "budget_usd"])
+    job.mode = mode
+    job.save(update_fields=["dedup", "budget_usd", "mode"])
     estimate = job_estimate(job=job).cost_usd if budget is None else None
     assert sim.stats()["by_status"] == {}, "the estimate made a Messages call"
     started = time.perf_counter()
     previewed = None
-    if budget is None:  # Preview 5 items, then estimate again with the observed output length
+    if budget is None and mode == "online":  # Preview 5 items, then estimate again with the observed output length
         preview_job(job.pk, count=5)
         job.refresh_from_db()
         previewed = job_estimate(job=job).cost_usd
     process_job(job.pk)
     wall = time.perf_counter() - started
     job.refresh_from_db()
-    sent = sum(v for k, v in sim.stats()["by_status"].items() if k != "444")
+    stats = sim.stats()
+    sent = sum(v for k, v in stats["by_status"].items() if k != "444")
+    if mode == "batch":
+        sent = stats["batch"]["succeeded"] + stats["batch"].get("errored", 0)
     return {
         "row": label,
         "sent": sent,
@@ -112,6 +118,7 @@ def main() -> None:
         rows = [
             run_row(sim, "online, no optimisations", n=args.n, dups=args.dups, cache=False, dedup=False),
             run_row(sim, "online, caching + dedup", n=args.n, dups=args.dups, cache=True, dedup=True),
+            run_row(sim, "batch, caching + dedup", n=args.n, dups=args.dups, cache=True, dedup=True, mode="batch"),
         ]
         full = rows[0]["cost"]
         rows.append(
@@ -139,7 +146,7 @@ def main() -> None:
             f"{r['row']:<38} {r['sent']:>5} {r['input']:>8} {r['cache_write']:>8} {r['cache_read']:>9} "
             f"{r['output']:>7} {r['cost']:>9.4f} {rel:>7.2f} {err:>8} {err2:>8} {r['wall']:>7.1f}"
         )
-    print(f"budget row: {rows[2]['done']} of {args.n} items done; {rows[2]['status']}")
+    print(f"budget row: {rows[3]['done']} of {args.n} items done; {rows[3]['status']}")
     uncached_input = rows[0]["input"]
     r = rows[1]
     print(
