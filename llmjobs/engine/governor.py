@@ -13,10 +13,11 @@ by default, any callable in tests):
   just under the lowest in-flight level that met a 529 (the wall, learned from
   ``Ticket.level``) rather than a multiplicative cut, at most once per round
   trip, then a slow probe above it. The warm-up's first answer, when it ends
-  the warm-up, grants the slow-start round trip the warm-up cost (x4). Latency
-  is a second signal (a gradient, as in Netflix's concurrency-limits): while
-  the recent round trips are much slower than the long-run ones, the ceiling
-  stops growing, so a slowing API is seen before it refuses. A 529 counts as a capacity signal only when most calls
+  the warm-up, grants the slow-start round trip it cost and one more (x8).
+  Latency is a second signal (a gradient, as in Netflix's concurrency-limits):
+  while the recent round trips are much slower than the long-run ones, the
+  ceiling stops growing, so a slowing API is seen before it refuses. A 529
+  counts as a capacity signal only when most calls
   sent above every concurrency that worked lately get one, or when 529s are far
   above chance (>= 1 in 8 lately): random overloads (a few percent at any level)
   never collapse the ceiling;
@@ -60,7 +61,7 @@ _PROBE_MIN = 4.0  # per round trip below the last overload level (less a margin)
 _PROBE_SLOW = 0.5  # per round trip near or above it
 _DECREASE_529 = 0.9  # only for 529s far above chance at any level (not a wall above what worked)
 _WALL_MARGIN = 0.01  # the ceiling after a capacity wall: this fraction (and one call) under its level
-_WARM_GAIN = 4.0  # the warm-up's first answer: the ceiling x this (the slow-start round trip it cost)
+_WARM_GAIN = 8.0  # the warm-up's first answer: ceiling x this (its round trip and one more; 529s come back at once)
 _RTT_SHORT, _RTT_LONG = 0.1, 0.005  # EMA weights of the short- and long-run round-trip times
 _RTT_SLOW = 2.0  # short/long above this: the API is slowing down, stop growing
 _RTT_MIN_SAMPLES = 32
@@ -81,6 +82,18 @@ def _parse_reset(value: str | None, wall: float) -> tuple[float | None, bool]:
             return float(value), False
         except ValueError:
             return None, False
+
+
+_RL_PREFIX = b"anthropic-ratelimit-"
+
+
+def _ratelimit_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The ``anthropic-ratelimit-*`` pairs of raw (bytes) headers, keys lower-cased."""
+    out: dict[str, str] = {}
+    for k, v in raw:
+        if len(k) > 20 and k[:20].lower() == _RL_PREFIX:
+            out[k.decode("latin-1").lower()] = v.decode("latin-1")
+    return out
 
 
 class Ticket:
@@ -320,6 +333,12 @@ class Governor:
         """
         if not headers or not self.learn:
             return False
+        raw = getattr(headers, "raw", None)
+        if raw is not None:
+            # an httpx Headers: one pass over the raw pairs beats nine case-folding lookups
+            headers = _ratelimit_headers(raw)
+            if not headers:
+                return False
         took = False
         if now is None:
             now = self.now()

@@ -74,12 +74,12 @@ def test_the_warm_up_round_trip_is_given_back_when_it_ends():
     t = g.acquire(0, 0)
     clock.advance(0.5)
     g.on_success(t)
-    assert g.ceiling == 128  # x4: the slow-start round trip the warm-up cost
-    assert g.free_slots() == 128
+    assert g.ceiling == 256  # x8: the slow-start round trip the warm-up cost, and one more
+    assert g.free_slots() == 256
     # only the warm-up's answer does that
     t = g.acquire(0, 0)
     g.on_success(t)
-    assert g.ceiling == 128
+    assert g.ceiling == 256
 
 
 def test_the_warm_up_gain_respects_max_concurrency():
