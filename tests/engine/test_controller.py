@@ -113,3 +113,23 @@ def test_a_slowing_api_stops_the_ceiling_growing_before_it_refuses():
     for _ in range(40):
         wave(0.5)  # back to normal: growth resumes
     assert g.ceiling > held
+
+
+def test_rate_limit_headers_are_read_from_httpx_headers_in_one_pass():
+    import httpx2
+
+    clock = FakeClock()
+    g = make(clock, learn=True)
+    t = g.acquire(0, 0)
+    headers = httpx2.Headers(
+        {
+            "Anthropic-RateLimit-Requests-Limit": "600",
+            "anthropic-ratelimit-requests-remaining": "599",
+            "content-type": "application/json",
+        }
+    )
+    g.on_success(t, headers=headers)
+    assert g.limits()["rpm"] == 600
+    t = g.acquire(0, 0)
+    g.on_success(t, headers=httpx2.Headers({"content-type": "application/json"}))  # none: nothing learned
+    assert g.limits()["rpm"] == 600
