@@ -32,29 +32,13 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 
 from .bucket import Bucket, Mark
+from .ratelimit_headers import HEADER_NAMES as _HEADERS
+from .ratelimit_headers import parse_reset as _parse_reset
+from .ratelimit_headers import ratelimit_headers as _ratelimit_headers
 
 __all__ = ["Governor", "Ticket"]
-
-_HEADERS = (
-    (
-        "anthropic-ratelimit-requests-limit",
-        "anthropic-ratelimit-requests-remaining",
-        "anthropic-ratelimit-requests-reset",
-    ),
-    (
-        "anthropic-ratelimit-input-tokens-limit",
-        "anthropic-ratelimit-input-tokens-remaining",
-        "anthropic-ratelimit-input-tokens-reset",
-    ),
-    (
-        "anthropic-ratelimit-output-tokens-limit",
-        "anthropic-ratelimit-output-tokens-remaining",
-        "anthropic-ratelimit-output-tokens-reset",
-    ),
-)
 
 _SLOW_START_GAIN = 3.0  # ceiling += this per success in slow start (x4 per round trip; a 529 comes back at once)
 _PROBE_MIN = 4.0  # per round trip below the last overload level (less a margin): at least this, or the gap
@@ -69,31 +53,6 @@ _DECREASE_429 = 0.7
 _FACTOR_MIN, _FACTOR_MAX = 0.25, 4.0  # the input estimate's correction factor stays in this range
 _OUT_WINDOW = 512  # completed outputs remembered for the output-length prediction
 _OUT_PERCENTILE = 0.9
-
-
-def _parse_reset(value: str | None, wall: float) -> tuple[float | None, bool]:
-    """Seconds from now until ``value`` (RFC 3339), and whether it is rounded to whole seconds."""
-    if not value:
-        return None, False
-    try:
-        return datetime.fromisoformat(value).timestamp() - wall, "." not in value
-    except ValueError:
-        try:
-            return float(value), False
-        except ValueError:
-            return None, False
-
-
-_RL_PREFIX = b"anthropic-ratelimit-"
-
-
-def _ratelimit_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """The ``anthropic-ratelimit-*`` pairs of raw (bytes) headers, keys lower-cased."""
-    out: dict[str, str] = {}
-    for k, v in raw:
-        if len(k) > 20 and k[:20].lower() == _RL_PREFIX:
-            out[k.decode("latin-1").lower()] = v.decode("latin-1")
-    return out
 
 
 class Ticket:
