@@ -63,6 +63,7 @@ bench: install
 	$(PY) bench/simulator.py
 	$(PY) bench/engine.py
 	$(PY) bench/limits.py
+	$(PY) bench/perf.py
 	$(PY) bench/runner.py
 	$(PY) bench/faults.py
 	$(PY) bench/web.py

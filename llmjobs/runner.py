@@ -47,7 +47,6 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -63,6 +62,7 @@ from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
+from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
 from .structured import make_validator
 from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, fail_items, one_line, outcome_rows
@@ -86,28 +86,6 @@ FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
 STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
-
-
-@dataclass(slots=True)
-class RunReport:
-    """What one run did. ``status`` is the job's status when the run ended."""
-
-    job_id: int
-    status: str
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    released: int = 0
-    interrupted: bool = False
-    aborted: str = ""
-    db_retries: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)  # previews only
-
-
-def engine_counter(stats: EngineStats, name: str) -> int:
-    """One of the engine's live counters (``rate_limited``, ``retries``...)."""
-    return int(getattr(stats, name))
 
 
 class JobRunner:
