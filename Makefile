@@ -66,6 +66,7 @@ bench: install
 	$(PY) bench/perf.py
 	$(PY) bench/runner.py
 	$(PY) bench/faults.py
+	$(PY) bench/cost.py
 	$(PY) bench/web.py
 
 worker: install

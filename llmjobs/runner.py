@@ -1,40 +1,15 @@
 """The bridge: a job's pending items -> the engine -> persisted outcomes.
 
 ``JobRunner(job_id).run()`` is a coroutine. It claims pending items in chunks
-with a short lease, streams them into the engine (never loading the whole job),
-and writes outcomes in batches. Every database call goes to **one writer
-thread** (``sync_to_async(..., thread_sensitive=False, executor=<its own
-single-thread executor>)``), so the event loop never waits on the database
-while requests are in flight.
-
-Leases are ``ItemQuerySet`` verbs (``claim``, ``renew``, ``release``...), job
-state changes ``BatchJob`` methods (``mark_running``, ``mark_interrupted``...).
-
-Crash safety: an item is marked running with a lease of ``LLMJOBS_LEASE_SECONDS`` when
-claimed, and the lease is renewed while the runner lives. Outcomes are written
-as soon as ``FLUSH_BATCH`` of them wait or the oldest has waited ``FLUSH_EVERY``
-seconds, whichever comes first, so a ``kill -9`` loses only the calls in
-flight plus well under half a second of received answers (they are requested
-again). A later run takes pending items and items whose lease expired, and
-never an item that already succeeded.
-
-Durability: every database call is retried over a fresh connection while the
-database can't be reached (``writer.DbRetry``). Meanwhile the run holds at most
-``MAX_BUFFER`` answers and sends nothing new (backpressure: the engine stops
-dispatching when its outcomes are not consumed); calls in flight finish. After
-``LLMJOBS_DB_OUTAGE_SECONDS`` it gives up with a one-line reason in
-``RunReport.aborted``, never reporting success, releasing what it can.
-
-Stopping keeps what was paid for: ``request_stop()`` (a first SIGTERM/SIGINT,
-or the job cancelled elsewhere) stops dispatching and lets in-flight calls
-finish for up to ``LLMJOBS_DRAIN_SECONDS``; their answers are stored as
-succeeded, the rest goes back to pending (or is cancelled, for a cancel).
-``request_stop(now=True)`` (a second signal) cancels in-flight calls at once
-and still releases the leases.
-
-Sync code (management commands, tasks, admin actions) goes through the
-services ``jobs.job_run`` and ``jobs.job_preview``, which reach the runner
-through ``async_to_sync``; never ``asyncio.run`` inside a loop.
+with a lease (``ItemQuerySet.claim``), streams them into the engine, and writes
+outcomes in batches from **one writer thread** (``sync_to_async(...,
+thread_sensitive=False, executor=<its own single-thread executor>)``), so the
+event loop never waits on the database. Every database call is retried over a
+fresh connection (``writer.DbRetry``); while answers can't be written nothing
+new is dispatched; a stop drains in-flight calls and keeps their answers.
+The guarantees and the settings behind them: README, "Crash safety and
+resuming", and docs/architecture.md. Sync callers go through ``jobs.job_run``
+and ``jobs.job_preview`` (``async_to_sync``), never ``asyncio.run`` in a loop.
 """
 
 from __future__ import annotations
@@ -563,37 +538,28 @@ class JobRunner:
                 self._release(held)
             self._held.clear()
         job = BatchJob.objects.get(pk=self.job_id)
+        self.report.interrupted = self.limit is None and self._interrupted and not self._job_cancelled
+        cancelled = self._job_cancelled or job.status == BatchJob.Status.CANCELLED
+        budget = self._budget is not None and self._budget.reached
+        stopped = self._retry.gave_up or cancelled or bool(self.report.aborted) or budget or self.report.interrupted
+        if self.limit is None and not stopped and not Item.objects.filter(job_id=self.job_id).unfinished().exists():
+            job.mark_finished()
+            return job
+        job.refresh_counters()  # a preview, a stop, or items retried while we ran: recount only
         if self.limit is not None:  # a preview leaves the job's status as it was
-            job.refresh_counters()
             return job
-        self.report.interrupted = self._interrupted and not self._job_cancelled
         if self._retry.gave_up:  # resumable: the unwritten items go back to pending (or their lease expires)
-            job.refresh_counters()
             job.mark_interrupted()
-            return job
-        if self._job_cancelled or job.status == BatchJob.Status.CANCELLED:
-            job.refresh_counters()
+        elif cancelled:
             if job.status != BatchJob.Status.CANCELLED:
                 job.mark_cancelled()
-            return job
-        if self.report.aborted:
-            job.refresh_counters()
+        elif self.report.aborted:
             job.mark_failed(f"Stopped: {self.report.aborted}. Unfinished items stay pending; fix and run again.")
-            return job
-        if self._budget is not None and self._budget.reached:  # "stopped: budget reached", resumable
-            job.refresh_counters()
+        elif budget:  # "stopped: budget reached", resumable with a higher budget
+            assert self._budget is not None
             stop_for_budget(job, self._budget)
-            return job
-        if self.report.interrupted:
-            job.refresh_counters()
+        elif self.report.interrupted:
             job.mark_interrupted()
-            return job
-        if (
-            Item.objects.filter(job_id=self.job_id).unfinished().exists()
-        ):  # e.g. retried items added while we ran: leave it for the next run
-            job.refresh_counters()
-            return job
-        job.mark_finished()
         return job
 
 
