@@ -57,14 +57,16 @@ lint: install
 # The database-facing tests again on PostgreSQL (what a multi-machine team runs).
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 test-postgres: install
-	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py tests/test_scale.py tests/test_quotas.py tests/test_cost.py
 
 bench: install
 	$(PY) bench/simulator.py
 	$(PY) bench/engine.py
 	$(PY) bench/limits.py
+	$(PY) bench/perf.py
 	$(PY) bench/runner.py
 	$(PY) bench/faults.py
+	$(PY) bench/cost.py
 	$(PY) bench/web.py
 
 worker: install

@@ -24,6 +24,7 @@ from django.utils.text import Truncator
 
 from .admin_forms import BatchJobAdminForm
 from .api_errors import PreviewError
+from .costs import fmt_usd, job_cost
 from .exceptions import JobStateError
 from .jobs import (
     PREVIEW_COUNT,
@@ -66,20 +67,29 @@ class BatchJobAdmin(_JobAdminBase):
         "name",
         "owner",
         "model",
+        "mode",
         "status",
         "progress_display",
         "counts",
         "tokens",
-        "cost_estimate",
+        "cost_display",
         "created_at",
     )
     list_display_links = ("id", "name")
-    list_filter = ("status", "model", "owner")
+    list_filter = ("status", "mode", "model", "owner")
     search_fields = ("name",)
     list_select_related = ("owner",)
     date_hierarchy = "created_at"
     list_per_page = 50
-    actions = ("run_in_background", "cancel_jobs", "retry_failed", "export_csv", "export_jsonl", "preview")
+    actions = (
+        "run_in_background",
+        "cancel_jobs",
+        "retry_failed",
+        "export_csv",
+        "export_jsonl",
+        "preview",
+        "estimate_cost",
+    )
     readonly_fields = (
         "status",
         "progress_display",
@@ -143,6 +153,16 @@ class BatchJobAdmin(_JobAdminBase):
     @admin.display(description="tokens in / out")
     def tokens(self, job: BatchJob) -> str:
         return f"{job.input_tokens:,} / {job.output_tokens:,}"
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost_display(self, job: BatchJob) -> str:
+        """Spent so far (live), the estimate and the budget; "unknown" for a model without a price."""
+        text = fmt_usd(job_cost(job))
+        if job.estimated_cost_usd is not None:
+            text += f" (est. {fmt_usd(job.estimated_cost_usd)})"
+        if job.budget_usd is not None:
+            text += f" / budget {fmt_usd(job.budget_usd)}"
+        return text
 
     @admin.display(description="items")
     def items_link(self, job: BatchJob) -> str:
@@ -248,6 +268,18 @@ class BatchJobAdmin(_JobAdminBase):
             for line in preview_lines(results):
                 # Plain text: the admin's message template escapes it.
                 self.message_user(request, f"#{job.pk} {job.name}: {line}", messages.INFO)
+
+    @admin.action(description="Estimate the cost (count_tokens, free)")
+    def estimate_cost(self, request: HttpRequest, queryset: QuerySet[BatchJob]) -> None:
+        from .estimate import job_estimate
+
+        for job in queryset[:10]:
+            try:
+                line = job_estimate(job=job).line()
+            except Exception as exc:
+                self.message_user(request, f"#{job.pk}: estimate failed: {type(exc).__name__}: {exc}", messages.ERROR)
+                continue
+            self.message_user(request, f"#{job.pk} {job.name}: {line}", messages.INFO)
 
 
 class JobFilter(admin.SimpleListFilter):

@@ -24,6 +24,7 @@ from typing import Any, Literal, TextIO
 from asgiref.sync import sync_to_async
 from django.http import StreamingHttpResponse
 
+from .costs import job_cost
 from .exceptions import JobInputError
 from .models import BatchJob, Item, estimate_cost
 from .security import spreadsheet_safe
@@ -72,9 +73,18 @@ def job_summary(job: BatchJob) -> dict[str, Any]:
             "remaining": job.remaining_count,
         },
         "progress": round(job.progress, 4),
-        "usage": {"input_tokens": job.input_tokens, "output_tokens": job.output_tokens},
-        "cost_usd": str(job.cost_estimate),
+        "mode": job.mode,
+        "usage": {
+            "input_tokens": job.input_tokens,
+            "output_tokens": job.output_tokens,
+            "cache_creation_input_tokens": job.cache_creation_input_tokens,
+            "cache_read_input_tokens": job.cache_read_input_tokens,
+        },
+        "cost_usd": _money(job_cost(job)),
         "estimate_usd": str(job_estimate(job)),
+        "estimated_cost_usd": _money(job.estimated_cost_usd),
+        "budget_usd": _money(job.budget_usd),
+        "saved_usd": _money(job.saved_usd if job_cost(job) is not None else None),
         "has_schema": bool(job.output_schema),
         "last_error": job.last_error,
         "created_at": _iso(job.created_at),
@@ -83,9 +93,16 @@ def job_summary(job: BatchJob) -> dict[str, Any]:
     }
 
 
+def _money(value: Any) -> str:
+    """USD as a string; "unknown" when the model's price is unknown (never $0)."""
+    return "unknown" if value is None else str(value)
+
+
 def job_estimate(job: BatchJob) -> Any:
     """Estimated USD for the whole job: the cost so far, extrapolated from the items done
     (before any is done, from the prompt sizes and ``max_tokens``)."""
+    if job.estimated_cost_usd is not None:
+        return job.estimated_cost_usd
     done = job.succeeded_count + job.failed_count
     if done and job.total:
         return (job.cost_estimate * job.total / done).quantize(Decimal("0.000001"))

@@ -21,38 +21,20 @@ from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-__all__ = ["PRICES_PER_MTOK", "ApiToken", "BatchJob", "Item", "WebhookDelivery", "WebhookSecret", "estimate_cost"]
+from .cost_fields import ItemCostFields, JobCostFields
+from .pricing import TokenUsage, price_totals
 
-# USD per million tokens, (input, output), for the *estimate* shown on a job.
-# This is an estimate, not a bill: it ignores prompt caching, long-context
-# pricing and the Message Batches API's 50% discount, and prices change. A
-# model id matches the longest key it starts with ("claude-sonnet-4-5-20250929"
-# -> "claude-sonnet-4-5"); an unknown model costs 0.
-PRICES_PER_MTOK: dict[str, tuple[Decimal, Decimal]] = {
-    "claude-opus-4-6": (Decimal("5"), Decimal("25")),
-    "claude-opus-4-5": (Decimal("5"), Decimal("25")),
-    "claude-opus-4-1": (Decimal("15"), Decimal("75")),
-    "claude-opus-4": (Decimal("15"), Decimal("75")),
-    "claude-sonnet-4-6": (Decimal("3"), Decimal("15")),
-    "claude-sonnet-4-5": (Decimal("3"), Decimal("15")),
-    "claude-sonnet-4": (Decimal("3"), Decimal("15")),
-    "claude-3-7-sonnet": (Decimal("3"), Decimal("15")),
-    "claude-haiku-4-5": (Decimal("1"), Decimal("5")),
-    "claude-3-5-haiku": (Decimal("0.80"), Decimal("4")),
-    "claude-3-haiku": (Decimal("0.25"), Decimal("1.25")),
-}
-_MILLION = Decimal(1_000_000)
-_COST_QUANTUM = Decimal("0.000001")
+__all__ = ["ApiToken", "BatchJob", "Item", "WebhookDelivery", "WebhookSecret", "estimate_cost"]
 
 
-def estimate_cost(model: str, input_tokens: int, output_tokens: int) -> Decimal:
-    """Estimated USD cost of the tokens on ``model`` (see ``PRICES_PER_MTOK``)."""
-    best = max((key for key in PRICES_PER_MTOK if model.startswith(key)), key=len, default=None)
-    if best is None:
-        return Decimal(0).quantize(_COST_QUANTUM)
-    price_in, price_out = PRICES_PER_MTOK[best]
-    cost = (price_in * input_tokens + price_out * output_tokens) / _MILLION
-    return cost.quantize(_COST_QUANTUM)
+def estimate_cost(model: str, input_tokens: int, output_tokens: int, requests: int = 1) -> Decimal:
+    """USD for these tokens on ``model`` over ``requests`` requests, from genai-prices.
+
+    0 for a model the package does not know: this feeds the legacy ``cost_estimate``
+    column; the cost shown to people is ``cost_usd``, which says "unknown" instead.
+    """
+    price = price_totals(model, TokenUsage(input_tokens, output_tokens), requests=max(1, requests))
+    return price if price is not None else Decimal("0.000000")
 
 
 # --- BatchJob ------------------------------------------------------------------------
@@ -83,7 +65,7 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         a job a worker already took is left alone)."""
         return self.filter(status=BatchJob.Status.QUEUED).update(status=BatchJob.Status.DRAFT, last_error=error)
 
-    def add_to_counters(self, **deltas: int) -> int:
+    def add_to_counters(self, **deltas: int | Decimal) -> int:
         """Add to the jobs' counters in one UPDATE (``F()`` arithmetic: safe against concurrent
         writers). Keywords: ``succeeded``, ``failed``, ``cancelled``, ``rate_limited``,
         ``retries`` (the ``*_count`` fields), ``input_tokens``, ``output_tokens``."""
@@ -91,7 +73,7 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         return self.update(**{field: F(field) + delta for field, delta in fields.items()})
 
 
-class BatchJob(models.Model):
+class BatchJob(JobCostFields):
     class Status(models.TextChoices):
         DRAFT = "draft", "Not started"  # the value stays "draft"; people read "Not started"
         QUEUED = "queued", "Queued"
@@ -315,6 +297,7 @@ class BatchJob(models.Model):
         "input_tokens",
         "output_tokens",
         "cost_estimate",
+        *JobCostFields.COST_COUNTERS,
     )
 
     def _recount(self) -> None:
@@ -327,6 +310,7 @@ class BatchJob(models.Model):
             # answers reused from a cloned job's source were paid for there, not here
             input_tokens=Coalesce(Sum("input_tokens", filter=Q(reused=False)), 0),
             output_tokens=Coalesce(Sum("output_tokens", filter=Q(reused=False)), 0),
+            **JobCostFields.cost_sums(),
         )
         self.total = counts["total"]
         self.succeeded_count = counts["succeeded"]
@@ -334,7 +318,7 @@ class BatchJob(models.Model):
         self.cancelled_count = counts["cancelled"]
         self.input_tokens = int(counts["input_tokens"])
         self.output_tokens = int(counts["output_tokens"])
-        self.cost_estimate = estimate_cost(self.model, self.input_tokens, self.output_tokens)
+        self.set_costs(counts, estimate_cost(self.model, self.input_tokens, self.output_tokens, self.total))
 
     def refresh_counters(self) -> None:
         """Recount items by status and sum their tokens (one aggregate query), then save."""
@@ -461,7 +445,7 @@ class ItemQuerySet(models.QuerySet["Item"]):
         )
 
 
-class Item(models.Model):
+class Item(ItemCostFields):
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         RUNNING = "running", "Running"

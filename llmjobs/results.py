@@ -26,7 +26,7 @@ from django.urls import reverse
 from django.utils.text import Truncator
 
 from .models import BatchJob, Item
-from .pricing import TokenUsage, price_totals, price_usage
+from .pricing import TokenUsage, model_known, price_totals, price_usage
 from .prompts import build_params, compile_template
 
 __all__ = [
@@ -55,12 +55,21 @@ def item_cost(job: BatchJob, item: Item) -> Decimal | None:
         return Decimal(0)
     if item.input_tokens is None and item.output_tokens is None:
         return Decimal(0)
-    usage = TokenUsage(input_tokens=item.input_tokens or 0, output_tokens=item.output_tokens or 0)
-    return price_usage(job.model, usage)
+    if item.cost_usd is not None:  # priced when stored, cache tokens and batch discount included
+        return item.cost_usd
+    usage = TokenUsage(
+        input_tokens=item.input_tokens or 0,
+        output_tokens=item.output_tokens or 0,
+        cache_write_5m_tokens=item.cache_creation_input_tokens or 0,
+        cache_read_tokens=item.cache_read_input_tokens or 0,
+    )
+    return price_usage(job.model, usage, batch=job.mode == BatchJob.Mode.BATCH)
 
 
 def job_cost_so_far(job: BatchJob) -> Decimal | None:
     """USD the job has spent so far, priced by genai-prices (``None``: unknown model)."""
+    if job.cost_usd or not model_known(job.model):
+        return job.cost_usd if model_known(job.model) else None
     requests = job.succeeded_count + job.failed_count
     if not job.input_tokens and not job.output_tokens:
         return Decimal(0)

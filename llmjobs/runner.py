@@ -1,40 +1,15 @@
 """The bridge: a job's pending items -> the engine -> persisted outcomes.
 
 ``JobRunner(job_id).run()`` is a coroutine. It claims pending items in chunks
-with a short lease, streams them into the engine (never loading the whole job),
-and writes outcomes in batches. Every database call goes to **one writer
-thread** (``sync_to_async(..., thread_sensitive=False, executor=<its own
-single-thread executor>)``), so the event loop never waits on the database
-while requests are in flight.
-
-Leases are ``ItemQuerySet`` verbs (``claim``, ``renew``, ``release``...), job
-state changes ``BatchJob`` methods (``mark_running``, ``mark_interrupted``...).
-
-Crash safety: an item is marked running with a lease of ``LLMJOBS_LEASE_SECONDS`` when
-claimed, and the lease is renewed while the runner lives. Outcomes are written
-as soon as ``FLUSH_BATCH`` of them wait or the oldest has waited ``FLUSH_EVERY``
-seconds, whichever comes first, so a ``kill -9`` loses only the calls in
-flight plus well under half a second of received answers (they are requested
-again). A later run takes pending items and items whose lease expired, and
-never an item that already succeeded.
-
-Durability: every database call is retried over a fresh connection while the
-database can't be reached (``writer.DbRetry``). Meanwhile the run holds at most
-``MAX_BUFFER`` answers and sends nothing new (backpressure: the engine stops
-dispatching when its outcomes are not consumed); calls in flight finish. After
-``LLMJOBS_DB_OUTAGE_SECONDS`` it gives up with a one-line reason in
-``RunReport.aborted``, never reporting success, releasing what it can.
-
-Stopping keeps what was paid for: ``request_stop()`` (a first SIGTERM/SIGINT,
-or the job cancelled elsewhere) stops dispatching and lets in-flight calls
-finish for up to ``LLMJOBS_DRAIN_SECONDS``; their answers are stored as
-succeeded, the rest goes back to pending (or is cancelled, for a cancel).
-``request_stop(now=True)`` (a second signal) cancels in-flight calls at once
-and still releases the leases.
-
-Sync code (management commands, tasks, admin actions) goes through the
-services ``jobs.job_run`` and ``jobs.job_preview``, which reach the runner
-through ``async_to_sync``; never ``asyncio.run`` inside a loop.
+with a lease (``ItemQuerySet.claim``), streams them into the engine, and writes
+outcomes in batches from **one writer thread** (``sync_to_async(...,
+thread_sensitive=False, executor=<its own single-thread executor>)``), so the
+event loop never waits on the database. Every database call is retried over a
+fresh connection (``writer.DbRetry``); while answers can't be written nothing
+new is dispatched; a stop drains in-flight calls and keeps their answers.
+The guarantees and the settings behind them: README, "Crash safety and
+resuming", and docs/architecture.md. Sync callers go through ``jobs.job_run``
+and ``jobs.job_preview`` (``async_to_sync``), never ``asyncio.run`` in a loop.
 """
 
 from __future__ import annotations
@@ -47,17 +22,22 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
+from .batch_mode import run_batch_job
+from .budget import BudgetGuard
+from .caching import CacheMarker, CacheWarmer
 from .conf import api_target, llmjobs_settings
+from .costs import budget_guard, stop_for_budget
+from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
 from .prompts import build_params
+from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
 from .structured import make_validator
 from .workers import ChunkSizer, others_hold_leases, worker_identity
@@ -82,28 +62,6 @@ FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
 STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
-
-
-@dataclass(slots=True)
-class RunReport:
-    """What one run did. ``status`` is the job's status when the run ended."""
-
-    job_id: int
-    status: str
-    succeeded: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    released: int = 0
-    interrupted: bool = False
-    aborted: str = ""
-    db_retries: int = 0
-    stats: dict[str, Any] = field(default_factory=dict)
-    outcomes: list[Outcome] = field(default_factory=list)  # previews only
-
-
-def engine_counter(stats: EngineStats, name: str) -> int:
-    """One of the engine's live counters (``rate_limited``, ``retries``...)."""
-    return int(getattr(stats, name))
 
 
 class JobRunner:
@@ -170,6 +128,8 @@ class JobRunner:
         )
         self._last_renew = time.monotonic()
         self._sizer = ChunkSizer(max_chunk=self.claim_chunk)
+        self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
+        self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -239,6 +199,9 @@ class JobRunner:
         if job is None:
             return self.report
         self.job = job
+        if job.mode == BatchJob.Mode.BATCH and self.limit is None:  # Message Batches (issue 14)
+            self.report.status = (await sync_to_async(run_batch_job, thread_sensitive=False)(job.pk)).status
+            return self.report
         config = self._engine_config or EngineConfig()
         if job.concurrency:
             config.max_concurrency = job.concurrency
@@ -253,6 +216,8 @@ class JobRunner:
             base_url=target.base_url,
             transport=llmjobs_settings().http_transport,
         )
+        self._budget = budget_guard(job)
+        self._cache.job = job
         if self._stopping:  # stopped before the engine existed
             self._stop(self._interrupted, self._hard_stop.is_set())
         helpers: list[asyncio.Task[None]] = []
@@ -264,13 +229,20 @@ class JobRunner:
                     asyncio.create_task(self._watch_cancel(), name="llmjobs-cancel-watch"),
                 ]
                 calls = self._calls()
+                dedup = Dedup() if job.dedup else None  # identical requests sent once (issue 14)
+                warm = CacheWarmer(self._cache)  # the first request writes the cache alone
+                sent = dedup.calls(warm.calls(calls)) if dedup else warm.calls(calls)
+                outcomes = warm.outcomes(engine.run(sent))
+                outcomes = dedup.outcomes(outcomes) if dedup else outcomes
                 try:
-                    async for outcome in engine.run(calls):
+                    async for outcome in outcomes:
                         if not self._buffer:
                             self._buffer_since = asyncio.get_running_loop().time()
                             if self._unwritten_since is None:
                                 self._unwritten_since = self._buffer_since
                         self._buffer.append(outcome)
+                        if self._budget is not None:
+                            self._budget.settle(outcome.key, outcome.usage)
                         if self.limit is not None:
                             self.report.outcomes.append(outcome)
                         if outcome.status == "succeeded":
@@ -380,11 +352,21 @@ class JobRunner:
                 for item_id, params in batch:
                     while self._writes_stalled() and not self._stopping:
                         await asyncio.sleep(0.05)  # backpressure: nothing new while answers can't be stored
-                    if self._stopping:
+                    if self._stopping or not await self._within_budget(item_id, params):
                         return
                     yield Call(key=item_id, params=params, validate=validate)
         except DatabaseUnavailable as exc:
             self._give_up(exc)
+
+    async def _within_budget(self, key: int, params: dict[str, Any]) -> bool:
+        """Admit this call under the budget, waiting for in-flight calls to settle; ``False``:
+        the budget is reached (or the run stops), dispatch nothing more."""
+        guard = self._budget
+        while guard is not None and not guard.admit(key, params):
+            if guard.reached or self._stopping:
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def _writes_stalled(self) -> bool:
         """The database is failing, or answers have waited past ``STALL_SECONDS`` (a write
@@ -407,7 +389,7 @@ class JobRunner:
         broken: list[tuple[int, str]] = []
         for pk, fields in rows:
             try:
-                calls.append((pk, build_params(job, fields)))
+                calls.append((pk, self._cache.mark(build_params(job, fields))))
             except Exception as exc:  # the item can't be rendered: it fails, the job goes on
                 broken.append((pk, f"{type(exc).__name__}: {one_line(exc)}"))
         if broken:
@@ -506,7 +488,13 @@ class JobRunner:
         self._written_retries += retries
 
     def _write(self, batch: list[Outcome], rate_limited: int = 0, retries: int = 0) -> None:
-        rows = outcome_rows(batch, cancel=self._job_cancelled)
+        job = self.job
+        rows = outcome_rows(
+            batch,
+            cancel=self._job_cancelled,
+            model=job.model if job else "",
+            batch_price=bool(job and job.mode == BatchJob.Mode.BATCH),
+        )
         with transaction.atomic():
             if rows.items:
                 Item.objects.bulk_update(rows.items, ITEM_FIELDS, batch_size=500)
@@ -553,34 +541,28 @@ class JobRunner:
                 self._release(held)
             self._held.clear()
         job = BatchJob.objects.get(pk=self.job_id)
+        self.report.interrupted = self.limit is None and self._interrupted and not self._job_cancelled
+        cancelled = self._job_cancelled or job.status == BatchJob.Status.CANCELLED
+        budget = self._budget is not None and self._budget.reached
+        stopped = self._retry.gave_up or cancelled or bool(self.report.aborted) or budget or self.report.interrupted
+        if self.limit is None and not stopped and not Item.objects.filter(job_id=self.job_id).unfinished().exists():
+            job.mark_finished()
+            return job
+        job.refresh_counters()  # a preview, a stop, or items retried while we ran: recount only
         if self.limit is not None:  # a preview leaves the job's status as it was
-            job.refresh_counters()
             return job
-        self.report.interrupted = self._interrupted and not self._job_cancelled
         if self._retry.gave_up:  # resumable: the unwritten items go back to pending (or their lease expires)
-            job.refresh_counters()
             job.mark_interrupted()
-            return job
-        if self._job_cancelled or job.status == BatchJob.Status.CANCELLED:
-            job.refresh_counters()
+        elif cancelled:
             if job.status != BatchJob.Status.CANCELLED:
                 job.mark_cancelled()
-            return job
-        if self.report.aborted:
-            job.refresh_counters()
+        elif self.report.aborted:
             job.mark_failed(f"Stopped: {self.report.aborted}. Unfinished items stay pending; fix and run again.")
-            return job
-        if self.report.interrupted:
-            job.refresh_counters()
-            if not others_hold_leases(self.job_id):  # other workers still run the job: it stays running
-                job.mark_interrupted()
-            return job
-        if (
-            Item.objects.filter(job_id=self.job_id).unfinished().exists()
-        ):  # e.g. retried items added while we ran: leave it for the next run
-            job.refresh_counters()
-            return job
-        job.mark_finished()
+        elif budget:  # "stopped: budget reached", resumable with a higher budget
+            assert self._budget is not None
+            stop_for_budget(job, self._budget)
+        elif self.report.interrupted and not others_hold_leases(self.job_id):
+            job.mark_interrupted()  # (while other workers still hold leases the job stays running)
         return job
 
 

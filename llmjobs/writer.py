@@ -19,11 +19,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any, Protocol, cast
 
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
+from .costs import price_answer
 from .engine import Outcome
 from .models import BatchJob, Item
 
@@ -47,7 +49,7 @@ FINAL_DB_BUDGET = 5.0  # seconds: retries of the last flush and release of a run
 # Errors of a database that is (for now) unreachable or locked: retried over a fresh connection.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
-ITEM_FIELDS = [*Item.RESULT_FIELDS, "lease_expires_at", "finished_at"]
+ITEM_FIELDS = [*Item.RESULT_FIELDS, *Item.COST_FIELDS, "lease_expires_at", "finished_at"]
 
 
 class DatabaseUnavailable(Exception):
@@ -126,26 +128,30 @@ class OutcomeRows:
 
     items: list[Item] = field(default_factory=list)
     released: list[int] = field(default_factory=list)
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, Any] = field(default_factory=dict)
 
 
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else max(0, round(seconds * 1000))
 
 
-def outcome_rows(batch: list[Outcome], *, cancel: bool, now: dt.datetime | None = None) -> OutcomeRows:
+def outcome_rows(
+    batch: list[Outcome], *, cancel: bool, now: dt.datetime | None = None, model: str = "", batch_price: bool = False
+) -> OutcomeRows:
     """Item rows for ``batch``. A succeeded or failed outcome is stored as such (an answer
     that arrived is kept whatever happened since); a cancelled one is released back to
     pending, or stored as cancelled when the job itself was cancelled (``cancel``)."""
     now = now or timezone.now()
     rows = OutcomeRows()
-    counts = dict.fromkeys(("succeeded", "failed", "cancelled", "input_tokens", "output_tokens"), 0)
+    counts: dict[str, Any] = dict.fromkeys(("succeeded", "failed", "cancelled", "input_tokens", "output_tokens"), 0)
+    counts.update(cache_creation_input_tokens=0, cache_read_input_tokens=0, cost_usd=Decimal(0), saved_usd=Decimal(0))
     for o in batch:
         key = cast(int, o.key)  # the runner's calls are keyed by item id
         if o.status == "cancelled" and not cancel:
             rows.released.append(key)  # interrupted, not cancelled: back to pending
             continue
         usage = o.usage or {}
+        priced = price_answer(model, o.usage, batch=batch_price)  # cost (issue 14): None when unknown
         rows.items.append(
             Item(
                 pk=key,
@@ -157,6 +163,9 @@ def outcome_rows(batch: list[Outcome], *, cancel: bool, now: dt.datetime | None 
                 attempts=o.attempts,
                 input_tokens=usage.get("input_tokens"),
                 output_tokens=usage.get("output_tokens"),
+                cache_creation_input_tokens=usage.get("cache_creation_input_tokens"),
+                cache_read_input_tokens=usage.get("cache_read_input_tokens"),
+                cost_usd=priced.cost,
                 latency_ms=_ms(o.latency),
                 ttft_ms=_ms(o.ttft),
                 lease_expires_at=None,
@@ -164,8 +173,12 @@ def outcome_rows(batch: list[Outcome], *, cancel: bool, now: dt.datetime | None 
             )
         )
         counts[o.status if o.status in ("succeeded", "failed") else "cancelled"] += 1
-        counts["input_tokens"] += (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0)
+        counts["input_tokens"] += usage.get("input_tokens") or 0  # as the API reports it (cache excluded)
         counts["output_tokens"] += usage.get("output_tokens") or 0
+        counts["cache_creation_input_tokens"] += usage.get("cache_creation_input_tokens") or 0
+        counts["cache_read_input_tokens"] += usage.get("cache_read_input_tokens") or 0
+        counts["cost_usd"] += priced.cost or 0
+        counts["saved_usd"] += priced.saved or 0
     rows.counters = counts
     return rows
 

@@ -182,7 +182,7 @@ async def test_cancel_and_retry(tokens, api_sim):
         ({"schema": {"type": "string"}}, "schema", "an object at the top level"),
         ({"webhook_url": "http://127.0.0.1:9/hook"}, "webhook_url", "private or loopback"),
         ({"webhook_url": "ftp://example.com/"}, "webhook_url", "http(s) URL"),
-        ({"budget_usd": 5}, "budget_usd", "not available yet"),
+        ({"budget_usd": 0}, "budget_usd", "greater than 0"),
         ({"template": "{missing}"}, "items", "placeholder {missing} is not in the data"),
         ({"items": []}, "items", "at least 1"),
         ({"max_tokens": 0}, "max_tokens", "greater than or equal to 1"),

@@ -202,6 +202,6 @@ def test_export_to_a_closed_pipe_exits_quietly(tmp_path, sim):
     export.stdout.close()
     err = export.stderr.read().decode()
     export.wait(timeout=60)
-    assert first.startswith(b'{"position": 0')
+    assert first.startswith(b'{"index": 0')
     assert err == "", err
     assert export.returncode == 0

@@ -166,7 +166,7 @@ def _csv_rows(text: str) -> list[dict[str, str]]:
 
 def _assert_neutralised(rows: list[dict[str, str]]) -> None:
     assert [r["output"] for r in rows] == ["'" + f for f in FORMULAS]
-    assert [r["error_message"] for r in rows] == ["'" + f for f in FORMULAS]
+    assert [r["error"] for r in rows] == ["'" + f for f in FORMULAS]
     for row in rows:
         for value in row.values():
             assert not value.startswith(("=", "+", "-", "@", "\t", "\r")), row

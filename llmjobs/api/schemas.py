@@ -25,11 +25,16 @@ class JobIn(Schema):
     model: str | None = Field(None, description="One of LLMJOBS_MODELS; default LLMJOBS_DEFAULT_MODEL.")
     max_tokens: int = Field(1024, ge=1, le=MAX_TOKENS_LIMIT)
     concurrency: int | None = Field(None, ge=1, le=CONCURRENCY_LIMIT)
-    mode: Literal["realtime"] = Field("realtime", description="Only realtime for now (batch is not available yet).")
+    mode: Literal["realtime", "online", "batch"] = Field(
+        "online", description="online (realtime), or batch: the Message Batches API, 50% cheaper, within 24 h."
+    )
     output_schema: dict[str, Any] | None = Field(
         None, alias="schema", description="JSON Schema (an object) every answer must match."
     )
-    budget_usd: float | None = Field(None, description="Not available yet: must be empty.")
+    budget_usd: float | None = Field(
+        None, gt=0, description="Stop dispatching before the job's cost passes this many USD (resumable)."
+    )
+    dedup: bool = Field(True, description="Send identical rendered requests once; every item gets the answer.")
     webhook_url: str = Field("", max_length=2000, description="POSTed a signed job.finished event.")
     items: list[dict[str, Any] | str] = Field(..., min_length=1)
 
@@ -44,6 +49,8 @@ class JobCounts(Schema):
 class JobUsage(Schema):
     input_tokens: int
     output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
 
 
 class JobOut(Schema):
@@ -55,8 +62,12 @@ class JobOut(Schema):
     counts: JobCounts
     progress: float
     usage: JobUsage
-    cost_usd: str
+    mode: str = "online"
+    cost_usd: str = Field(description='USD spent so far; "unknown" when the model has no known price.')
     estimate_usd: str
+    estimated_cost_usd: str = "unknown"
+    budget_usd: str = "unknown"
+    saved_usd: str = "unknown"
     has_schema: bool
     last_error: str
     created_at: str | None

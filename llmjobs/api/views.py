@@ -19,6 +19,7 @@ from ninja import NinjaAPI, Query, Status
 
 from .. import jobs
 from ..conf import llmjobs_settings
+from ..costs import apply_cost_options
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
 from ..prompts import compile_template
@@ -85,8 +86,6 @@ def _check(payload: JobIn) -> tuple[str, dict[str, Any] | None]:
         model = choices[0] if choices else ""
     elif model not in choices:
         errors.append(("model", f"unknown model {model!r}; choose one of {', '.join(choices)}"))
-    if payload.budget_usd is not None:
-        errors.append(("budget_usd", "budgets are not available yet; leave it empty"))
     schema = None
     checks: list[tuple[str, Any]] = [
         ("template", lambda: compile_template(payload.template)),
@@ -125,6 +124,8 @@ def _create(user: Any, payload: JobIn) -> BatchJob:
                 schema=schema,
                 webhook_url=payload.webhook_url,
             )
+            mode = "batch" if payload.mode == "batch" else "online"
+            apply_cost_options(job, budget_usd=payload.budget_usd, dedup=payload.dedup, mode=mode)
             jobs.job_enqueue(job=job)  # the task is enqueued after commit
     except JobInputError as exc:
         raise FieldError([("items", str(exc))]) from None

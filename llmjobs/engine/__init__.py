@@ -7,10 +7,11 @@ the in-flight ceiling, pauses on 429/529 and retries what is worth retrying.
 
 from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
 from .bucket import Bucket
+from .calls import run_calls
 from .client import make_client
 from .governor import Governor, Ticket
 from .retry import AttemptTimeout, RetryPolicy, StreamError, Verdict, classify
-from .run import Engine, run_calls
+from .run import Engine
 from .stats import EngineStats
 from .stream import TextStream, stream_text
 from .tokens import estimate_input_tokens

@@ -9,9 +9,15 @@ by default, any callable in tests):
   ``max_tokens`` and refunded to the actual usage, as the API does;
 * an adaptive in-flight ceiling between 1 and ``max_concurrency``: slow start
   (x4 per round trip: a capacity 529 comes back at once, so overshoot is cheap),
-  multiplicative decrease on 429 (x0.7) and on 529 (x0.9), at most once per
-  round trip, then a quick return to just below the level that overloaded and a
-  slow probe above it. A 529 counts as a capacity signal only when most calls
+  multiplicative decrease on 429 (x0.7); on a capacity 529 the ceiling goes to
+  just under the lowest in-flight level that met a 529 (the wall, learned from
+  ``Ticket.level``) rather than a multiplicative cut, at most once per round
+  trip, then a slow probe above it. The warm-up's first answer, when it ends
+  the warm-up, grants the slow-start round trip it cost and one more (x8).
+  Latency is a second signal (a gradient, as in Netflix's concurrency-limits):
+  while the recent round trips are much slower than the long-run ones, the
+  ceiling stops growing, so a slowing API is seen before it refuses. A 529
+  counts as a capacity signal only when most calls
   sent above every concurrency that worked lately get one, or when 529s are far
   above chance (>= 1 in 8 lately): random overloads (a few percent at any level)
   never collapse the ceiling;
@@ -26,51 +32,27 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 
 from .bucket import Bucket, Mark
+from .ratelimit_headers import HEADER_NAMES as _HEADERS
+from .ratelimit_headers import parse_reset as _parse_reset
+from .ratelimit_headers import ratelimit_headers as _ratelimit_headers
 
 __all__ = ["Governor", "Ticket"]
-
-_HEADERS = (
-    (
-        "anthropic-ratelimit-requests-limit",
-        "anthropic-ratelimit-requests-remaining",
-        "anthropic-ratelimit-requests-reset",
-    ),
-    (
-        "anthropic-ratelimit-input-tokens-limit",
-        "anthropic-ratelimit-input-tokens-remaining",
-        "anthropic-ratelimit-input-tokens-reset",
-    ),
-    (
-        "anthropic-ratelimit-output-tokens-limit",
-        "anthropic-ratelimit-output-tokens-remaining",
-        "anthropic-ratelimit-output-tokens-reset",
-    ),
-)
 
 _SLOW_START_GAIN = 3.0  # ceiling += this per success in slow start (x4 per round trip; a 529 comes back at once)
 _PROBE_MIN = 4.0  # per round trip below the last overload level (less a margin): at least this, or the gap
 _PROBE_SLOW = 0.5  # per round trip near or above it
-_DECREASE_529 = 0.9
+_DECREASE_529 = 0.9  # only for 529s far above chance at any level (not a wall above what worked)
+_WALL_MARGIN = 0.01  # the ceiling after a capacity wall: this fraction (and one call) under its level
+_WARM_GAIN = 8.0  # the warm-up's first answer: ceiling x this (its round trip and one more; 529s come back at once)
+_RTT_SHORT, _RTT_LONG = 0.1, 0.005  # EMA weights of the short- and long-run round-trip times
+_RTT_SLOW = 2.0  # short/long above this: the API is slowing down, stop growing
+_RTT_MIN_SAMPLES = 32
 _DECREASE_429 = 0.7
 _FACTOR_MIN, _FACTOR_MAX = 0.25, 4.0  # the input estimate's correction factor stays in this range
 _OUT_WINDOW = 512  # completed outputs remembered for the output-length prediction
 _OUT_PERCENTILE = 0.9
-
-
-def _parse_reset(value: str | None, wall: float) -> tuple[float | None, bool]:
-    """Seconds from now until ``value`` (RFC 3339), and whether it is rounded to whole seconds."""
-    if not value:
-        return None, False
-    try:
-        return datetime.fromisoformat(value).timestamp() - wall, "." not in value
-    except ValueError:
-        try:
-            return float(value), False
-        except ValueError:
-            return None, False
 
 
 class Ticket:
@@ -127,8 +109,12 @@ class Governor:
         "_pause_max",
         "_pause_seq",
         "_probe_529s",
+        "_probe_min",
         "_probes",
         "_rng",
+        "_rtt_long",
+        "_rtt_n",
+        "_rtt_short",
         "_seq",
         "_streak",
         "_succ_level",
@@ -196,6 +182,10 @@ class Governor:
         self._pause_seq = -1
         self._probes = 0  # probe calls resolved since the last cut (success or 529)
         self._probe_529s = 0
+        self._probe_min = 0  # the lowest level of a probe that met a 529 since the last cut (0: none)
+        self._rtt_short = 0.0
+        self._rtt_long = 0.0
+        self._rtt_n = 0
         self._win = 0  # all calls resolved lately (success or 529), and the 529s among them
         self._win_529s = 0
         self._pause_base = pause_base
@@ -302,6 +292,12 @@ class Governor:
         """
         if not headers or not self.learn:
             return False
+        raw = getattr(headers, "raw", None)
+        if raw is not None:
+            # an httpx Headers: one pass over the raw pairs beats nine case-folding lookups
+            headers = _ratelimit_headers(raw)
+            if not headers:
+                return False
         took = False
         if now is None:
             now = self.now()
@@ -356,8 +352,13 @@ class Governor:
         """A call succeeded: correct from headers, refund unused output, grow the ceiling."""
         if now is None:
             now = self.now()
+        warming = self.warming
         if not self._close(ticket):
             return
+        if warming and self.ceiling < self.ssthresh:
+            # the warm-up held one call for a round trip: give that round trip's slow start back
+            c = self.ceiling * _WARM_GAIN
+            self.ceiling = c if c < self.max_concurrency else float(self.max_concurrency)
         if input_tokens is not None:
             # the server charged the real input at admission: keep the ledger honest, and
             # learn how the raw local estimate compares with its count (like with like,
@@ -388,6 +389,19 @@ class Governor:
         succ = self._succ_level - 0.01
         self._succ_level = level if level > succ else succ
         ceiling = self.ceiling
+        # the latency gradient: round trips of late much slower than in the long run mean the
+        # API queues our calls; hold the ceiling (a 529 or a recovery will follow)
+        rtt = now - ticket.sent_at
+        n = self._rtt_n
+        if n:
+            self._rtt_short += _RTT_SHORT * (rtt - self._rtt_short)
+            w = _RTT_LONG if n > 200 else 1.0 / (n + 1)
+            self._rtt_long += w * (rtt - self._rtt_long)
+        else:
+            self._rtt_short = self._rtt_long = rtt
+        self._rtt_n = n + 1
+        if n >= _RTT_MIN_SAMPLES and self._rtt_short > _RTT_SLOW * self._rtt_long:
+            return
         # Grow only while the ceiling is actually in use. All int(ceiling) slots
         # in use counts too: with a small fractional ceiling (say 2.9, two slots),
         # 80% of it could never be reached and the ceiling would stick there.
@@ -483,15 +497,24 @@ class Governor:
         wall = False
         if ticket.probe and level > self._succ_level:
             self._count_probe(True)
+            if self._probe_min == 0 or level < self._probe_min:
+                self._probe_min = level
             wall = self._probe_529s >= 3 and 2 * self._probe_529s >= self._probes
         self._count_window(True)
         # ... or, at any level, when 529s are far more frequent than chance (>= 1 in 8 lately)
         wall = wall or (self._win_529s >= 8 and 8 * self._win_529s >= self._win)
         if wall and ticket.epoch == self._epoch:
             self._epoch += 1
-            self._probes = self._probe_529s = self._win = self._win_529s = 0
+            lowest = self._probe_min
+            self._probes = self._probe_529s = self._win = self._win_529s = self._probe_min = 0
             self.w_max = float(level)
-            self.ceiling = max(1.0, min(self.ceiling, float(level)) * _DECREASE_529)
+            if lowest and lowest > self._succ_level:
+                # a wall: calls above `lowest - 1` in flight meet 529s; sit just under it
+                self.w_max = float(lowest)
+                ceiling = float(lowest) - 1.0 - _WALL_MARGIN * lowest
+            else:
+                ceiling = min(self.ceiling, float(level)) * _DECREASE_529
+            self.ceiling = max(1.0, min(self.ceiling, ceiling))
             self.ssthresh = self.ceiling
         return self._pause(ticket, retry_after, now)
 

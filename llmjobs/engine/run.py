@@ -5,131 +5,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import inspect
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Hashable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Hashable, Iterable
 from typing import Any
 
-import httpx2
-
-from ._json import loads
+from ._job import Job, Latency
 from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
+from .attempts import plain_attempt, stream_attempt
 from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
-from .repair import add_usage, invalid_outcome, repair_params, tool_answer
+from .repair import add_usage, invalid_outcome, repair_params
 from .retry import (
     ABORT,
     FAIL,
     OVERLOADED,
     RATE_LIMITED,
-    AttemptTimeout,
-    InvalidResponse,
     RetryPolicy,
-    StreamError,
     Verdict,
     classify,
     is_outage,
 )
 from .stats import EngineStats
-from .stream import StreamState, iter_sse, open_stream
 from .tokens import estimate_input_tokens
 
-__all__ = ["Engine", "run_calls"]
+__all__ = ["Engine"]
 
 _RUNNING, _CANCELLING, _ABORTING = 0, 1, 2
 _PATH = "/v1/messages"
 
 
 _LAUNCH_BURST = 8  # requests started per event-loop turn at most
-
-# The SDK refuses non-streaming requests that may run past 10 minutes (it
-# estimates an hour per 128k output tokens) or past a model's non-streaming
-# limit; the engine posts directly, so it applies the same rule and streams them.
-try:
-    from anthropic._constants import MODEL_NONSTREAMING_TOKENS
-except ImportError:  # pragma: no cover - an SDK without the table
-    MODEL_NONSTREAMING_TOKENS = {}
-_NONSTREAMING_TOKENS: dict[str, int] = dict(MODEL_NONSTREAMING_TOKENS)
-_NONSTREAMING_MAX_TOKENS = 128_000 * 600 / 3600  # ~21,333
-
-
-def needs_streaming(params: dict[str, Any]) -> bool:
-    """Would the SDK insist on streaming this request (a large ``max_tokens``)?"""
-    mt = params.get("max_tokens")
-    if not isinstance(mt, (int, float)):
-        return False
-    if mt > _NONSTREAMING_MAX_TOKENS:
-        return True
-    model = params.get("model")
-    limit = _NONSTREAMING_TOKENS.get(model) if isinstance(model, str) else None
-    return limit is not None and mt > limit
-
-
-class _Job:
-    __slots__ = (
-        "attempts",
-        "call",
-        "failures",
-        "in_raw",
-        "index",
-        "last_error",
-        "out_cost",
-        "params",
-        "repaired",
-        "spent",
-        "started",
-        "stream",
-        "timeouts",
-    )
-
-    def __init__(self, call: Call, index: int) -> None:
-        self.call = call
-        self.index = index
-        params = call.params
-        if type(params) is not dict or "stream" in params:
-            params = dict(params)
-            params.pop("stream", None)
-        self.params = params
-        self.in_raw = estimate_input_tokens(params)
-        mt = params.get("max_tokens")
-        self.out_cost = float(mt) if isinstance(mt, (int, float)) else 0.0
-        self.stream = call.stream or needs_streaming(params)
-        self.attempts = 0
-        self.failures = 0
-        self.timeouts = 0
-        self.started: float | None = None
-        self.last_error: Verdict | None = None
-        self.repaired = False  # an invalid answer was sent back once (see repair)
-        self.spent: dict[str, Any] | None = None  # usage of answers that were not kept
-
-
-class _Latency:
-    """A rolling window of attempt latencies, for the adaptive timeout."""
-
-    __slots__ = ("count", "p99", "pos", "window")
-
-    def __init__(self, size: int = 256) -> None:
-        self.window = [0.0] * size
-        self.pos = 0
-        self.count = 0
-        self.p99: float | None = None
-
-    def add(self, value: float) -> None:
-        w = self.window
-        w[self.pos] = value
-        self.pos = (self.pos + 1) % len(w)
-        self.count += 1
-        if self.count >= 20 and (self.count % 32 == 0 or self.count == 20):
-            n = min(self.count, len(w))
-            data = sorted(w[:n])
-            self.p99 = data[min(n - 1, int(n * 0.99))]
-
-    @property
-    def mean(self) -> float | None:
-        """Mean of the latencies in the window (None before any)."""
-        n = min(self.count, len(self.window))
-        return sum(self.window[:n]) / n if n else None
 
 
 class Engine:
@@ -176,7 +82,7 @@ class Engine:
         )
         self.stats = EngineStats(self.governor)
         self.breaker = CircuitBreaker(now=self.governor.now())
-        self._latency = _Latency()
+        self._latency = Latency()
         self._runs: set[_Run] = set()
 
     @property
@@ -241,7 +147,7 @@ class Engine:
             await self.aclose()
 
     # -- timeouts ------------------------------------------------------------
-    def _attempt_timeout(self, job: _Job) -> float:
+    def _attempt_timeout(self, job: Job) -> float:
         cfg = self.config
         if cfg.attempt_timeout is not None:
             t = cfg.attempt_timeout
@@ -301,23 +207,23 @@ class _Run:
             self._is_async = False
         self._exhausted = False
         self._index = 0
-        self._heap: list[tuple[float, int, _Job]] = []
+        self._heap: list[tuple[float, int, Job]] = []
         self._hseq = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._live: dict[int, _Job] = {}
+        self._live: dict[int, Job] = {}
         self._out: deque[tuple[int, Outcome]] = deque()
         self._out_limit = max(64, 2 * self.cfg.max_concurrency)
         self._waiter: asyncio.Future[None] | None = None
         self._out_waiter: asyncio.Future[None] | None = None
         self._state = _RUNNING
         self._abort: Verdict | None = None
-        self._held: _Job | None = None
+        self._held: Job | None = None
         self._finished = False
         self._dispatcher: asyncio.Task[None] | None = None
         self._drain_timer: asyncio.TimerHandle | None = None
 
     # -- outcomes ------------------------------------------------------------
-    def _emit(self, job: _Job, outcome: Outcome) -> None:
+    def _emit(self, job: Job, outcome: Outcome) -> None:
         self._live.pop(job.index, None)
         st = self.stats
         if outcome.status == SUCCEEDED:
@@ -331,7 +237,7 @@ class _Run:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _emit_cancelled(self, job: _Job) -> None:
+    def _emit_cancelled(self, job: Job) -> None:
         self._emit(
             job,
             Outcome(
@@ -416,7 +322,7 @@ class _Run:
             if handle is not None:
                 handle.cancel()
 
-    async def _pull(self) -> _Job | None:
+    async def _pull(self) -> Job | None:
         try:
             if self._is_async:
                 call = await anext(self._source)
@@ -427,7 +333,7 @@ class _Run:
             return None
         if not isinstance(call, Call):
             raise TypeError(f"expected Call, got {type(call).__name__}")
-        job = _Job(call, self._index)
+        job = Job(call, self._index)
         self._index += 1
         self._live[job.index] = job
         self.stats.pulled += 1
@@ -515,7 +421,7 @@ class _Run:
     def _undone_keys(self) -> list[Hashable]:
         return [job.call.key for _, job in sorted(self._live.items())]
 
-    def _launch(self, job: _Job, in_cost: float, now: float) -> None:
+    def _launch(self, job: Job, in_cost: float, now: float) -> None:
         ticket = self.gov.acquire(in_cost, job.out_cost, now)  # in_raw = in_cost / the factor now (exact)
         if job.started is None:
             job.started = now
@@ -526,7 +432,7 @@ class _Run:
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(t, job, ticket))
 
-    def _task_done(self, task: asyncio.Task[None], job: _Job, ticket: Ticket) -> None:
+    def _task_done(self, task: asyncio.Task[None], job: Job, ticket: Ticket) -> None:
         self._tasks.discard(task)
         if task.cancelled() and ticket.open:
             # cancelled before its first step: the attempt never ran its own cleanup
@@ -536,13 +442,14 @@ class _Run:
         self._wake()
 
     # -- one attempt -----------------------------------------------------------
-    async def _attempt(self, job: _Job, ticket: Ticket, probe: bool = False) -> None:
+    async def _attempt(self, job: Job, ticket: Ticket, probe: bool = False) -> None:
         gov = self.gov
         try:
             if job.stream:
-                outcome, headers = await self._stream_attempt(job, ticket)
+                outcome, headers = await stream_attempt(self.client, job, self.cfg)
             else:
-                outcome, headers = await self._plain_attempt(job, ticket)
+                timeout = self.engine._attempt_timeout(job)
+                outcome, headers = await plain_attempt(self.client, job, timeout, self.engine._latency)
         except asyncio.CancelledError:
             gov.release(ticket)
             self.engine.breaker.on_abandoned(probe)
@@ -571,7 +478,7 @@ class _Run:
             return  # sent back once with the validation error
         self._emit(job, outcome)  # a finished call is reported even while cancelling or aborting
 
-    def _review(self, job: _Job, outcome: Outcome) -> bool:
+    def _review(self, job: Job, outcome: Outcome) -> bool:
         """Validate a structured answer; True when the job was queued again to repair it."""
         assert job.call.validate is not None
         error = job.call.validate(outcome.text, outcome.stop_reason)
@@ -591,91 +498,7 @@ class _Run:
         self._wake()
         return True
 
-    async def _plain_attempt(self, job: _Job, ticket: Ticket) -> tuple[Outcome, Any]:
-        timeout = self.engine._attempt_timeout(job)
-        t0 = self.loop.time()
-        try:
-            async with asyncio.timeout(timeout):
-                response = await self.client.post(_PATH, body=job.params, cast_to=httpx2.Response)
-        except TimeoutError:
-            raise AttemptTimeout(f"no response within {timeout:g}s") from None
-        latency = self.loop.time() - t0
-        self.engine._latency.add(latency)
-        try:
-            data = loads(response.content)
-            parts = [b.get("text", "") for b in data["content"] if b.get("type") == "text"]
-            if not parts:  # a forced tool (structured output's fallback): its input is the answer
-                parts = tool_answer(data["content"])
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise InvalidResponse(
-                f"the API answered {response.status_code} with a body that is not a message: {response.content[:80]!r}"
-            ) from None
-        outcome = Outcome(
-            job.call.key,
-            SUCCEEDED,
-            "".join(parts),
-            data.get("stop_reason"),
-            data.get("usage"),
-            job.attempts,
-            latency,
-            None,
-            None,
-            None,
-            data.get("id"),
-        )
-        return outcome, response.headers
-
-    async def _stream_attempt(self, job: _Job, ticket: Ticket) -> tuple[Outcome, Any]:
-        cfg = self.cfg
-        loop = self.loop
-        t0 = loop.time()
-        first, idle = cfg.first_token_timeout, cfg.idle_timeout
-        hard = t0 + (cfg.max_attempt_timeout * (2**job.timeouts))
-        state = StreamState(t0)
-        response = None
-        try:
-            async with asyncio.timeout_at(min(t0 + first, hard)) as cm:
-                response = await open_stream(self.client, job.params)
-                async with contextlib.aclosing(iter_sse(response)) as events:
-                    async for event, data in events:
-                        if event == "ping":
-                            continue
-                        now = loop.time()
-                        try:
-                            state.feed(event, data, now)
-                        except (ValueError, KeyError, TypeError, AttributeError):
-                            raise InvalidResponse(f"unreadable {event} event in the stream: {data[:80]!r}") from None
-                        if state.finished:
-                            break
-                        if state.ttft is not None:
-                            cm.reschedule(min(now + idle, hard))
-        except TimeoutError:
-            if state.ttft is None:
-                raise AttemptTimeout(f"stream stalled: no first token within {first:g}s") from None
-            raise AttemptTimeout(f"stream stalled: idle for {idle:g}s") from None
-        finally:
-            if response is not None:
-                await response.aclose()
-        if not state.finished:
-            # a truncated answer is never kept: the whole call is tried again
-            raise StreamError("incomplete_stream", "the stream ended before message_stop")
-        latency = loop.time() - t0
-        outcome = Outcome(
-            job.call.key,
-            SUCCEEDED,
-            state.text,
-            state.stop_reason,
-            state.usage,
-            job.attempts,
-            latency,
-            state.ttft,
-            None,
-            None,
-            state.message_id,
-        )
-        return outcome, response.headers
-
-    def _failed_attempt(self, job: _Job, ticket: Ticket, verdict: Verdict, probe: bool = False) -> None:
+    def _failed_attempt(self, job: Job, ticket: Ticket, verdict: Verdict, probe: bool = False) -> None:
         gov = self.gov
         st = self.stats
         now = gov.now()
@@ -746,45 +569,3 @@ class _Run:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
-
-
-async def run_calls(
-    calls: Iterable[Call] | AsyncIterable[Call],
-    *,
-    client: Any = None,
-    config: EngineConfig | None = None,
-    on_outcome: Callable[[Outcome], Awaitable[None] | None] | None = None,
-    engine: Engine | None = None,
-) -> EngineStats:
-    """Run ``calls`` and hand each outcome to ``on_outcome`` (sync or async). Returns the stats.
-
-    If the task running this is cancelled, in-flight calls are cancelled and
-    still reported to ``on_outcome`` as ``cancelled`` before the cancellation
-    propagates.
-    """
-    own = engine is None
-    if engine is None:
-        engine = Engine(client=client, config=config)
-    is_async = on_outcome is not None and inspect.iscoroutinefunction(on_outcome)
-    try:
-        async with engine._client_scope():
-            r = _Run(engine, calls)
-            gen = r.outcomes()
-            try:
-                async for _i, outcome in gen:
-                    if on_outcome is not None:
-                        res = on_outcome(outcome)
-                        if is_async or inspect.isawaitable(res):
-                            await res  # type: ignore[misc]
-            except asyncio.CancelledError:
-                await gen.aclose()
-                if on_outcome is not None:
-                    while r._out:
-                        res = on_outcome(r._out.popleft()[1])
-                        if is_async or inspect.isawaitable(res):
-                            await res  # type: ignore[misc]
-                raise
-    finally:
-        if own:
-            await engine.aclose()
-    return engine.stats

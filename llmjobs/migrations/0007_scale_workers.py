@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("llmjobs", "0005_api_structured_output_and_webhooks"),
+        ("llmjobs", "0006_cost_fields"),
     ]
 
     operations = [

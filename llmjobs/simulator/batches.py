@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .batch_store import Batch, BatchStore
+from .faults import pick
 from .messages import answer_for, message_object
 from .prompt import Prompt, validate
 from .respond import (
@@ -140,15 +141,7 @@ def _draw(app: SimulatorApp) -> str | None:
         ("batch_error", cfg.batch_error),
         ("expired", cfg.batch_expire),
     )
-    if not any(rate for _, rate in rates):
-        return None
-    value = app.fault_rng.random()
-    edge = 0.0
-    for name, rate in rates:
-        edge += rate
-        if value < edge:
-            return name
-    return None
+    return pick(rates, app.fault_rng)
 
 
 def _create(app: SimulatorApp, requests: list[dict[str, Any]]) -> Batch:

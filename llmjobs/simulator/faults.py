@@ -67,6 +67,11 @@ def draw(cfg: SimConfig, rng: random.Random, stream: bool, structured: bool = Fa
         ("bad_json", cfg.bad_json),
         ("invalid_output", cfg.invalid_output if structured else 0.0),
     )
+    return pick(rates, rng)
+
+
+def pick(rates: tuple[tuple[str, float], ...], rng: random.Random) -> str | None:
+    """One seeded draw among outcomes with these probabilities: a name, or None."""
     if not any(rate for _, rate in rates):
         return None
     value = rng.random()

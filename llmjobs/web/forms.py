@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -96,6 +97,26 @@ class JobForm(_ModelChoiceForm):
         help_text="A JSON Schema with an object at the top level, for what the field list can't say "
         "(nested objects, arrays, patterns). When given, it replaces the field list.",
     )
+    mode = forms.ChoiceField(
+        choices=[("online", "Online: results as they come"), ("batch", "Batch: 50% cheaper, results within 24 h")],
+        initial="online",
+        required=False,
+        widget=forms.RadioSelect,
+    )
+    budget_usd = forms.DecimalField(
+        label="Budget (USD)",
+        required=False,
+        min_value=Decimal("0.000001"),
+        max_digits=14,
+        decimal_places=6,
+        help_text="Optional: stop sending before the job's cost would pass it (resumable with a higher budget).",
+    )
+    dedup = forms.BooleanField(
+        label="Send identical requests once",
+        required=False,
+        initial=True,
+        help_text="Items whose rendered requests are identical share one answer (paid once).",
+    )
     webhook_url = forms.URLField(
         label="Webhook URL",
         required=False,
@@ -188,6 +209,12 @@ class JobForm(_ModelChoiceForm):
             self.add_error("file", "Choose a file to upload, or paste lines instead.")
         data["schema"] = self._schema(data)
         return data
+
+    def cost_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``costs.apply_cost_options`` (after ``is_valid()``)."""
+        data = self.cleaned_data
+        mode = "batch" if data.get("mode") == "batch" else "online"
+        return {"budget_usd": data.get("budget_usd"), "dedup": bool(data.get("dedup")), "mode": mode}
 
     def service_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``jobs.job_create`` (after ``is_valid()``)."""

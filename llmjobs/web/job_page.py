@@ -6,6 +6,7 @@ from typing import Any
 
 from django.urls import reverse
 
+from ..costs import fmt_usd, job_cost
 from ..models import BatchJob
 from ..results import job_cost_so_far, template_parts
 
@@ -46,6 +47,7 @@ def job_page_context(job: BatchJob, *, mine: bool) -> dict[str, Any]:
         retry_label = f"Retry failed & cancelled ({retryable:,})"
     cost = job_cost_so_far(job)
     return {
+        "cost_text": fmt_usd(job_cost(job)),
         "run_action": run_action(job, mine=mine),
         "retry_label": retry_label,
         "template_parts": template_parts(job.prompt_template),

@@ -28,6 +28,7 @@ from django.db.models.functions import TruncHour, TruncMinute, TruncSecond
 from django.utils import timezone
 
 from ..models import BatchJob, Item
+from ..pricing import model_known
 from . import sse
 
 __all__ = ["Bucket", "progress_events", "snapshot_payload", "throughput", "throughput_svg_context"]
@@ -47,6 +48,9 @@ _JOB_FIELDS = (
     "finished_at",
     "last_error",
     "rate_limited_count",
+    "saved_usd",
+    "budget_usd",
+    "model",
 )
 
 _STATUS_LABELS = dict(BatchJob.Status.choices)
@@ -110,7 +114,11 @@ def snapshot_payload(
         "rate_limited": row["rate_limited_count"],
         "input_tokens": row["input_tokens"],
         "output_tokens": row["output_tokens"],
-        "cost": str(row["cost_estimate"]),
+        "cost": str(row["cost_usd"]) if model_known(row.get("model") or "") else "unknown",
+        "cache_creation_input_tokens": row.get("cache_creation_input_tokens", 0),
+        "cache_read_input_tokens": row.get("cache_read_input_tokens", 0),
+        "saved": str(row.get("saved_usd", 0)),
+        "budget": None if row.get("budget_usd") is None else str(row["budget_usd"]),
         "last_error": row["last_error"],
         "errors": errors,
     }

@@ -32,6 +32,8 @@ from django.views.decorators.http import require_GET, require_POST
 from .. import jobs
 from ..api_errors import PreviewError
 from ..conf import api_target
+from ..costs import apply_cost_options
+from ..estimate import job_estimate
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
 from ..security import may_act_on
@@ -99,6 +101,10 @@ def _preview(request: HttpRequest, job: BatchJob) -> None:
         return
     for line in jobs.preview_lines(results):
         messages.info(request, line)
+    try:  # the estimate, with the output length observed in the preview
+        messages.info(request, job_estimate(job=job).line())
+    except Exception as exc:
+        log.warning("estimate of job %s failed: %s", job.pk, exc)
 
 
 def _attempt(request: HttpRequest, service: Callable[..., object], job: BatchJob, *, refused: str, done: str) -> None:
@@ -149,6 +155,7 @@ def job_new(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             try:
                 job = jobs.job_create(owner=request.user, **form.service_kwargs())
+                apply_cost_options(job, **form.cost_options())
             except JobInputError as exc:
                 form.add_error(None, str(exc))
             else:

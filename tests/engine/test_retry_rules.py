@@ -13,8 +13,8 @@ import json
 import pytest
 
 from llmjobs.engine import Call, Engine, EngineConfig
+from llmjobs.engine._job import needs_streaming
 from llmjobs.engine.retry import ABORT, FAIL, RETRY, classify
-from llmjobs.engine.run import needs_streaming
 
 from .test_retry import status_error
 

@@ -10,6 +10,8 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from llmjobs.conf import llmjobs_settings
+from llmjobs.costs import apply_cost_options
+from llmjobs.estimate import job_estimate
 from llmjobs.exceptions import JobInputError
 from llmjobs.jobs import job_create
 
@@ -41,6 +43,21 @@ class Command(BaseCommand):
             "--schema", help="Output JSON Schema file (an object): every answer is JSON that matches it"
         )
         parser.add_argument("--webhook-url", default="", help="POSTed a signed job.finished event when the job ends")
+        parser.add_argument(
+            "--budget-usd", type=float, default=None, help="Stop before the job's cost would pass this (resumable)"
+        )
+        parser.add_argument(
+            "--mode",
+            choices=["online", "batch"],
+            default="online",
+            help="batch: the Message Batches API, 50%% cheaper, results within 24 h",
+        )
+        parser.add_argument(
+            "--no-dedup", action="store_true", help="Send identical requests each time (default: once, shared)"
+        )
+        parser.add_argument(
+            "--no-estimate", action="store_true", help="Skip the cost estimate (count_tokens on a sample; free)"
+        )
         parser.add_argument("--run", action="store_true", help="Process the job now, with a progress bar")
 
     def handle(self, *args: Any, file: str, **opts: Any) -> None:
@@ -80,6 +97,16 @@ class Command(BaseCommand):
             )
         except JobInputError as exc:
             raise CommandError(f"{name}: {exc}") from None
+        try:
+            apply_cost_options(job, budget_usd=opts["budget_usd"], dedup=not opts["no_dedup"], mode=opts["mode"])
+        except ValueError as exc:
+            job.delete()
+            raise CommandError(f"--budget-usd: {exc}") from None
         self.stdout.write(str(job.pk))
+        if not opts["no_estimate"]:  # on stderr: stdout stays the job's id, for scripts
+            try:
+                self.stderr.write(job_estimate(job=job).line())
+            except Exception as exc:
+                self.stderr.write(f"estimate: unavailable ({type(exc).__name__}: {' '.join(str(exc).split())})")
         if opts["run"]:
             call_command("process_job", job.pk, stdout=self.stdout, stderr=self.stderr)

@@ -46,7 +46,7 @@
     if (p.rate_limited !== null && p.rate_limited !== undefined) retries = nf.format(p.rate_limited) + " 429s · " + retries;
     text("s-retries", retries);
     text("s-tokens", nf.format(p.input_tokens) + " / " + nf.format(p.output_tokens));
-    text("s-cost", "$" + Number(p.cost).toFixed(4));
+    text("s-cost", p.cost === "unknown" ? "unknown" : "$" + Number(p.cost).toFixed(4));
     const box = $("errors-box"), list = $("errors");
     list.replaceChildren();
     for (const e of p.errors || []) {
