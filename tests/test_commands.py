@@ -229,3 +229,18 @@ def test_recover_jobs_re_enqueues_a_dead_workers_job(site):
     assert "0 job(s) recovered" in site.manage("recover_jobs").stdout  # queued once, not twice
     site.manage("db_worker", "--batch", "--no-startup-delay", "--no-reload")
     assert "status:    succeeded" in site.status(job_id)
+
+
+def test_process_job_says_when_a_generous_max_tokens_holds_the_run_back(site, sim):
+    """Issue 9: the output-token budget binds (max_tokens 1,024 reserved, ~70-token
+    answers), so the summary ends with a max_tokens hint; a run with no limit has none."""
+    sim.configure(otpm=30_000, burst=5, ttft=0.2, tps=1000)
+    job_id = site.submit(40, "--max-tokens", "1024")
+    result = site.manage("process_job", str(job_id), "--no-progress")
+    assert f"job {job_id}: succeeded - 40 succeeded" in result.stdout
+    hint = [line for line in result.stdout.splitlines() if line.startswith("hint: ")]
+    assert len(hint) == 1 and "answers average" in hint[0] and "max_tokens" in hint[0], result.stdout
+
+    sim.configure(otpm=0)
+    free = site.submit(10, "--max-tokens", "1024")
+    assert "hint:" not in site.manage("process_job", str(free), "--no-progress").stdout
