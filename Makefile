@@ -59,15 +59,19 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 test-postgres: install
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py tests/test_scale.py tests/test_quotas.py tests/test_cost.py
 
+BENCH_RESULTS ?= $(CURDIR)/.bench-results.jsonl
 bench: install
-	$(PY) bench/simulator.py
-	$(PY) bench/engine.py
-	$(PY) bench/limits.py
-	$(PY) bench/perf.py
-	$(PY) bench/runner.py
-	$(PY) bench/faults.py
-	$(PY) bench/cost.py
-	$(PY) bench/web.py
+	@rm -f $(BENCH_RESULTS)
+	export LLMJOBS_BENCH_RESULTS=$(BENCH_RESULTS); set -e; \
+	$(PY) bench/simulator.py; \
+	$(PY) bench/engine.py; \
+	$(PY) bench/limits.py; \
+	$(PY) bench/perf.py; \
+	$(PY) bench/runner.py; \
+	$(PY) bench/faults.py; \
+	$(PY) bench/cost.py; \
+	$(PY) bench/web.py; \
+	$(PY) bench/summary.py
 
 worker: install
 	$(PY) manage.py recover_jobs
