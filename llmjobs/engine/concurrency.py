@@ -13,8 +13,11 @@ the answers say (the caller passes the clock's readings in):
   529s above every level that worked lately, with nothing left in flight above
   the lowest of them when they come (every call sent up there was refused), are
   a wall: the ceiling goes to one call under that level, not a multiplicative
-  fraction of it, once per round trip. 529s far above chance at any level
-  (>= 1 in 8 lately) cut by 10%; a few random overloads never move it;
+  fraction of it, once per round trip; a 529 of that burst that comes back late
+  from a lower level moves it under that one. Such 529s need no run-wide pause
+  (``on_overloaded`` says so): the ceiling is the answer. 529s at levels that
+  work, far above chance (>= 1 in 8 lately), cut by 10% (the capacity shrank);
+  a few random overloads never move it;
 * **gentle probe**: after a signal, growth is back to the last wall quickly
   (``_PROBE_MIN`` per round trip) and then ``_PROBE_SLOW`` per round trip above
   it, until the next signal;

@@ -8,8 +8,7 @@ import random
 
 import pytest
 
-from llmjobs.engine import Call, Engine, EngineConfig, Governor
-from llmjobs.engine.concurrency import ConcurrencyController
+from llmjobs.engine import Call, ConcurrencyController, Engine, EngineConfig, Governor
 
 MODEL = "claude-sonnet-5-5"
 
@@ -34,15 +33,15 @@ def make(clock: FakeClock, **kw) -> Governor:
 def wave(c: ConcurrencyController, rtt: float = 0.5) -> float:
     """One round trip of a steady stream: every call in flight is answered after ``rtt``,
     each freed slot refilled at once. The ceiling after."""
-    out = [c.send(0.0) for _ in range(max(0, c.free_slots(0.0)))] if not c.in_flight else []
-    n = c.in_flight
-    for _ in range(n):
-        level = c.in_flight
+    if not c.in_flight:
+        for _ in range(max(0, c.free_slots(0.0))):
+            c.send(0.0)
+    for _ in range(c.in_flight):
+        level = c.in_flight  # a steady stream: the oldest call was sent at about this level
         c.done()
         c.on_success(level, rtt)
         for _ in range(max(0, c.free_slots(0.0))):
             c.send(0.0)
-    del out
     return c.ceiling
 
 
