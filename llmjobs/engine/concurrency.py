@@ -10,9 +10,10 @@ the answers say (the caller passes the clock's readings in):
   answer, at most ``warmup`` seconds) learns the account's limits before the
   first wave; its answer gives back the round trip it cost and one more (x8);
 * **capacity wall**: each 529 carries the in-flight level it was sent at. Three
-  529s above every level that worked lately, with nothing left in flight above
-  the lowest of them when they come (every call sent up there was refused), are
-  a wall: the ceiling goes to one call under that level, not a multiplicative
+  529s above every level that worked lately, either dense (most levels between
+  the lowest and the highest of them refused) or with nothing left in flight
+  above the lowest of them when they come (every call sent up there was
+  refused), are a wall: the ceiling goes to one call under that level, not a multiplicative
   fraction of it, once per round trip; a 529 of that burst that comes back late
   from a lower level moves it under that one. Such 529s need no run-wide pause
   (``on_overloaded`` says so): the ceiling is the answer. 529s at levels that
@@ -201,9 +202,10 @@ class ConcurrencyController:
                 self.ceiling = self.ssthresh = max(1.0, level - 1.0)
             return self.ceiling < level
         # A capacity wall: 529s for calls sent above every level that worked lately, at least
-        # three, and (what random overloads lack) no call left in flight above the lowest of
-        # them, i.e. every call sent up there came back refused: the in-flight count *now*
-        # (when the 529 came) says so.
+        # three, and (what random overloads lack) either dense, most levels from the lowest
+        # to the highest of them refused, or no call left in flight above the lowest of them
+        # (every call sent up there came back refused: the in-flight count *now*, when the
+        # 529 came, says so).
         fails = self._fails
         succ = self._succ_level
         if level > succ:
@@ -212,8 +214,9 @@ class ConcurrencyController:
             self._count_window(True)
         if len(fails) > 1:
             fails[:] = [f for f in fails if f > succ][-64:]
+        n = len(fails)
         lowest = min(fails) if fails else 0
-        wall = len(fails) >= 3 and self.in_flight <= lowest
+        wall = n >= 3 and (self.in_flight <= lowest or 2 * n >= max(fails) - lowest + 1)
         # ... or 529s at levels that work, far more frequent than chance (>= 1 in 8 lately):
         # the capacity shrank (cut by 10% a round trip)
         if not wall and not (self._win_529s >= 8 and 8 * self._win_529s >= self._win):

@@ -139,15 +139,15 @@ def test_a_wall_is_set_one_call_under_the_lowest_refused_level():
     assert c.ssthresh == 200  # gentle probing from here on
 
 
-def test_calls_still_in_flight_above_the_529s_hold_the_verdict_back():
-    """Random overloads: a few 529s while calls sent above them are still out (and will
-    succeed) are not a wall."""
+def test_scattered_529s_with_calls_still_in_flight_above_them_are_not_a_wall():
+    """Random overloads: a few scattered 529s while calls sent above them are still out
+    (and will succeed) are not a wall."""
     c = ConcurrencyController(initial_concurrency=100, max_concurrency=512)
     sent = [c.send(0.0) for _ in range(100)]
     before = c.ceiling
-    for level, epoch in sent[40:45]:  # five 529s at levels 41..45, 55 calls still out above them
+    for i in (11, 36, 57, 80):  # four 529s, scattered, with calls still out above them
         c.done()
-        c.on_overloaded(level, epoch)
+        c.on_overloaded(*sent[i])
     assert c.ceiling == before
 
 
