@@ -7,6 +7,9 @@ calls of ~0.5 s: ``--ttft 0.45 --tps 1000``, 20-120 output tokens):
 
 * ``lat600`` / ``lat6000``: latency-bound, ``--capacity 200`` (529 beyond 200 in
   flight), no rate limit, 600 / 6,000 items. Bound: sum(latency) / 200 + one call.
+  ``lat600`` also times ``submit_job --run`` and start-up per job (bench/perf_django.py).
+* ``lat50``: the same at ``--capacity 50``: the wall is reached even where the
+  client's CPU cannot keep 200 calls in flight (a loaded machine).
 * ``rpm``: RPM-bound, ``--rpm 600 --burst 5`` (50 at once, then 10 a second),
   200 items. Bound: (N - 50) / 10 per s + one call.
 * ``tier4``: tier 4 (4,000 RPM, 60 s buckets), 6,000 items: CPU per item.
@@ -47,6 +50,14 @@ PROFILES: dict[str, dict] = {
         "capacity": 200,
         "cpu_ref": 200,
         "django": True,  # also submit_job --run, and start-up per job
+    },
+    "lat50": {  # the controller's wall where the client's CPU is not the limit (few in flight)
+        "title": "latency-bound: --capacity 50, no rate limit, 600 items",
+        "cli": ["--capacity", "50", *LAT],
+        "n": 600,
+        "plain": {10: 200, 50: None, 200: None},
+        "capacity": 50,
+        "cpu_ref": 50,
     },
     "lat6000": {
         "title": "latency-bound: --capacity 200, no rate limit, 6,000 items",
@@ -229,7 +240,7 @@ def headline(key: str, p: dict, rows: list[tuple[str, dict, bool]], b: float, st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", default="lat600,lat6000,rpm,tier4")
+    ap.add_argument("--profiles", default="lat600,lat50,lat6000,rpm,tier4")
     ap.add_argument("--quick", action="store_true", help="a quarter of the items: a smoke run")
     args = ap.parse_args()
     for key in args.profiles.split(","):
