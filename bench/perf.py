@@ -7,6 +7,9 @@ calls of ~0.5 s: ``--ttft 0.45 --tps 1000``, 20-120 output tokens):
 
 * ``lat600`` / ``lat6000``: latency-bound, ``--capacity 200`` (529 beyond 200 in
   flight), no rate limit, 600 / 6,000 items. Bound: sum(latency) / 200 + one call.
+  ``lat600`` also times ``submit_job --run`` and start-up per job (bench/perf_django.py).
+* ``lat50``: the same at ``--capacity 50``: the wall is reached even where the
+  client's CPU cannot keep 200 calls in flight (a loaded machine).
 * ``rpm``: RPM-bound, ``--rpm 600 --burst 5`` (50 at once, then 10 a second),
   200 items. Bound: (N - 50) / 10 per s + one call.
 * ``tier4``: tier 4 (4,000 RPM, 60 s buckets), 6,000 items: CPU per item.
@@ -31,7 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import perf_django
 from bench.limits import run_plain, short_items
+from bench.results import record
 from llmjobs.engine import Call, Engine, EngineConfig
 from llmjobs.simulator.server import SimulatorProcess
 
@@ -44,6 +49,15 @@ PROFILES: dict[str, dict] = {
         "plain": {10: 200, 50: None, 200: None},
         "capacity": 200,
         "cpu_ref": 200,
+        "django": True,  # also submit_job --run, and start-up per job
+    },
+    "lat50": {  # the controller's wall where the client's CPU is not the limit (few in flight)
+        "title": "latency-bound: --capacity 50, no rate limit, 600 items",
+        "cli": ["--capacity", "50", *LAT],
+        "n": 600,
+        "plain": {10: 200, 50: None, 200: None},
+        "capacity": 50,
+        "cpu_ref": 50,
     },
     "lat6000": {
         "title": "latency-bound: --capacity 200, no rate limit, 6,000 items",
@@ -125,6 +139,15 @@ def run_profile(key: str, quick: bool) -> None:
         if p.get("capacity"):  # what the warm-up's round trip costs (no limits to learn here)
             r = measure(sim, "engine-nowarm", items)
             rows.append(("engine (warmup=0)", r, False))
+        if p.get("django"):
+            sim.reset()
+            r = perf_django.submit_run(sim.base_url, items)
+            s = sim.stats()
+            r.update(cpu_item=float("nan"), out=s.get("output_tokens", 0))
+            r.update({"429": s["by_status"].get("429", 0), "529": s["by_status"].get("529", 0)})
+            rows.append(("submit_job --run", r, False))
+            print(f"  [{key}] submit_job --run: {r['wall']:.2f}s", file=sys.stderr, flush=True)
+            start = perf_django.startup(sim.base_url)
         for k, prefix in p["plain"].items():
             m = min(n, prefix // (4 if quick else 1)) if prefix else n
             r = measure(sim, "plain", items[:m], k)
@@ -151,12 +174,73 @@ def run_profile(key: str, quick: bool) -> None:
             f"{r['cpu_item'] / ref_cpu:>11.2f} |"
         )
     print("  x this: the engine's wall / this row's wall (below 1: the engine is faster)")
+    if p.get("django"):
+        print(
+            f"start-up per job (fresh interpreter, median of 3): 1-item submit_job --run {start['job']:.2f} s, "
+            f"one bare SDK call {start['sdk']:.2f} s: x{start['job'] / start['sdk']:.2f}"
+        )
     sys.stdout.flush()
+    headline(key, p, rows, b, start if p.get("django") else None)
+
+
+def headline(key: str, p: dict, rows: list[tuple[str, dict, bool]], b: float, start: dict | None) -> None:
+    """record() the headline ratios for bench/summary.py."""
+    by = {name: r for name, r, _ in rows}
+    ok = lambda r: r["failed"] == 0  # noqa: E731
+    if p.get("capacity"):
+        for name in ("submit_job --run", "engine (defaults)"):
+            r = by.get(name)
+            if r is None:
+                continue
+            ratio = r["wall"] / b
+            record(
+                "perf",
+                f"{key} {name} vs bound",
+                r["wall"],
+                "s",
+                reference=f"bound {b:.2f} s",
+                ratio=ratio,
+                goal="<= 1.15, 0 failed",
+                met=ratio <= 1.15 and ok(r),
+            )
+            for k in p["plain"]:
+                ref = by[f"plain Semaphore({k})"]
+                record(
+                    "perf",
+                    f"{key} {name} vs Semaphore({k})",
+                    r["wall"],
+                    "s",
+                    reference=f"Semaphore({k}) {ref['wall']:.2f} s",
+                    ratio=r["wall"] / ref["wall"],
+                )
+    elif key == "rpm":
+        r = by["engine (defaults)"]
+        ratio = r["wall"] / b
+        record(
+            "perf",
+            f"{key} engine vs bound ({r['429']} 429s)",
+            r["wall"],
+            "s",
+            reference=f"bound {b:.2f} s",
+            ratio=ratio,
+            goal="<= 1.05, <= 3 429s, 0 failed",
+            met=ratio <= 1.05 and r["429"] <= 3 and ok(r),
+        )
+    if start is not None:
+        record(
+            "perf",
+            "start-up: 1-item submit_job --run",
+            start["job"],
+            "s",
+            reference=f"one bare SDK call {start['sdk']:.2f} s",
+            ratio=start["job"] / start["sdk"],
+            goal="~1 (keep it there)",
+        )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profiles", default="lat600,lat6000,rpm,tier4")
+    ap.add_argument("--profiles", default="lat600,lat50,lat6000,rpm,tier4")
     ap.add_argument("--quick", action="store_true", help="a quarter of the items: a smoke run")
     args = ap.parse_args()
     for key in args.profiles.split(","):

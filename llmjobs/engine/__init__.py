@@ -1,14 +1,16 @@
 """The async engine: pure asyncio (no Django), one shared ``AsyncAnthropic`` per run.
 
 ``Engine`` runs a (possibly endless, possibly async) stream of :class:`Call`
-through a :class:`Governor` that paces requests and tokens per minute, adapts
-the in-flight ceiling, pauses on 429/529 and retries what is worth retrying.
+through a :class:`Governor` that paces requests and tokens per minute, holds the
+in-flight ceiling of its :class:`ConcurrencyController`, pauses on 429/529 and
+retries what is worth retrying.
 """
 
 from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
 from .bucket import Bucket
 from .calls import run_calls
 from .client import make_client
+from .concurrency import ConcurrencyController
 from .governor import Governor, Ticket
 from .retry import AttemptTimeout, RetryPolicy, StreamError, Verdict, classify
 from .run import Engine
@@ -23,6 +25,7 @@ __all__ = [
     "AttemptTimeout",
     "Bucket",
     "Call",
+    "ConcurrencyController",
     "Engine",
     "EngineConfig",
     "EngineStats",

@@ -7,23 +7,13 @@ by default, any callable in tests):
   minute), configured or learned from ``anthropic-ratelimit-*`` headers and
   corrected from ``-remaining`` / ``-reset``. Output tokens are reserved at
   ``max_tokens`` and refunded to the actual usage, as the API does;
-* an adaptive in-flight ceiling between 1 and ``max_concurrency``: slow start
-  (x4 per round trip: a capacity 529 comes back at once, so overshoot is cheap),
-  multiplicative decrease on 429 (x0.7); on a capacity 529 the ceiling goes to
-  just under the lowest in-flight level that met a 529 (the wall, learned from
-  ``Ticket.level``) rather than a multiplicative cut, at most once per round
-  trip, then a slow probe above it. The warm-up's first answer, when it ends
-  the warm-up, grants the slow-start round trip it cost and one more (x8).
-  Latency is a second signal (a gradient, as in Netflix's concurrency-limits):
-  while the recent round trips are much slower than the long-run ones, the
-  ceiling stops growing, so a slowing API is seen before it refuses. A 529
-  counts as a capacity signal only when most calls
-  sent above every concurrency that worked lately get one, or when 529s are far
-  above chance (>= 1 in 8 lately): random overloads (a few percent at any level)
-  never collapse the ceiling;
-* a run-wide pause after a 429 or 529, until ``retry-after`` or a jittered
-  backoff that starts short (50 ms) and doubles while 529s keep coming without
-  a success in between.
+* the in-flight count and its adaptive ceiling, kept by a
+  :class:`~.concurrency.ConcurrencyController` (``.concurrency``): slow start,
+  the capacity wall learned from the levels 529s were sent at, a gentle probe,
+  the latency gradient; see that module;
+* a run-wide pause after a 429 or a 529 the ceiling does not explain, until
+  ``retry-after`` or a jittered backoff that starts short (50 ms) and doubles
+  while 529s keep coming without a success in between.
 """
 
 from __future__ import annotations
@@ -34,21 +24,12 @@ import time
 from collections.abc import Callable, Mapping
 
 from .bucket import Bucket, Mark
+from .concurrency import ConcurrencyController
 from .ratelimit_headers import HEADER_NAMES as _HEADERS
 from .ratelimit_headers import parse_reset as _parse_reset
 
 __all__ = ["Governor", "Ticket"]
 
-_SLOW_START_GAIN = 3.0  # ceiling += this per success in slow start (x4 per round trip; a 529 comes back at once)
-_PROBE_MIN = 4.0  # per round trip below the last overload level (less a margin): at least this, or the gap
-_PROBE_SLOW = 0.5  # per round trip near or above it
-_DECREASE_529 = 0.9  # only for 529s far above chance at any level (not a wall above what worked)
-_WALL_MARGIN = 0.01  # the ceiling after a capacity wall: this fraction (and one call) under its level
-_WARM_GAIN = 8.0  # the warm-up's first answer: ceiling x this (its round trip and one more; 529s come back at once)
-_RTT_SHORT, _RTT_LONG = 0.1, 0.005  # EMA weights of the short- and long-run round-trip times
-_RTT_SLOW = 2.0  # short/long above this: the API is slowing down, stop growing
-_RTT_MIN_SAMPLES = 32
-_DECREASE_429 = 0.7
 _FACTOR_MIN, _FACTOR_MAX = 0.25, 4.0  # the input estimate's correction factor stays in this range
 _OUT_WINDOW = 512  # completed outputs remembered for the output-length prediction
 _OUT_PERCENTILE = 0.9
@@ -65,7 +46,6 @@ class Ticket:
         "marks",
         "open",
         "out_cost",
-        "probe",
         "sent_at",
         "seq",
     )
@@ -79,7 +59,6 @@ class Ticket:
         in_cost: float,
         out_cost: float,
         marks: tuple[Mark, Mark, Mark],
-        probe: bool = False,
         in_raw: float = 0.0,
     ) -> None:
         self.seq = seq
@@ -91,7 +70,6 @@ class Ticket:
         self.out_cost = out_cost
         self.marks = marks  # each bucket's models right after this debit
         self.open = True
-        self.probe = probe  # sent at a concurrency above any that worked lately
 
 
 class Governor:
@@ -99,7 +77,6 @@ class Governor:
 
     __slots__ = (
         "_clock",
-        "_epoch",
         "_out_dirty",
         "_out_p",
         "_out_pos",
@@ -107,35 +84,18 @@ class Governor:
         "_pause_base",
         "_pause_max",
         "_pause_seq",
-        "_probe_529s",
-        "_probe_min",
-        "_probes",
         "_rng",
-        "_rtt_long",
-        "_rtt_n",
-        "_rtt_short",
         "_seq",
         "_streak",
-        "_succ_level",
         "_wall",
-        "_warm_until",
-        "_warmup",
-        "_win",
-        "_win_529s",
-        "ceiling",
-        "in_flight",
+        "concurrency",
         "input_factor",
         "input_tokens",
         "learn",
-        "max_concurrency",
         "output_tokens",
         "paused_until",
-        "peak_in_flight",
         "requests",
-        "ssthresh",
-        "w_max",
         "waited",
-        "warming",
     )
 
     def __init__(
@@ -160,12 +120,11 @@ class Governor:
         self.requests = Bucket(rpm, now=now)
         self.input_tokens = Bucket(itpm, now=now)
         self.output_tokens = Bucket(otpm, now=now)
-        self.max_concurrency = max_concurrency
-        self.ceiling = float(max(1, min(initial_concurrency, max_concurrency)))
-        self.ssthresh = float(max_concurrency)
-        self.w_max = 0.0
-        self.in_flight = 0
-        self.peak_in_flight = 0
+        # one call in flight until the first answer (at most `warmup` seconds), while the
+        # limits are unknown: a first wave at the initial ceiling could only meet them with 429s
+        self.concurrency = ConcurrencyController(
+            max_concurrency=max_concurrency, initial_concurrency=initial_concurrency, warmup=warmup
+        )
         self.paused_until = 0.0
         self.input_factor = 1.0
         self._outputs: list[float] = []  # a ring of the latest completed output lengths
@@ -175,26 +134,11 @@ class Governor:
         self.waited = [0.0, 0.0, 0.0]  # seconds of dispatch delay due to each bucket (requests, input, output)
         self._rng = rng or random.Random()
         self._seq = 0
-        self._epoch = 0
-        self._succ_level = 0.0
         self._streak = 0
         self._pause_seq = -1
-        self._probes = 0  # probe calls resolved since the last cut (success or 529)
-        self._probe_529s = 0
-        self._probe_min = 0  # the lowest level of a probe that met a 529 since the last cut (0: none)
-        self._rtt_short = 0.0
-        self._rtt_long = 0.0
-        self._rtt_n = 0
-        self._win = 0  # all calls resolved lately (success or 529), and the 529s among them
-        self._win_529s = 0
         self._pause_base = pause_base
         self._pause_max = pause_max
         self.learn = learn
-        # one call in flight until the first answer (at most `warmup` seconds), while the
-        # limits are unknown: a first wave at the initial ceiling could only meet them with 429s
-        self.warming = warmup > 0
-        self._warmup = warmup
-        self._warm_until: float | None = None
 
     # -- clock -----------------------------------------------------------
     def now(self) -> float:
@@ -207,23 +151,56 @@ class Governor:
         except RuntimeError:
             return time.monotonic()
 
+    # -- the concurrency controller's state, read (and set, in tests) through the governor --
+    @property
+    def ceiling(self) -> float:
+        return self.concurrency.ceiling
+
+    @ceiling.setter
+    def ceiling(self, value: float) -> None:
+        self.concurrency.ceiling = value
+
+    @property
+    def ssthresh(self) -> float:
+        return self.concurrency.ssthresh
+
+    @ssthresh.setter
+    def ssthresh(self, value: float) -> None:
+        self.concurrency.ssthresh = value
+
+    @property
+    def w_max(self) -> float:
+        return self.concurrency.w_max
+
+    @w_max.setter
+    def w_max(self, value: float) -> None:
+        self.concurrency.w_max = value
+
+    @property
+    def in_flight(self) -> int:
+        return self.concurrency.in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        return self.concurrency.peak_in_flight
+
+    @property
+    def max_concurrency(self) -> int:
+        return self.concurrency.max_concurrency
+
+    @property
+    def warming(self) -> bool:
+        return self.concurrency.warming
+
     # -- dispatch --------------------------------------------------------
     def free_slots(self) -> int:
-        if self.warming and self.warmup_left() > 0:
-            return 1 - self.in_flight
-        return int(self.ceiling) - self.in_flight
+        c = self.concurrency
+        return c.free_slots(self.now()) if c.warming else int(c.ceiling) - c.in_flight
 
     def warmup_left(self, now: float | None = None) -> float:
         """Seconds the warm-up (one call in flight until the first answer) may still last."""
-        if not self.warming:
-            return 0.0
-        if self._warm_until is None:
-            return self._warmup
-        left = self._warm_until - (self.now() if now is None else now)
-        if left <= 0:
-            self.warming = False
-            return 0.0
-        return left
+        c = self.concurrency
+        return c.warmup_left(self.now() if now is None else now) if c.warming else 0.0
 
     def estimate_input(self, raw: float) -> float:
         return raw * self.input_factor
@@ -267,13 +244,9 @@ class Governor:
             self.input_tokens.debit(in_cost, now),
             self.output_tokens.debit(out_cost, now),
         )
-        if self.warming and self._warm_until is None:
-            self._warm_until = now + self._warmup
-        self.in_flight = level = self.in_flight + 1
-        if level > self.peak_in_flight:
-            self.peak_in_flight = level
+        level, epoch = self.concurrency.send(now)
         self._seq += 1
-        return Ticket(self._seq, now, level, self._epoch, in_cost, out_cost, marks, level > self._succ_level, in_raw)
+        return Ticket(self._seq, now, level, epoch, in_cost, out_cost, marks, in_raw)
 
     # -- feedback --------------------------------------------------------
     def observe(
@@ -333,8 +306,7 @@ class Governor:
         if not ticket.open:
             return False
         ticket.open = False
-        self.warming = False
-        self.in_flight -= 1
+        self.concurrency.done()
         return True
 
     def on_success(
@@ -348,13 +320,9 @@ class Governor:
         """A call succeeded: correct from headers, refund unused output, grow the ceiling."""
         if now is None:
             now = self.now()
-        warming = self.warming
+        warming = self.concurrency.warming
         if not self._close(ticket):
             return
-        if warming and self.ceiling < self.ssthresh:
-            # the warm-up held one call for a round trip: give that round trip's slow start back
-            c = self.ceiling * _WARM_GAIN
-            self.ceiling = c if c < self.max_concurrency else float(self.max_concurrency)
         if input_tokens is not None:
             # the server charged the real input at admission: keep the ledger honest, and
             # learn how the raw local estimate compares with its count (like with like,
@@ -378,46 +346,7 @@ class Governor:
         if refund:
             self.output_tokens.credit(refund, now)
         self._streak = 0
-        level = ticket.level
-        if ticket.probe:
-            self._count_probe(False)
-        self._count_window(False)
-        succ = self._succ_level - 0.01
-        self._succ_level = level if level > succ else succ
-        ceiling = self.ceiling
-        # the latency gradient: round trips of late much slower than in the long run mean the
-        # API queues our calls; hold the ceiling (a 529 or a recovery will follow)
-        rtt = now - ticket.sent_at
-        n = self._rtt_n
-        if n:
-            self._rtt_short += _RTT_SHORT * (rtt - self._rtt_short)
-            w = _RTT_LONG if n > 200 else 1.0 / (n + 1)
-            self._rtt_long += w * (rtt - self._rtt_long)
-        else:
-            self._rtt_short = self._rtt_long = rtt
-        self._rtt_n = n + 1
-        if n >= _RTT_MIN_SAMPLES and self._rtt_short > _RTT_SLOW * self._rtt_long:
-            return
-        # Grow only while the ceiling is actually in use. All int(ceiling) slots
-        # in use counts too: with a small fractional ceiling (say 2.9, two slots),
-        # 80% of it could never be reached and the ceiling would stick there.
-        in_use = 0.8 * ceiling
-        if in_use > int(ceiling):
-            in_use = int(ceiling)
-        if self.in_flight + 1 >= in_use:
-            if ceiling < self.ssthresh:
-                ceiling += _SLOW_START_GAIN
-            else:
-                w_max = self.w_max
-                target = w_max - (0.02 * w_max if w_max > 50.0 else 1.0)
-                if ceiling < target:
-                    gain = target - ceiling  # back near the last overload level within a round trip
-                    if gain < _PROBE_MIN:
-                        gain = _PROBE_MIN
-                else:
-                    gain = _PROBE_SLOW
-                ceiling += gain / ceiling
-            self.ceiling = ceiling if ceiling < self.max_concurrency else float(self.max_concurrency)
+        self.concurrency.on_success(ticket.level, now - ticket.sent_at, warming)
 
     def on_failure(self, ticket: Ticket, now: float | None = None) -> None:
         """A call failed for a reason that says nothing about load (500, timeout, 4xx...)."""
@@ -472,63 +401,25 @@ class Governor:
         # A 429 says a budget ran out, not that too many calls are in flight. When its
         # headers corrected the budget's model, that model paces the next calls; only an
         # unexplained 429 (no usable headers) lowers the in-flight ceiling.
-        if not modelled and ticket.epoch == self._epoch:
-            self._epoch += 1
-            base = min(self.ceiling, float(ticket.level))
-            self.ceiling = max(1.0, base * _DECREASE_429)
-            self.ssthresh = self.ceiling
+        if not modelled:
+            self.concurrency.on_rate_limited(ticket.level, ticket.epoch)
         return self._pause(ticket, retry_after, now)
 
     def on_overloaded(self, ticket: Ticket, retry_after: float | None = None, now: float | None = None) -> float:
-        """529: pause briefly; lower the ceiling if this concurrency was never seen to work lately."""
+        """529: lower the ceiling if this concurrency was never seen to work lately; else pause briefly.
+
+        A 529 for a call sent above every concurrency that worked lately is the
+        ceiling's business (it learns the wall from it): the run goes on at once.
+        Returns the pause (0 when none).
+        """
         if now is None:
             now = self.now()
         if not self._close(ticket):
             return 0.0
         self._refund_all(ticket, now)
-        level = ticket.level
-        # A 529 means "too many in flight" only if it came above every concurrency that
-        # worked lately, and most calls sent up there get one (at a capacity wall all of
-        # them do; random overloads hit a few percent at any level).
-        wall = False
-        if ticket.probe and level > self._succ_level:
-            self._count_probe(True)
-            if self._probe_min == 0 or level < self._probe_min:
-                self._probe_min = level
-            wall = self._probe_529s >= 3 and 2 * self._probe_529s >= self._probes
-        self._count_window(True)
-        # ... or, at any level, when 529s are far more frequent than chance (>= 1 in 8 lately)
-        wall = wall or (self._win_529s >= 8 and 8 * self._win_529s >= self._win)
-        if wall and ticket.epoch == self._epoch:
-            self._epoch += 1
-            lowest = self._probe_min
-            self._probes = self._probe_529s = self._win = self._win_529s = self._probe_min = 0
-            self.w_max = float(level)
-            if lowest and lowest > self._succ_level:
-                # a wall: calls above `lowest - 1` in flight meet 529s; sit just under it
-                self.w_max = float(lowest)
-                ceiling = float(lowest) - 1.0 - _WALL_MARGIN * lowest
-            else:
-                ceiling = min(self.ceiling, float(level)) * _DECREASE_529
-            self.ceiling = max(1.0, min(self.ceiling, ceiling))
-            self.ssthresh = self.ceiling
+        if self.concurrency.on_overloaded(ticket.level, ticket.epoch) and retry_after is None:
+            return 0.0
         return self._pause(ticket, retry_after, now)
-
-    def _count_window(self, overloaded: bool) -> None:
-        self._win += 1
-        if overloaded:
-            self._win_529s += 1
-        if self._win >= 128:
-            self._win //= 2
-            self._win_529s //= 2
-
-    def _count_probe(self, overloaded: bool) -> None:
-        self._probes += 1
-        if overloaded:
-            self._probe_529s += 1
-        if self._probes >= 64:  # a sliding-ish window
-            self._probes //= 2
-            self._probe_529s //= 2
 
     def release(self, ticket: Ticket, now: float | None = None) -> None:
         """The call was cancelled: just give back its slot and reservation."""

@@ -1,0 +1,288 @@
+"""Issue 17: the concurrency controller's decisions on a fake clock, and once against the real
+simulator's capacity wall (over TCP, with the real SDK)."""
+
+from __future__ import annotations
+
+import heapq
+import random
+
+import pytest
+
+from llmjobs.engine import Call, ConcurrencyController, Engine, EngineConfig, Governor
+
+MODEL = "claude-sonnet-5-5"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+def make(clock: FakeClock, **kw) -> Governor:
+    kw.setdefault("learn", False)
+    kw.setdefault("rng", random.Random(1))
+    return Governor(clock=clock, wall=lambda: 1_700_000_000.0 + clock.t, **kw)
+
+
+def wave(c: ConcurrencyController, rtt: float = 0.5) -> float:
+    """One round trip of a steady stream: every call in flight is answered after ``rtt``,
+    each freed slot refilled at once. The ceiling after."""
+    if not c.in_flight:
+        for _ in range(max(0, c.free_slots(0.0))):
+            c.send(0.0)
+    for _ in range(c.in_flight):
+        level = c.in_flight  # a steady stream: the oldest call was sent at about this level
+        c.done()
+        c.on_success(level, rtt)
+        for _ in range(max(0, c.free_slots(0.0))):
+            c.send(0.0)
+    return c.ceiling
+
+
+def wall_run(g: Governor, clock: FakeClock, capacity: int, until: float, rtt: float = 0.5) -> list[tuple[float, float]]:
+    """A steady stream against a hard capacity wall: calls sent above `capacity` in flight get a
+    529 at once, the others answer after `rtt`; free slots are refilled after every answer (a
+    529'd call is sent again at once, as the engine does). Returns (seconds, ceiling) per answer."""
+    t0 = clock.t
+    flight: list[tuple[float, int, object | None]] = []
+    seq = 0
+    trace = []
+
+    def refill() -> None:
+        nonlocal seq
+        for _ in range(max(0, g.free_slots())):
+            t = g.acquire(0, 0)
+            seq += 1
+            heapq.heappush(flight, (clock.t + (0.001 if t.level > capacity else rtt), seq, t))
+
+    refill()
+    while flight and clock.t - t0 < until:
+        at, _, t = heapq.heappop(flight)
+        clock.t = max(clock.t, at)
+        if t is None:  # the end of a run-wide pause
+            refill()
+            continue
+        if t.level > capacity:  # type: ignore[attr-defined]
+            g.on_overloaded(t)  # type: ignore[arg-type]
+        else:
+            g.on_success(t)  # type: ignore[arg-type]
+        trace.append((clock.t - t0, g.ceiling))
+        pause = g.delay(0, 0)
+        if pause > 0:  # nothing goes out during the pause
+            seq += 1
+            heapq.heappush(flight, (clock.t + pause, seq, None))
+        else:
+            refill()
+    return trace
+
+
+# -- ramp ---------------------------------------------------------------------------------------
+
+
+def test_slow_start_grows_x4_per_round_trip_until_the_first_signal():
+    c = ConcurrencyController(initial_concurrency=32, max_concurrency=4096)
+    assert [wave(c) for _ in range(3)] == [128, 512, 2048]
+    assert wave(c) == 4096  # capped by max_concurrency
+
+
+def test_the_warm_up_round_trip_is_given_back_when_it_ends():
+    clock = FakeClock()
+    g = make(clock, initial_concurrency=32, max_concurrency=512, warmup=1.0)
+    assert g.free_slots() == 1
+    t = g.acquire(0, 0)
+    clock.advance(0.5)
+    g.on_success(t)
+    assert g.ceiling == 256  # x8: the slow-start round trip the warm-up cost, and one more
+    assert g.free_slots() == 256
+    t = g.acquire(0, 0)
+    g.on_success(t)  # only the warm-up's answer does that
+    assert g.ceiling == 256
+
+
+def test_the_warm_up_gain_respects_max_concurrency():
+    clock = FakeClock()
+    g = make(clock, initial_concurrency=32, max_concurrency=50, warmup=1.0)
+    g.on_success(g.acquire(0, 0))
+    assert g.ceiling == 50
+
+
+# -- the wall: set just under the in-flight level the 529s came at -------------------------------
+
+
+def test_a_wall_is_set_one_call_under_the_lowest_refused_level():
+    c = ConcurrencyController(initial_concurrency=300, max_concurrency=512)
+    c.ssthresh = 300.0
+    sent = [c.send(0.0) for _ in range(205)]  # levels 1..205
+    for level, _ in sent[:200]:  # the first 200 are admitted and answered
+        c.done()
+        c.on_success(level, 0.5)
+    refused = sent[200:]  # 201..205 got 529 at once; they come back in any order
+    for level, epoch in refused[:-3:-1]:  # 205, 204: two could be chance
+        c.done()
+        c.on_overloaded(level, epoch)
+    assert c.ceiling == 300
+    level, epoch = refused[2]
+    c.done()
+    assert c.on_overloaded(level, epoch) is True  # 203: three, and nothing out above them: a wall
+    assert c.ceiling == 202  # one call under the lowest refused level, no multiplicative cut
+    for level, epoch in refused[1::-1]:  # 202 and 201, late: the wall is lower still
+        c.done()
+        c.on_overloaded(level, epoch)
+    assert c.ceiling == 200
+    assert c.w_max == 201
+    assert c.ssthresh == 200  # gentle probing from here on
+
+
+def test_scattered_529s_with_calls_still_in_flight_above_them_are_not_a_wall():
+    """Random overloads: a few scattered 529s while calls sent above them are still out
+    (and will succeed) are not a wall."""
+    c = ConcurrencyController(initial_concurrency=100, max_concurrency=512)
+    sent = [c.send(0.0) for _ in range(100)]
+    before = c.ceiling
+    for i in (11, 36, 57, 80):  # four 529s, scattered, with calls still out above them
+        c.done()
+        c.on_overloaded(*sent[i])
+    assert c.ceiling == before
+
+
+def test_the_529s_of_the_burst_that_caused_a_cut_do_not_cut_again():
+    c = ConcurrencyController(initial_concurrency=512, max_concurrency=512)
+    c.ssthresh = 512.0
+    sent = [c.send(0.0) for _ in range(260)]
+    for level, _ in sent[:200]:
+        c.done()
+        c.on_success(level, 0.5)
+    for level, epoch in sent[200:]:
+        c.done()
+        explained = c.on_overloaded(level, epoch)
+        if c.ceiling < 512:
+            assert explained  # the ceiling now stands under it: no run-wide pause needed
+    assert c.ceiling == 200
+
+
+def test_a_capacity_wall_is_found_within_two_round_trips_and_held():
+    clock = FakeClock()
+    g = make(clock, initial_concurrency=32, max_concurrency=512)
+    trace = wall_run(g, clock, 200, 20.0)
+    after = [c for t, c in trace if t > 2 * 0.5 + 0.1]  # 32 -> 128 -> the wall (and its late 529s)
+    assert min(after) >= 200  # set at the wall, never cut under it again
+    assert max(after) < 202  # a gentle probe above it, each time refused and reset
+    assert g.w_max == 201
+
+
+def test_a_wall_529_does_not_pause_the_run_but_an_unexplained_one_does():
+    clock = FakeClock()
+    g = make(clock, initial_concurrency=8, max_concurrency=8)
+    g.ssthresh = 8.0
+    tickets = [g.acquire(0, 0) for _ in range(8)]
+    for t in tickets[:5]:
+        g.on_success(t)  # levels 1..5 work
+    assert g.on_overloaded(tickets[5]) > 0  # level 6: could be chance, pause as usual
+    g.paused_until = 0.0
+    g.on_overloaded(tickets[6])
+    g.paused_until = 0.0
+    assert g.on_overloaded(tickets[7]) == 0.0  # the third, nothing out above: a wall, no pause
+    assert g.ceiling == 5
+    g.on_success(g.acquire(0, 0))
+    assert g.on_overloaded(g.acquire(0, 0)) > 0  # level 1, under the ceiling: the API is busy, pause
+
+
+# -- the gentle probe ------------------------------------------------------------------------------
+
+
+def test_after_a_wall_the_probe_above_it_is_gentle():
+    c = ConcurrencyController(initial_concurrency=200, max_concurrency=512)
+    c.ssthresh, c.w_max = 200.0, 201.0  # just set under a wall at 201
+    ceilings = [wave(c) for _ in range(10)]
+    steps = [b - a for a, b in zip([200.0, *ceilings], ceilings, strict=False)]
+    assert all(0 < s <= 0.6 for s in steps)  # about +0.5 a round trip: not slow start's x4
+    assert ceilings[-1] < 206
+
+
+def test_below_the_last_wall_the_ceiling_climbs_back_fast():
+    c = ConcurrencyController(initial_concurrency=100, max_concurrency=512)
+    c.ssthresh, c.w_max = 100.0, 201.0  # cut far under the last wall (say by 429s)
+    for _ in range(3):
+        wave(c)
+    assert c.ceiling >= 190  # back near it within a few round trips, not +0.5 each
+
+
+# -- the latency gradient --------------------------------------------------------------------------
+
+
+def test_a_slowing_api_makes_the_ceiling_back_off_before_it_refuses_and_recover_after():
+    c = ConcurrencyController(initial_concurrency=64, max_concurrency=4096)
+    c.ssthresh = 64.0  # congestion avoidance: each step's growth is small and visible
+    for _ in range(10):
+        wave(c, 0.5)  # a steady API: the ceiling probes upward
+    before = c.ceiling
+    assert before > 64
+    for _ in range(5):
+        wave(c, 1.5)  # round trips three times longer: the API queues our calls
+    slowed = c.ceiling
+    assert slowed < 0.5 * before  # backed off (by about the gradient each round trip), no 529 needed
+    assert slowed >= 1
+    for _ in range(60):
+        wave(c, 0.5)  # back to normal: growth resumes
+    assert c.ceiling > slowed
+
+
+def test_normal_latency_variation_does_not_back_off():
+    c = ConcurrencyController(initial_concurrency=64, max_concurrency=4096)
+    c.ssthresh = 64.0
+    rng = random.Random(5)
+    levels = [c.send(0.0) for _ in range(64)]
+    for _ in range(3000):  # round trips between 0.4 and 0.6 s (output lengths vary)
+        level, _ = levels.pop(0)
+        c.done()
+        c.on_success(level, rng.uniform(0.4, 0.6))
+        levels.extend(c.send(0.0) for _ in range(max(0, c.free_slots(0.0))))
+    assert c.ceiling > 64
+
+
+# -- the floor -----------------------------------------------------------------------------------
+
+
+def test_the_ceiling_never_goes_under_one():
+    c = ConcurrencyController(initial_concurrency=4)
+    for _ in range(50):  # 529 at level 1, over and over: the API is busy, not our concurrency
+        level, epoch = c.send(0.0)
+        c.done()
+        c.on_overloaded(level, epoch)
+    assert c.ceiling == 1.0 and c.free_slots(0.0) == 1
+    for _ in range(20):
+        level, epoch = c.send(0.0)
+        c.done()
+        c.on_rate_limited(level, epoch)
+    assert c.ceiling == 1.0
+    for _ in range(100):
+        wave(c, 5.0 if _ > 40 else 0.1)  # and the latency gradient cannot push it under one either
+    assert c.ceiling >= 1.0
+
+
+# -- the real simulator ------------------------------------------------------------------------
+
+
+def call(i: int) -> Call:
+    return Call(i, {"model": MODEL, "max_tokens": 32, "messages": [{"role": "user", "content": f"Note {i}"}]})
+
+
+@pytest.mark.asyncio
+async def test_a_capacity_wall_is_learned_from_the_529_levels_and_no_item_is_lost(sim):
+    sim.configure(capacity=20, ttft=0.3)  # 529 beyond 20 in flight, at once; calls long enough to pile up
+    # max_attempts=1: a 529 must never use up an attempt, however many an item meets
+    async with Engine(base_url=sim.base_url, config=EngineConfig(max_attempts=1)) as engine:
+        outcomes = await engine.run_ordered([call(i) for i in range(200)])
+        gov = engine.governor
+    assert [o.status for o in outcomes] == ["succeeded"] * 200
+    assert sim.stats()["by_status"].get("529", 0) > 0  # the warm-up's x8 met the wall
+    assert engine.stats.failed == 0
+    # the ceiling sits just under the wall the 529s showed, not a multiplicative fraction of it
+    assert gov.w_max >= 21
+    assert 0.7 * 20 <= gov.ceiling <= gov.w_max + 2
