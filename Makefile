@@ -70,7 +70,7 @@ bench: install
 	$(PY) bench/runner.py; \
 	$(PY) bench/faults.py; \
 	$(PY) bench/cost.py; \
-	$(PY) bench/org_limits.py; \
+	$(PY) bench/org_limits.py --pg-url $(PG_URL); \
 	$(PY) bench/web.py; \
 	$(PY) bench/summary.py
 

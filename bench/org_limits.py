@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.results import record  # noqa: E402
-from llmjobs.simulator.server import SimulatorProcess  # noqa: E402
-from tests.conftest import SIM_DEFAULTS  # noqa: E402
-from tests.fault_site import FaultSite  # noqa: E402
-from tests.org_limits_site import bound_seconds, run_two  # noqa: E402
+from bench.results import record
+from llmjobs.simulator.server import SimulatorProcess
+from tests.conftest import SIM_DEFAULTS
+from tests.fault_site import FaultSite
+from tests.org_limits_site import bound_seconds, run_two
 
 COLUMNS = ["sharing", "items", "requests", "429s", "429 share", "succeeded", "wall s", "bound s", "wall/bound"]
 

@@ -36,8 +36,8 @@ from ..costs import apply_cost_options
 from ..estimate import job_estimate
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
-from ..security import may_act_on
 from ..org_governor import org_state
+from ..security import may_act_on
 from ..workers import workers_on_job
 from . import sse, uploads
 from .forms import JobForm, PlaygroundForm
