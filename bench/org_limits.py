@@ -31,6 +31,16 @@ from tests.org_limits_site import bound_seconds, run_two
 COLUMNS = ["sharing", "items", "requests", "429s", "429 share", "succeeded", "wall s", "bound s", "wall/bound"]
 
 
+def _reachable(url: str) -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=600)
@@ -40,6 +50,9 @@ def main() -> None:
     parser.add_argument("--pg-url", default=os.environ.get("LLMJOBS_BENCH_PG_URL", ""))
     parser.add_argument("--only", choices=["off", "on"], default=None)
     args = parser.parse_args()
+    if args.pg_url and not _reachable(args.pg_url):
+        print(f"PostgreSQL at {args.pg_url} is not reachable: running on SQLite instead", file=sys.stderr)
+        args.pg_url = ""
     if args.pg_url:
         os.environ["DATABASE_URL"] = args.pg_url
     else:
