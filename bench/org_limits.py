@@ -26,7 +26,7 @@ from bench.results import record
 from llmjobs.simulator.server import SimulatorProcess
 from tests.conftest import SIM_DEFAULTS
 from tests.fault_site import FaultSite
-from tests.org_limits_site import bound_seconds, run_two
+from tests.org_limits_site import bound_seconds, run_one, run_two
 
 COLUMNS = ["sharing", "items", "requests", "429s", "429 share", "succeeded", "wall s", "bound s", "wall/bound"]
 
@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--ttft", type=float, default=0.3)
     parser.add_argument("--pg-url", default=os.environ.get("LLMJOBS_BENCH_PG_URL", ""))
     parser.add_argument("--only", choices=["off", "on"], default=None)
+    parser.add_argument("--single", type=int, default=2000, help="items for the one-process SQLite rows (0: skip)")
     args = parser.parse_args()
     if args.pg_url and not _reachable(args.pg_url):
         print(f"PostgreSQL at {args.pg_url} is not reachable: running on SQLite instead", file=sys.stderr)
@@ -120,6 +121,40 @@ def main() -> None:
             goal="<= 1.15" if r.shared else "",
             met=(r.wall / bound <= 1.15) if r.shared else None,
         )
+    if args.single:
+        _single(args.single)
+
+
+def _single(items: int) -> None:
+    """One process on SQLite, no limit: what sharing costs when a run is alone (off, on, off, on)."""
+    saved = os.environ.pop("DATABASE_URL", None)
+    walls: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        with SimulatorProcess() as sim, tempfile.TemporaryDirectory() as tmp:
+            sim.configure(**SIM_DEFAULTS)
+            site = FaultSite(Path(tmp), sim)
+            for shared in (False, True, False, True):
+                walls[shared].append(run_one(site, items=items, shared=shared))
+    finally:
+        if saved is not None:
+            os.environ["DATABASE_URL"] = saved
+    off, on = min(walls[False]), min(walls[True])
+    print(f"\n1 process alone, {items} items, no limit, instant answers, SQLite (best of 2)\n")
+    print("| sharing | wall s | items/s |")
+    print("|---------|--------|---------|")
+    for label, wall in (("off", off), ("on", on)):
+        print(f"| {label:<7} | {wall:>6.2f} | {items / wall:>7.0f} |")
+    print(f"on/off: {on / off:.2f}")
+    record(
+        "org_limits",
+        f"1 process alone {items} items SQLite, sharing on",
+        on,
+        "s",
+        reference=f"sharing off {off:.2f} s",
+        ratio=on / off,
+        goal="<= 1.05",
+        met=on / off <= 1.05,
+    )
 
 
 if __name__ == "__main__":

@@ -68,3 +68,15 @@ def run_two(site: FaultSite, *, items: int, rpm: int, burst: float, ttft: float,
         line for line in site.manage("job_status", str(jobs[0])).stdout.splitlines() if "shared" in line
     ]
     return run
+
+
+def run_one(site: FaultSite, *, items: int, shared: bool) -> float:
+    """One `process_job` alone (no limit, instant answers): the job's wall seconds in the database."""
+    site.sim.reset()
+    site.sim.configure(ttft=0.0)
+    job = site.submit(items)
+    site.manage("process_job", str(job), "--no-progress", LLMJOBS_SHARED_GOVERNOR="1" if shared else "0")
+    [(start, end)] = site.query("SELECT started_at, finished_at FROM llmjobs_batchjob WHERE id = ?", (job,))
+    if isinstance(start, str):  # SQLite
+        start, end = dt.datetime.fromisoformat(start), dt.datetime.fromisoformat(end)
+    return float((end - start).total_seconds())
