@@ -42,6 +42,7 @@ log = logging.getLogger("llmjobs.engine.shared")
 INTERVAL = 0.3  # seconds between exchanges
 POLL = 0.05  # how often a new local pause (a 429) is looked for, to exchange at once
 MAX_FAILURES = 3
+LEAVE_TIMEOUT = 5.0  # the run's end waits at most this long to leave the row
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,9 +179,10 @@ class SharedLimits:
                         self.applied(grant, self.gov.now())
                 await asyncio.sleep(self.poll)
         finally:
-            if not self.fell_back:
+            if not self.fell_back and not self.failures:  # (a failing database: the row goes stale)
+                leave = loop.run_in_executor(pool, self.exchange, self.local_state(leaving=True))
                 try:
-                    await asyncio.shield(loop.run_in_executor(pool, self.exchange, self.local_state(leaving=True)))
-                except BaseException as exc:  # a second cancel, or the database is gone: the row goes stale
-                    log.debug("shared rate limits: leaving failed: %s", exc)
+                    await asyncio.wait_for(asyncio.shield(leave), LEAVE_TIMEOUT)
+                except BaseException as exc:  # a second cancel, or a slow database: the row goes stale
+                    log.debug("shared rate limits: leaving failed: %r", exc)
             pool.shutdown(wait=False)
