@@ -57,7 +57,7 @@ lint: install
 # The database-facing tests again on PostgreSQL (what a multi-machine team runs).
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 test-postgres: install
-	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py tests/test_scale.py tests/test_quotas.py tests/test_cost.py
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py tests/test_scale.py tests/test_quotas.py tests/test_cost.py tests/test_org_governor.py
 
 BENCH_RESULTS ?= $(CURDIR)/.bench-results.jsonl
 bench: install
@@ -70,6 +70,7 @@ bench: install
 	$(PY) bench/runner.py; \
 	$(PY) bench/faults.py; \
 	$(PY) bench/cost.py; \
+	$(PY) bench/org_limits.py --pg-url $(PG_URL); \
 	$(PY) bench/web.py; \
 	$(PY) bench/summary.py
 

@@ -8,7 +8,10 @@ class LlmjobsConfig(AppConfig):
 
     def import_models(self) -> None:
         super().import_models()
-        from . import heartbeats  # noqa: F401  (RunnerHeartbeat: a model outside models.py, issue 12)
+        from . import (
+            heartbeats,  # noqa: F401  (RunnerHeartbeat: a model outside models.py, issue 12)
+            org_models,  # noqa: F401  (OrgGovernor: the shared rate limit, issue 12)
+        )
 
     def ready(self) -> None:
         from . import (

@@ -90,6 +90,12 @@ class LLMJobsSettings:
         False, "Allow webhook URLs on private, loopback or link-local addresses (tests, `make run`); off in production."
     )
     api_rate_limit: int = _setting(120, "REST API requests per minute per user (0 = unlimited).")
+    shared_governor: bool = _setting(
+        True,
+        "Share the learned rate limits and the 429 pause between every process using the same API key and model "
+        "family, through the database (each run takes 1/N of the limits, N the runs live on it); off: each run "
+        "learns and paces alone.",
+    )
 
     @classmethod
     def from_django(cls) -> LLMJobsSettings:

@@ -36,6 +36,7 @@ from .costs import budget_guard, stop_for_budget
 from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .models import BatchJob, Item
+from .org_governor import share_limits
 from .prompts import build_params
 from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
@@ -227,6 +228,7 @@ class JobRunner:
                     asyncio.create_task(self._flush_loop(), name="llmjobs-flush"),
                     asyncio.create_task(self._renew_leases(), name="llmjobs-leases"),
                     asyncio.create_task(self._watch_cancel(), name="llmjobs-cancel-watch"),
+                    asyncio.create_task(share_limits(engine.governor, model=job.model, job_id=job.pk)),
                 ]
                 calls = self._calls()
                 dedup = Dedup() if job.dedup else None  # identical requests sent once (issue 14)

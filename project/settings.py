@@ -163,6 +163,8 @@ LLMJOBS_DB_OUTAGE_SECONDS = float(os.environ.get("LLMJOBS_DB_OUTAGE_SECONDS", "1
 LLMJOBS_DRAIN_SECONDS = float(os.environ.get("LLMJOBS_DRAIN_SECONDS", "10"))
 LLMJOBS_WEBHOOK_ALLOW_PRIVATE = os.environ.get("LLMJOBS_WEBHOOK_ALLOW_PRIVATE", "") not in ("", "0", "false", "no")
 LLMJOBS_API_RATE_LIMIT = int(os.environ.get("LLMJOBS_API_RATE_LIMIT", "120"))
+# One org-wide rate limit shared by every process using the same key + model family (docs/deploy.md).
+LLMJOBS_SHARED_GOVERNOR = os.environ.get("LLMJOBS_SHARED_GOVERNOR", "1") not in ("", "0", "false", "no")
 
 # --- security / deploy -------------------------------------------------------
 # Production switches, all from the environment (see the README's "Deploying"

@@ -95,6 +95,7 @@ class Governor:
         "output_tokens",
         "paused_until",
         "requests",
+        "share",
         "waited",
     )
 
@@ -139,6 +140,7 @@ class Governor:
         self._pause_base = pause_base
         self._pause_max = pause_max
         self.learn = learn
+        self.share = 1.0  # of the org's limits, when processes share them (engine/shared.py)
 
     # -- clock -----------------------------------------------------------
     def now(self) -> float:
@@ -280,8 +282,8 @@ class Governor:
             if remaining is None:
                 continue
             try:
-                limit_f = float(limit)
-                remaining_f = float(remaining)
+                limit_f = float(limit) * self.share
+                remaining_f = float(remaining) * self.share
             except ValueError:
                 continue
             reset_in, coarse = _parse_reset(headers.get(reset_h), wall)
@@ -461,6 +463,12 @@ class Governor:
         w = self.waited
         i = max(range(3), key=lambda k: w[k])
         return ("requests", "input_tokens", "output_tokens")[i] if w[i] > 0 else None
+
+    def apply_grant(self, share: float, pause: float = 0.0) -> None:
+        """Take ``share`` of the org's limits and its pause (``llmjobs.engine.shared``)."""
+        from .shared import apply_grant
+
+        apply_grant(self, share, pause)
 
     # -- introspection -----------------------------------------------------
     def limits(self) -> dict[str, float | None]:

@@ -36,6 +36,7 @@ from ..costs import apply_cost_options
 from ..estimate import job_estimate
 from ..exceptions import JobInputError, JobStateError
 from ..models import BatchJob, Item
+from ..org_governor import org_state
 from ..security import may_act_on
 from ..workers import workers_on_job
 from . import sse, uploads
@@ -199,6 +200,7 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_retry": mine and job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
         "preview_count": jobs.PREVIEW_COUNT,
         "workers": workers_on_job(job.pk),  # issue 12: who claimed the job's items
+        "org_governor": org_state(job.model),  # issue 12: the org-wide limits every worker shares
         **job_page_context(job, mine=mine),  # settings, timeline, Run/Resume, results endpoint
     }
     return render(request, "llmjobs/job_detail.html", context)

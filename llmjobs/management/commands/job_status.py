@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
 from llmjobs.costs import fmt_usd, job_cost, job_summary
+from llmjobs.org_governor import org_state
 from llmjobs.workers import workers_on_job
 
 from ._common import get_job
@@ -23,7 +25,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, job_id: int, json: bool = False, **opts: Any) -> None:
         job = get_job(job_id)
         if json:
-            self.stdout.write(_dumps(job_summary(job)))
+            shared = org_state(job.model)
+            self.stdout.write(_dumps({**job_summary(job), "shared_governor": shared and dataclasses.asdict(shared)}))
             return
         pending = job.total - job.done_count
         cost = job_cost(job)
@@ -43,6 +46,9 @@ class Command(BaseCommand):
         ]
         for worker in workers_on_job(job.pk):
             lines.append(f"worker:    {worker.describe()}")
+        shared = org_state(job.model)
+        if shared is not None:
+            lines.append(f"shared:    {shared.describe()}")
         if job.last_error:
             lines.append(f"last error: {job.last_error}")
         self.stdout.write("\n".join(lines))

@@ -1,0 +1,194 @@
+"""The shared governor's engine side (issue 12 part 3): a fake loop clock, a fake wall
+clock and an in-memory ``exchange``; no Django, no database, no sleeping on timing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from llmjobs.engine.governor import Governor
+from llmjobs.engine.shared import Grant, LocalState, SharedLimits
+
+
+class Clock:
+    def __init__(self, t: float = 100.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def governor(clock: Clock, **kw) -> Governor:
+    return Governor(clock=clock, wall=lambda: 1_000_000.0, **kw)
+
+
+def headers(limit: int, remaining: int) -> dict[str, str]:
+    return {
+        "anthropic-ratelimit-requests-limit": str(limit),
+        "anthropic-ratelimit-requests-remaining": str(remaining),
+    }
+
+
+class Row:
+    """An in-memory stand-in for the database row: every member gets 1/N, the pause is shared."""
+
+    def __init__(self) -> None:
+        self.members: dict[int, LocalState] = {}
+        self.paused_until = 0.0
+        self.rpm: float | None = None
+
+    def exchange_for(self, member: int):
+        def exchange(state: LocalState) -> Grant:
+            if state.leaving:
+                self.members.pop(member, None)
+            else:
+                self.members[member] = state
+            self.paused_until = max(self.paused_until, state.paused_until)
+            self.rpm = state.rpm or self.rpm
+            n = max(1, len(self.members))
+            flying = sum(s.in_flight for s in self.members.values())
+            return Grant(share=1 / n, paused_until=self.paused_until, members=n, in_flight=flying, rpm=self.rpm)
+
+        return exchange
+
+
+def test_the_engine_side_imports_no_django():
+    code = "import sys, llmjobs.engine.shared; assert 'django' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_grant_scales_every_known_bucket_and_back():
+    clock = Clock()
+    gov = governor(clock, rpm=600, itpm=60_000)
+    assert (gov.requests.capacity, gov.requests.level) == (100.0, 100.0)  # 10 s of refill
+    gov.apply_grant(0.5)
+    assert gov.share == 0.5
+    assert (gov.requests.limit, gov.requests.rate, gov.requests.capacity) == (300.0, 5.0, 50.0)
+    assert gov.requests.level == 50.0
+    assert gov.input_tokens.limit == 30_000.0
+    assert gov.output_tokens.limit is None  # unknown stays unknown
+    gov.apply_grant(1.0)
+    assert (gov.requests.limit, gov.requests.capacity, gov.requests.level) == (600.0, 100.0, 100.0)
+
+
+def test_rate_limit_headers_are_read_as_this_members_share():
+    clock = Clock()
+    gov = governor(clock)
+    gov.apply_grant(0.5)
+    ticket = gov.acquire(1.0, 0.0)
+    clock.t += 0.5
+    gov.on_success(ticket, headers=headers(600, 40))
+    assert gov.requests.limit == 300.0  # half the org's 600 RPM
+    assert gov.requests.level == pytest.approx(20.0, abs=1.0)  # half of what the org has left
+
+
+def test_two_members_share_one_limit_and_one_pause():
+    clock, wall = Clock(), Clock(5_000.0)
+    row = Row()
+    a = SharedLimits(governor(clock, rpm=600), row.exchange_for(1), wall=wall)
+    b = SharedLimits(governor(clock, rpm=600), row.exchange_for(2), wall=wall)
+    for member in (a, b, a):
+        member.applied(member.exchange(member.local_state()), clock.t)
+    assert a.gov.share == b.gov.share == 0.5
+    assert a.gov.requests.rate + b.gov.requests.rate == pytest.approx(10.0)  # together: the org's 600 RPM
+    assert a.local_state().rpm == 600.0  # the org's limit is reported unscaled
+    # a 429 at member a: a pause of 2 s; an exchange is due at once, and b takes the pause
+    ticket = a.gov.acquire(1.0, 0.0)
+    clock.t += 0.01
+    a.gov.on_rate_limited(ticket, retry_after=2.0)
+    assert a.due(clock.t)
+    state = a.local_state()
+    assert state.paused_until == pytest.approx(wall.t + 2.0)
+    a.applied(a.exchange(state), clock.t)
+    assert not a.due(clock.t)
+    b.applied(b.exchange(b.local_state()), clock.t)
+    assert b.gov.paused_until == pytest.approx(clock.t + 2.0)
+    assert b.gov.delay(0.0, 0.0, clock.t) == pytest.approx(2.0)
+    # b leaves: a gets the whole limit back at its next exchange
+    b.exchange(b.local_state(leaving=True))
+    clock.t += 0.3
+    assert a.due(clock.t)
+    a.applied(a.exchange(a.local_state()), clock.t)
+    assert a.gov.share == 1.0 and a.gov.requests.limit == 600.0
+
+
+def test_exchanges_are_paced_by_the_interval():
+    clock = Clock()
+    row = Row()
+    shared = SharedLimits(governor(clock), row.exchange_for(1), interval=0.3)
+    assert shared.due(clock.t)
+    shared.applied(shared.exchange(shared.local_state()), clock.t)
+    clock.t += 0.29
+    assert not shared.due(clock.t)
+    clock.t += 0.02
+    assert shared.due(clock.t)
+
+
+def test_three_failed_exchanges_fall_back_to_pacing_alone(caplog):
+    clock = Clock()
+    row = Row()
+    shared = SharedLimits(governor(clock, rpm=600), row.exchange_for(1))
+    shared.applied(Grant(share=0.25), clock.t)
+    assert shared.gov.requests.limit == 150.0
+    boom = RuntimeError("could not connect to server\ndetails")
+    with caplog.at_level(logging.WARNING, logger="llmjobs.engine.shared"):
+        shared.failed(boom, clock.t)
+        shared.failed(boom, clock.t)
+        assert not shared.fell_back and shared.gov.share == 0.25  # the last grant still holds
+        shared.failed(boom, clock.t)
+    assert shared.fell_back and shared.gov.share == 1.0 and shared.gov.requests.limit == 600.0
+    assert not shared.due(clock.t + 10)
+    [record] = caplog.records
+    assert "3 exchanges failed" in record.getMessage() and "paces alone" in record.getMessage()
+    assert "details" not in record.getMessage()  # one line
+
+
+def test_a_success_resets_the_failure_count():
+    clock = Clock()
+    shared = SharedLimits(governor(clock), Row().exchange_for(1))
+    shared.failed(RuntimeError("x"), clock.t)
+    shared.failed(RuntimeError("x"), clock.t)
+    shared.applied(Grant(share=1.0), clock.t)
+    shared.failed(RuntimeError("x"), clock.t)
+    assert not shared.fell_back
+
+
+def test_run_exchanges_then_leaves_when_cancelled():
+    row = Row()
+    seen: list[LocalState] = []
+    inner = row.exchange_for(1)
+
+    def exchange(state: LocalState) -> Grant:
+        seen.append(state)
+        return inner(state)
+
+    async def main() -> None:
+        gov = Governor()
+        task = asyncio.create_task(SharedLimits(gov, exchange, interval=0.0, poll=0.001).run())
+        while len(seen) < 3:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert seen[-1].leaving and not any(s.leaving for s in seen[:-1])
+    assert row.members == {}
+
+
+def test_run_stops_after_falling_back_and_never_raises():
+    calls = []
+
+    def exchange(state: LocalState) -> Grant:
+        calls.append(state)
+        raise ConnectionError("database down")
+
+    async def main() -> None:
+        await SharedLimits(Governor(), exchange, interval=0.0, poll=0.001).run()
+
+    asyncio.run(main())
+    assert len(calls) == 3  # no leave after a fall-back: the row goes stale on its own
