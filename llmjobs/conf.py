@@ -90,6 +90,11 @@ class LLMJobsSettings:
         False, "Allow webhook URLs on private, loopback or link-local addresses (tests, `make run`); off in production."
     )
     api_rate_limit: int = _setting(120, "REST API requests per minute per user (0 = unlimited).")
+    streams_per_user: int = _setting(
+        20,
+        "Most live streams (job progress and playground, SSE) one user may hold open at once in one "
+        "server process; one more is answered 429 (0: no limit).",
+    )
 
     @classmethod
     def from_django(cls) -> LLMJobsSettings:

@@ -53,14 +53,19 @@ INSTALLED_APPS = [
     "llmjobs",
 ]
 
+# Django's usual stack, as async-native subclasses (llmjobs/web/middleware.py): under ASGI,
+# Django's own classes run every process_request/process_response through one shared
+# sync thread, which queued the streaming views behind each other (issue 17). Same
+# behaviour, same order; a new middleware here must be async-capable too
+# (tests/test_streams.py checks that no request hops to a thread in the middleware).
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "llmjobs.web.middleware.AsyncSecurityMiddleware",
+    "llmjobs.web.middleware.AsyncSessionMiddleware",
+    "llmjobs.web.middleware.AsyncCommonMiddleware",
+    "llmjobs.web.middleware.AsyncCsrfViewMiddleware",
+    "llmjobs.web.middleware.AsyncAuthenticationMiddleware",
+    "llmjobs.web.middleware.AsyncMessageMiddleware",
+    "llmjobs.web.middleware.AsyncXFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -163,6 +168,8 @@ LLMJOBS_DB_OUTAGE_SECONDS = float(os.environ.get("LLMJOBS_DB_OUTAGE_SECONDS", "1
 LLMJOBS_DRAIN_SECONDS = float(os.environ.get("LLMJOBS_DRAIN_SECONDS", "10"))
 LLMJOBS_WEBHOOK_ALLOW_PRIVATE = os.environ.get("LLMJOBS_WEBHOOK_ALLOW_PRIVATE", "") not in ("", "0", "false", "no")
 LLMJOBS_API_RATE_LIMIT = int(os.environ.get("LLMJOBS_API_RATE_LIMIT", "120"))
+# Open SSE streams (progress + playground) per user per server process (0: no limit), issue 17.
+LLMJOBS_STREAMS_PER_USER = int(os.environ.get("LLMJOBS_STREAMS_PER_USER", "20"))
 
 # --- security / deploy -------------------------------------------------------
 # Production switches, all from the environment (see the README's "Deploying"
@@ -197,8 +204,8 @@ X_FRAME_OPTIONS = "DENY"
 # static files, no inline script anywhere, no framing. Inline *style attributes*
 # (progress bars) are allowed; they cannot run code.
 MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    MIDDLEWARE.index("llmjobs.web.middleware.AsyncSecurityMiddleware") + 1,
+    "llmjobs.web.middleware.AsyncContentSecurityPolicyMiddleware",
 )
 SECURE_CSP = {
     "default-src": [CSP.SELF],
