@@ -334,3 +334,14 @@ async def test_streams_beyond_the_per_user_cap_are_refused_with_429(asgi_app, ap
         await stream.disconnect()
     await wait_until(lambda: poller.pollers() == {}, "the pollers to stop")
     assert sse.slots.held(alice.pk) == 0 and sse.slots.held(bob.pk) == 0
+
+
+def test_the_deploy_check_knows_the_async_subclasses(settings):
+    from llmjobs.web.middleware import check_async_middleware
+
+    settings.SECURE_HSTS_SECONDS = 0
+    ids = [m.id for m in check_async_middleware()]
+    assert "security.W004" in ids  # Django's HSTS check runs although its path is not listed...
+    assert not {"llmjobs.W001", "llmjobs.W002", "llmjobs.W003"} & set(ids)  # ...and nothing is "missing"
+    settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if "XFrameOptions" not in m]
+    assert "llmjobs.W002" in [m.id for m in check_async_middleware()]

@@ -32,6 +32,8 @@ from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
+from django.core.checks import CheckMessage, Tags, Warning, register
+from django.core.checks.registry import registry
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -39,6 +41,8 @@ from django.middleware.common import CommonMiddleware
 from django.middleware.csp import ContentSecurityPolicyMiddleware
 from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
+from django.test.utils import override_settings
+from django.utils.module_loading import import_string
 
 __all__ = [
     "AsyncAuthenticationMiddleware",
@@ -50,6 +54,7 @@ __all__ = [
     "AsyncSessionMiddleware",
     "AsyncXFrameOptionsMiddleware",
     "InlineAsyncMixin",
+    "check_async_middleware",
 ]
 
 
@@ -153,3 +158,50 @@ class AsyncMessageMiddleware(InlineAsyncMixin, MessageMiddleware):
 
 class AsyncXFrameOptionsMiddleware(InlineAsyncMixin, XFrameOptionsMiddleware):
     """One response header: no I/O."""
+
+
+# --- system checks ------------------------------------------------------------------------------
+
+# Django's security checks look for its own dotted paths in MIDDLEWARE. With the subclasses above
+# they would warn that the middleware is missing (security.W001-W003, silenced in settings) and
+# skip every check that depends on it (HSTS, SSL redirect, CSRF cookie...). This check says
+# "missing" only when neither Django's class nor a subclass is listed, and runs Django's
+# middleware-dependent security checks as if Django's own paths were listed.
+_REQUIRED = {
+    "llmjobs.W001": (SecurityMiddleware, "the SECURE_* and HSTS settings have no effect"),
+    "llmjobs.W002": (XFrameOptionsMiddleware, "pages are served without an X-Frame-Options header"),
+    "llmjobs.W003": (CsrfViewMiddleware, "POST forms are not protected against cross-site request forgery"),
+}
+
+
+def _django_path(cls: type) -> str | None:
+    for base in cls.__mro__:
+        if base.__module__.startswith("django."):
+            return f"{base.__module__}.{base.__qualname__}"
+    return None
+
+
+@register(Tags.security, deploy=True)
+def check_async_middleware(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    classes = [import_string(path) for path in settings.MIDDLEWARE]
+    messages: list[CheckMessage] = [
+        Warning(f"No {required.__name__} (or subclass) in MIDDLEWARE: {effect}.", id=check_id)
+        for check_id, (required, effect) in _REQUIRED.items()
+        if not any(isinstance(c, type) and issubclass(c, required) for c in classes)
+    ]
+    as_django = [
+        (_django_path(c) or path) if isinstance(c, type) and issubclass(c, InlineAsyncMixin) else path
+        for path, c in zip(settings.MIDDLEWARE, classes, strict=True)
+    ]
+    if as_django == list(settings.MIDDLEWARE):
+        return messages
+    django_checks = [
+        check
+        for check in registry.get_checks(include_deployment_checks=True)
+        if check.__module__.startswith("django.core.checks.security")
+    ]
+    seen = {repr(m) for check in django_checks for m in check(app_configs=app_configs)}
+    with override_settings(MIDDLEWARE=as_django):
+        for check in django_checks:
+            messages += [m for m in check(app_configs=app_configs) if repr(m) not in seen]
+    return messages

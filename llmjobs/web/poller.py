@@ -16,6 +16,7 @@ encodes ``done`` and ends; a database error is retried on the next tick up to
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import weakref
 from collections.abc import Callable, Iterator, MutableMapping
@@ -73,7 +74,11 @@ class JobPoller:
         return self.done is not None or bool(self.failed)
 
     def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"progress-poller-{self.job_id}")
+        # A fresh context: the poller outlives the request that started it, so it must not
+        # inherit that request's thread-sensitive context (whose thread goes back to the pool).
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"progress-poller-{self.job_id}", context=contextvars.Context()
+        )
 
     def stop(self) -> None:
         if self.task is not None and not self.task.done():
