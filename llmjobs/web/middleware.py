@@ -25,9 +25,9 @@ server) they are Django's classes unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
@@ -72,7 +72,6 @@ class InlineAsyncMixin:
     def __init__(self, get_response: Any) -> None:
         super().__init__(get_response)  # type: ignore[call-arg]  # MiddlewareMixin sets async_mode
         if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)  # (MiddlewareMixin did too; explicit for the mixin's readers)
             sync_view = getattr(self, "process_view", None)
             if sync_view is not None and not self.view_needs_thread():
 
@@ -80,7 +79,7 @@ class InlineAsyncMixin:
                     return sync_view(request, view, args, kwargs)
 
                 # Django awaits a coroutine process_view instead of wrapping it in sync_to_async.
-                self.process_view = process_view
+                setattr(self, "process_view", process_view)  # noqa: B010  (an instance attribute over the method)
 
     def request_needs_thread(self, request: HttpRequest) -> bool:
         return False
@@ -106,7 +105,7 @@ class InlineAsyncMixin:
                 response = await sync_to_async(process_response, thread_sensitive=True)(request, response)
             else:
                 response = process_response(request, response)
-        return response
+        return cast(HttpResponseBase, response)
 
 
 class AsyncSecurityMiddleware(InlineAsyncMixin, SecurityMiddleware):
@@ -200,8 +199,8 @@ def check_async_middleware(app_configs: Any = None, **kwargs: Any) -> list[Check
         for check in registry.get_checks(include_deployment_checks=True)
         if check.__module__.startswith("django.core.checks.security")
     ]
-    seen = {repr(m) for check in django_checks for m in check(app_configs=app_configs)}
+    seen = {repr(m) for check in django_checks for m in check(app_configs=app_configs, databases=None)}
     with override_settings(MIDDLEWARE=as_django):
         for check in django_checks:
-            messages += [m for m in check(app_configs=app_configs) if repr(m) not in seen]
+            messages += [m for m in check(app_configs=app_configs, databases=None) if repr(m) not in seen]
     return messages
