@@ -290,6 +290,29 @@ async def test_a_poller_that_cannot_read_the_database_gives_up_and_ends_its_stre
     assert poller.pollers() == {}
 
 
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_poller_retries_a_transient_database_error(monkeypatch):
+    from django.db import OperationalError
+
+    class Flaky:
+        def __init__(self, job_id: int) -> None:
+            self.calls = 0
+
+        def read(self, now: float):
+            self.calls += 1
+            if self.calls == 1:
+                raise OperationalError("server closed the connection unexpectedly")
+            return {"status": "succeeded", "active": False, "done": 1}, True
+
+    monkeypatch.setattr(progress, "JobReader", Flaky)
+    body = b"".join([chunk async for chunk in progress.progress_events(1, tick=0.001)])
+    assert b"event: progress" in body and body.endswith(
+        b'event: done\ndata: {"status":"succeeded","active":false,"done":1}\n\n'
+    )
+    assert poller.pollers() == {}
+
+
 # --- the per-user cap -------------------------------------------------------------------------
 
 

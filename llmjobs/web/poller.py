@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, Protocol
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError
+from django.db import DatabaseError, close_old_connections
 
 from . import sse
 
@@ -90,7 +90,13 @@ class JobPoller:
             await self._reading.wait()
 
     def _read_sync(self, now: float) -> tuple[dict[str, Any], bool]:
-        return self.reader.read(now)
+        try:
+            return self.reader.read(now)
+        except DatabaseError:
+            # This thread's connection may be broken (database restarted): drop it, so that
+            # the next tick reconnects instead of failing on the dead connection forever.
+            close_old_connections()
+            raise
 
     def _publish(self) -> None:
         event, self._reading = self._reading, asyncio.Event()
