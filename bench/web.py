@@ -1,7 +1,8 @@
 """What the web layer costs: playground TTFT overhead and concurrent progress streams.
 
 Starts the simulator and the app (``manage.py serve --no-simulator --no-worker``: one
-uvicorn worker, a temporary SQLite file), logs in over HTTP, then:
+uvicorn worker, a temporary SQLite file, ``LLMJOBS_STREAMS_PER_USER=0`` so one bench
+user may open every stream), logs in over HTTP, then:
 
 1. **Playground TTFT overhead.** For each level in ``--streams``, that many
    streamed calls kept in flight (a closed loop with staggered starts, for
@@ -9,15 +10,20 @@ uvicorn worker, a temporary SQLite file), logs in over HTTP, then:
    ``POST /playground/stream``; then one burst of the largest level sent at
    the same instant, each way. TTFT is the time from sending the request to
    the first text delta (the first ``event: token`` through the app). The
-   overhead is the app's p50/p95 minus the simulator's own. Goal: <= 50 ms at
-   p95 with 100 concurrent streams.
-2. **Progress streams held.** ``--sse`` clients open ``/jobs/<id>/events`` on a
-   running job whose counters another process bumps every 0.5 s. After
-   ``--hold`` seconds, every client must have received the latest update; the
-   delivery lag of that update is reported. Then the job finishes and every
-   stream must end with ``done``. Goal: 200 streams, all receiving.
+   overhead is the app's p50/p95 minus the simulator's own; the app's CPU
+   seconds per stream (from /proc, robust to a busy machine) are reported too.
+   Goal: <= 50 ms at p95 with 100 concurrent streams.
+2. **Progress streams held.** Clients open ``/jobs/<id>/events`` on a running
+   job whose counters another process bumps every 0.5 s, in stages up to
+   ``--sse`` (0, 50, then all): the app's RSS at each stage (streams connected
+   and receiving), and its CPU while holding them. After ``--hold`` seconds,
+   every client must have received the latest update; the delivery lag of that
+   update is reported. Then the job finishes and every stream must end with
+   ``done``. Goal: 200 streams, all receiving.
 
-    .venv/bin/python bench/web.py [--streams 10,50,100] [--seconds 10] [--sse 200] [--hold 10]
+Headline numbers go to ``bench.results.record`` (the summary table of ``make bench``).
+
+    .venv/bin/python bench/web.py [--streams 1,10,100] [--seconds 10] [--sse 200] [--hold 10]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 
+from bench.results import record  # noqa: E402
 from llmjobs.simulator.server import SimulatorProcess  # noqa: E402
 
 MODEL = "claude-haiku-4-5"
@@ -79,6 +86,7 @@ class App:
             DATABASE_URL=f"sqlite:///{self.db}",
             LLMJOBS_SIMULATOR_URL=sim_url,
             LOG_LEVEL="WARNING",
+            LLMJOBS_STREAMS_PER_USER="0",  # one bench user holds every stream
         )
         self.proc: subprocess.Popen | None = None
         self._db: sqlite3.Connection | None = None
@@ -127,6 +135,20 @@ class App:
                     self.log.seek(0)
                     raise RuntimeError("serve did not start:\n" + self.log.read()) from None
                 time.sleep(0.05)
+
+    def rss_mb(self) -> float:
+        """The app process's resident set size (uvicorn runs inside ``manage.py serve``)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) the app process has used so far."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self._db is not None:
@@ -224,9 +246,11 @@ async def ttft_app(session: aiohttp.ClientSession, base_url: str, csrf: str, i: 
     return first
 
 
-async def measure_ttft(sim_url: str, base_url: str, levels: list[int], seconds: float, max_tokens: int):
+async def measure_ttft(app: App, sim_url: str, levels: list[int], seconds: float, max_tokens: int):
     """TTFTs with N calls always in flight (closed loop, staggered starts) for each N in ``levels``,
-    each path in turn; then one burst of max(levels) requests sent at once, each path."""
+    each path in turn; then one burst of max(levels) requests sent at once, each path.
+    Also the app's CPU seconds per stream through it, for each."""
+    base_url = app.base_url
     connector = aiohttp.TCPConnector(limit=0)
     jar = aiohttp.CookieJar(unsafe=True)
     async with aiohttp.ClientSession(connector=connector, cookie_jar=jar) as session:
@@ -254,13 +278,25 @@ async def measure_ttft(sim_url: str, base_url: str, levels: list[int], seconds: 
             return list(await asyncio.gather(*(call(i) for i in range(streams))))
 
         direct = lambda i: ttft_direct(session, sim_url, i, max_tokens)  # noqa: E731
-        app = lambda i: ttft_app(session, base_url, csrf, i, max_tokens)  # noqa: E731
+        via_app = lambda i: ttft_app(session, base_url, csrf, i, max_tokens)  # noqa: E731
+        app_proc = app
         out = {}
+        cpu: dict[tuple[str, int], float] = {}
+
+        async def measured(key: tuple[str, int], run) -> list[float]:
+            before = app_proc.cpu_s()
+            values = await run
+            cpu[key] = (app_proc.cpu_s() - before) / max(len(values), 1)
+            return values
+
         for n in levels:
-            out[("steady", n)] = (await closed_loop(direct, n), await closed_loop(app, n))
+            out[("steady", n)] = (
+                await closed_loop(direct, n),
+                await measured(("steady", n), closed_loop(via_app, n)),
+            )
         n = max(levels)
-        out[("burst", n)] = (await burst(direct, n), await burst(app, n))
-    return out
+        out[("burst", n)] = (await burst(direct, n), await measured(("burst", n), burst(via_app, n)))
+    return out, cpu
 
 
 # --- 2. progress streams ---------------------------------------------------------------------
@@ -299,17 +335,28 @@ async def hold_progress_streams(app: App, clients: int, hold: float):
                         if name == "done":
                             ended_done[k] = True
 
-        tasks = [asyncio.create_task(client(k)) for k in range(clients)]
+        async def connected_and_settled(n: int) -> None:
+            deadline = time.perf_counter() + 60
+            while (connected < n or sum(1 for e in events if e) < n) and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # let the allocator settle before reading RSS
+
+        rss = {0: app.rss_mb()}
+        tasks: list[asyncio.Task] = []
         began = time.perf_counter()
-        while connected < clients and time.perf_counter() - began < 60:
-            await asyncio.sleep(0.05)
+        for stage in sorted({min(50, clients), clients}):
+            tasks += [asyncio.create_task(client(k)) for k in range(len(tasks), stage)]
+            await connected_and_settled(stage)
+            rss[stage] = app.rss_mb()
         connect_s = time.perf_counter() - began
+        cpu_before, cpu_began = app.cpu_s(), time.perf_counter()
         bumps: list[tuple[int, float]] = []
         end = time.perf_counter() + hold
         while time.perf_counter() < end:
             value = await asyncio.to_thread(app.bump, 1)
             bumps.append((value, time.perf_counter()))
             await asyncio.sleep(0.5)
+        cpu_pct = 100 * (app.cpu_s() - cpu_before) / (time.perf_counter() - cpu_began)
         last_value, last_at = bumps[-1]
         await asyncio.sleep(2.0)  # let the last update reach everyone
         receiving = sum(1 for k in range(clients) if latest[k] >= last_value)
@@ -330,12 +377,14 @@ async def hold_progress_streams(app: App, clients: int, hold: float):
         "events_min": min(events),
         "ended_done": sum(ended_done),
         "updates": len(bumps),
+        "rss": rss,
+        "cpu_pct": cpu_pct,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--streams", default="10,50,100", help="concurrent playground streams (comma-separated)")
+    parser.add_argument("--streams", default="1,10,100", help="concurrent playground streams (comma-separated)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of steady load per path and level")
     parser.add_argument("--ttft", type=float, default=0.2, help="the simulator's TTFT (jittered +/-50%%)")
     parser.add_argument("--tps", type=float, default=60.0, help="the simulator's output tokens per second")
@@ -350,12 +399,31 @@ def main() -> None:
         try:
             app.start()
             levels = [int(n) for n in args.streams.split(",")]
-            ttft = asyncio.run(measure_ttft(sim.base_url, app.base_url, levels, args.seconds, args.max_tokens))
+            ttft, cpu = asyncio.run(measure_ttft(app, sim.base_url, levels, args.seconds, args.max_tokens))
             held = asyncio.run(hold_progress_streams(app, args.sse, args.hold))
         finally:
             app.stop()
 
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
+    rss = held["rss"]
+    growth = rss[max(rss)] - rss[0]
+    record(
+        "web",
+        f"RSS growth, {held['clients']} progress streams open",
+        growth,
+        "MB",
+        reference=f"idle app {rss[0]:.0f} MB",
+        ratio=rss[max(rss)] / rss[0],
+    )
+    record("web", f"app CPU holding {held['clients']} progress streams", held["cpu_pct"], "% core")
+    record(
+        "web",
+        f"progress streams receiving the last update (of {held['clients']})",
+        held["receiving"],
+        "streams",
+        goal=f"= {held['clients']}",
+        met=held["receiving"] == held["clients"],
+    )
     rows = [
         (
             "setup",
@@ -364,9 +432,23 @@ def main() -> None:
             "",
         )
     ]
+    top = max(levels)
     for (mode, n), (direct, through) in ttft.items():
         label = f"{n} always in flight" if mode == "steady" else f"{n} sent at one instant"
         d50, d95, a50, a95 = pct(direct, 0.5), pct(direct, 0.95), pct(through, 0.5), pct(through, 0.95)
+        goal = "<= 50 ms" if n == top else ""
+        metric = f"playground TTFT p95 overhead, {label}"
+        record(
+            "web",
+            metric,
+            (a95 - d95) * 1000,
+            "ms",
+            reference=f"simulator direct p95 {d95 * 1000:.0f} ms",
+            ratio=a95 / d95,
+            goal=goal,
+            met=(a95 - d95 <= 0.050) if goal else None,
+        )
+        record("web", f"app CPU per playground stream, {label}", cpu[(mode, n)] * 1000, "ms")
         rows += [
             (
                 f"TTFT simulator direct / via playground ({label})",
@@ -378,6 +460,7 @@ def main() -> None:
                 f"p50 {ms(a50 - d50)} / p95 {ms(a95 - d95)}",
                 "goal <= 50 ms at p95: " + ("met" if a95 - d95 <= 0.050 else "NOT met"),
             ),
+            (f"  app CPU per stream ({label})", f"{cpu[(mode, n)] * 1000:.1f} ms", ""),
         ]
     rows += [
         (
@@ -392,6 +475,12 @@ def main() -> None:
             f"fewest events per client: {held['events_min']}",
         ),
         ("streams ended with `done` when the job finished", f"{held['ended_done']} / {held['clients']}", ""),
+        (
+            "app RSS with 0 / 50 / 200 progress streams open",
+            " / ".join(f"{mb:.0f} MB" for mb in held["rss"].values()),
+            f"growth {growth:.0f} MB for {held['clients']} streams ({growth / held['clients'] * 1024:.0f} KB each)",
+        ),
+        (f"app CPU holding {held['clients']} progress streams", f"{held['cpu_pct']:.0f}% of a core", ""),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"

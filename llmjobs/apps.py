@@ -18,3 +18,4 @@ class LlmjobsConfig(AppConfig):
             conf,  # noqa: F401  (connects the setting_changed receiver that clears the settings cache)
             webhooks,  # noqa: F401  (connects the receiver that sends job.finished webhooks)
         )
+        from .web import middleware  # noqa: F401  (registers the async middleware's deploy check)

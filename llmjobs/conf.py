@@ -96,6 +96,11 @@ class LLMJobsSettings:
         "family, through the database (each run takes 1/N of the limits, N the runs live on it); off: each run "
         "learns and paces alone.",
     )
+    streams_per_user: int = _setting(
+        20,
+        "Most live streams (job progress and playground, SSE) one user may hold open at once in one "
+        "server process; one more is answered 429 (0: no limit).",
+    )
 
     @classmethod
     def from_django(cls) -> LLMJobsSettings:

@@ -1,13 +1,16 @@
 """Live progress of a job: the SSE event stream and the throughput series.
 
 ``progress_events(job_id)`` is the async generator behind the job page's
-``EventSource``. It reads with the async ORM only (``afirst``, ``aaggregate``,
-``async for``), one small query per tick, plus a query for the last errors
-when the failure count moves and a retries aggregate at most every
-``RETRIES_EVERY`` seconds. Items/s comes from the counters' recent history
-(no query). The stream ends with a ``done`` event when the job is not queued
-or running any more; after ``max_seconds`` it simply ends and the browser's
-``EventSource`` reconnects (the ``retry:`` hint says when).
+``EventSource``. Every stream of one job in a server process shares ONE
+``JobPoller`` (``poller.py``): it reads the job every ``TICK`` seconds with a
+``JobReader`` (one small query, plus a query for the last errors when the
+failure count moves and a retries aggregate at most every ``RETRIES_EVERY``
+seconds; items/s comes from the counters' recent history), in one
+``sync_to_async`` hop, encodes the ``progress`` event once, and wakes the
+streams. So 200 open tabs cost one query loop, not 200. The stream ends with a
+``done`` event when the job is not queued or running any more; after
+``max_seconds`` it simply ends and the browser's ``EventSource`` reconnects
+(the ``retry:`` hint says when). The poller stops when its last stream leaves.
 
 ``throughput(job)`` buckets finished items over the run with one aggregate
 query, for the server-side SVG plot.
@@ -30,8 +33,17 @@ from django.utils import timezone
 from ..models import BatchJob, Item
 from ..pricing import model_known
 from . import sse
+from .poller import JobPoller, subscribe
 
-__all__ = ["Bucket", "progress_events", "snapshot_payload", "throughput", "throughput_svg_context"]
+__all__ = [
+    "Bucket",
+    "JobPoller",
+    "JobReader",
+    "progress_events",
+    "snapshot_payload",
+    "throughput",
+    "throughput_svg_context",
+]
 
 TICK = 0.5  # seconds between reads of the job's counters
 RATE_WINDOW = 10.0  # seconds of history behind items/s
@@ -60,26 +72,25 @@ def _active(status: str) -> bool:
     return status in BatchJob.ACTIVE_STATUSES
 
 
-async def _last_errors(job_id: int) -> list[dict[str, Any]]:
+def _last_errors(job_id: int) -> list[dict[str, Any]]:
     rows = (
         Item.objects.filter(job_id=job_id, status=Item.Status.FAILED)
         .order_by(F("finished_at").desc(nulls_last=True), "-position")
         .values("position", "error_type", "error_message")[:LAST_ERRORS]
     )
     return [
-        {"position": r["position"], "type": r["error_type"], "message": (r["error_message"] or "")[:300]}
-        async for r in rows
+        {"position": r["position"], "type": r["error_type"], "message": (r["error_message"] or "")[:300]} for r in rows
     ]
 
 
-async def _settling(job_id: int) -> bool:
+def _settling(job_id: int) -> bool:
     """Items of a cancelled job still held by a live runner (their answers are on the way)."""
-    return await Item.objects.filter(job_id=job_id).live().aexists()
+    return Item.objects.filter(job_id=job_id).live().exists()
 
 
-async def _retries(job_id: int) -> int:
+def _retries(job_id: int) -> int:
     """Extra requests beyond one per finished item: 429s, 529s and transient errors."""
-    agg = await Item.objects.filter(job_id=job_id, attempts__gt=1).aaggregate(n=Count("pk"), attempts=Sum("attempts"))
+    agg = Item.objects.filter(job_id=job_id, attempts__gt=1).aggregate(n=Count("pk"), attempts=Sum("attempts"))
     return int(agg["attempts"] or 0) - int(agg["n"] or 0)
 
 
@@ -124,44 +135,45 @@ def snapshot_payload(
     }
 
 
-async def progress_events(
-    job_id: int,
-    *,
-    tick: float | None = None,
-    max_seconds: float | None = None,
-) -> AsyncIterator[bytes]:
-    """SSE events for one job: ``progress`` whenever something changed, then ``done``."""
-    tick = TICK if tick is None else tick
-    max_seconds = MAX_STREAM_SECONDS if max_seconds is None else max_seconds
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    yield sse.retry(RECONNECT_MS)
-    history: deque[tuple[float, int]] = deque()
-    last_payload: dict[str, Any] | None = None
-    last_sent = started
-    seen_failed: int | None = None
-    errors: list[dict[str, Any]] = []
-    retries: int | None = None
-    retries_at = -math.inf
-    retries_done: int | None = None
-    queryset = BatchJob.objects.filter(pk=job_id).values(*_JOB_FIELDS)
-    while True:
-        row = await queryset.afirst()
+DELETED = {"status": "deleted", "active": False}
+
+
+class JobReader:
+    """One job's progress readings, with the history behind items/s and the cached extras.
+
+    Sync on purpose: ``JobPoller`` runs ``read`` in one ``sync_to_async`` hop a tick
+    (the row, plus the errors/retries queries when they are due), off the event loop.
+    """
+
+    __slots__ = ("errors", "history", "job_id", "queryset", "retries", "retries_at", "retries_done", "seen_failed")
+
+    def __init__(self, job_id: int) -> None:
+        self.job_id = job_id
+        self.history: deque[tuple[float, int]] = deque()
+        self.seen_failed: int | None = None
+        self.errors: list[dict[str, Any]] = []
+        self.retries: int | None = None
+        self.retries_at = -math.inf
+        self.retries_done: int | None = None
+        self.queryset = BatchJob.objects.filter(pk=job_id).values(*_JOB_FIELDS)
+
+    def read(self, now: float) -> tuple[dict[str, Any], bool]:
+        """(the payload, whether the job is finished) at loop time ``now``."""
+        row = self.queryset.first()
         settling = False
         if row is not None and row["status"] == BatchJob.Status.CANCELLED:
             # Cancelled, but a runner may still be writing its in-flight answers: keep counting
             # until it lets go; then read the counters again so "done" carries the final ones.
-            settling = await _settling(job_id)
+            settling = _settling(self.job_id)
             if not settling:
-                row = await queryset.afirst()
+                row = self.queryset.first()
         if row is None:  # deleted while watched
-            yield sse.event("done", {"status": "deleted", "active": False})
-            return
-        now = loop.time()
+            return DELETED, True
         done = row["succeeded_count"] + row["failed_count"] + row["cancelled_count"]
         active = _active(row["status"]) or settling
 
         # items/s over the last RATE_WINDOW seconds of counter readings
+        history = self.history
         history.append((now, done))
         while len(history) > 2 and now - history[1][0] >= RATE_WINDOW:
             history.popleft()
@@ -169,22 +181,45 @@ async def progress_events(
         if row["status"] == BatchJob.Status.RUNNING and now - history[0][0] >= 0.9:
             items_per_s = max(done - history[0][1], 0) / (now - history[0][0])
 
-        if row["failed_count"] != seen_failed:
-            seen_failed = row["failed_count"]
-            errors = await _last_errors(job_id) if seen_failed else []
-        if retries is None or (done != retries_done and (not active or now - retries_at >= RETRIES_EVERY)):
-            retries, retries_at, retries_done = await _retries(job_id), now, done
+        if row["failed_count"] != self.seen_failed:
+            self.seen_failed = row["failed_count"]
+            self.errors = _last_errors(self.job_id) if self.seen_failed else []
+        if self.retries is None or (
+            done != self.retries_done and (not active or now - self.retries_at >= RETRIES_EVERY)
+        ):
+            self.retries, self.retries_at, self.retries_done = _retries(self.job_id), now, done
+        return snapshot_payload(row, items_per_s=items_per_s, retries=self.retries, errors=self.errors), not active
 
-        payload = snapshot_payload(row, items_per_s=items_per_s, retries=retries, errors=errors)
-        if payload != last_payload or now - last_sent >= HEARTBEAT:
-            yield sse.event("progress", payload)
-            last_payload, last_sent = payload, now
-        if not active:
-            yield sse.event("done", payload)
-            return
-        if now - started >= max_seconds:
-            return  # the client reconnects; a fresh stream picks up from the database
-        await asyncio.sleep(tick)
+
+async def progress_events(
+    job_id: int,
+    *,
+    tick: float | None = None,
+    max_seconds: float | None = None,
+) -> AsyncIterator[bytes]:
+    """SSE events for one job: ``progress`` whenever something changed, then ``done``.
+
+    Every stream of the job in this process reads the same shared ``JobPoller``.
+    """
+    max_seconds = MAX_STREAM_SECONDS if max_seconds is None else max_seconds
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    yield sse.retry(RECONNECT_MS)
+    with subscribe(job_id, tick=TICK if tick is None else tick, reader=JobReader) as poller:
+        seen = 0  # the poller's payload version last sent
+        last_sent = started
+        while True:
+            now = loop.time()
+            if poller.progress is not None and (poller.version != seen or now - last_sent >= HEARTBEAT):
+                seen, last_sent = poller.version, now
+                yield poller.progress
+                continue  # the client may have been slow: look at the latest reading again
+            if poller.done is not None:
+                yield poller.done
+                return
+            if poller.failed or (seen and now - started >= max_seconds):
+                return  # the client reconnects; a fresh stream picks up from the database
+            await poller.next_reading()
 
 
 # --- throughput over time ------------------------------------------------------------------

@@ -10,19 +10,20 @@ content encoding).
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from django.http import StreamingHttpResponse
+import orjson
+from django.http import HttpResponse, StreamingHttpResponse
 
-__all__ = ["EventStreamResponse", "comment", "event", "retry"]
+__all__ = ["EventStreamResponse", "StreamSlots", "comment", "event", "retry", "slots", "too_many_streams"]
 
 
 def event(name: str, data: Any) -> bytes:
-    """One SSE event; ``data`` is sent as JSON on a single ``data:`` line."""
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
-    return f"event: {name}\ndata: {payload}\n\n".encode()
+    """One SSE event; ``data`` is sent as compact UTF-8 JSON on a single ``data:`` line
+    (orjson: this runs once per streamed token; anything it cannot encode goes as ``str``)."""
+    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data, default=str) + b"\n\n"
 
 
 def comment(text: str = "") -> bytes:
@@ -36,8 +37,77 @@ def retry(milliseconds: int) -> bytes:
 
 
 class EventStreamResponse(StreamingHttpResponse):
-    def __init__(self, events: AsyncIterator[bytes], **kwargs: Any) -> None:
+    """``on_close`` runs once when the server closes the response: after the last event, or
+    when the client went away (even before the stream started). Django may call it from a
+    thread, so it must be thread-safe (``StreamSlots.release`` is)."""
+
+    def __init__(
+        self, events: AsyncIterator[bytes], *, on_close: Callable[[], None] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(events, content_type="text/event-stream; charset=utf-8", **kwargs)
         self["Cache-Control"] = "no-cache, no-transform"
         self["X-Accel-Buffering"] = "no"
         self["Content-Encoding"] = "identity"
+        self._on_close = on_close
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+class StreamSlots:
+    """Open streams per user in this server process, capped (``LLMJOBS_STREAMS_PER_USER``).
+
+    ``acquire`` is called on the loop when a stream view answers; ``release`` when the
+    response is closed, possibly from Django's sync thread: hence the lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Any, int] = {}
+
+    def acquire(self, user_id: Any, limit: int) -> Callable[[], None] | None:
+        """A release callback (call it once), or None when ``user_id`` already holds ``limit``
+        streams (``limit`` 0: no cap)."""
+        with self._lock:
+            held = self._open.get(user_id, 0)
+            if limit and held >= limit:
+                return None
+            self._open[user_id] = held + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                left = self._open.get(user_id, 0) - 1
+                if left > 0:
+                    self._open[user_id] = left
+                else:
+                    self._open.pop(user_id, None)
+
+        return release
+
+    def held(self, user_id: Any) -> int:
+        with self._lock:
+            return self._open.get(user_id, 0)
+
+
+slots = StreamSlots()
+
+
+def too_many_streams(limit: int) -> HttpResponse:
+    """429 for one stream too many: says why and what to do."""
+    return HttpResponse(
+        f"Too many open live streams: at most {limit} per user at a time. "
+        "Close another tab (or wait for a stream to end) and try again.\n",
+        status=429,
+        content_type="text/plain; charset=utf-8",
+        headers={"Retry-After": "5"},
+    )

@@ -6,15 +6,17 @@ action and stream (staff see all jobs). Every state change is a POST behind
 Django's CSRF middleware. Templates escape all model output.
 
 Two views are ``async def`` and stream Server-Sent Events under ASGI:
-``job_events`` (live progress, async ORM) and ``playground_stream`` (one
-streamed call through the shared client, token by token). When the client
-goes away, Django cancels the generator, which closes the upstream request.
+``job_events`` (live progress from the job's shared poller) and
+``playground_stream`` (one streamed call through the shared client, token by
+token). When the client goes away, Django cancels the generator, which closes
+the upstream request (or leaves the poller). A user holds at most
+``LLMJOBS_STREAMS_PER_USER`` open streams per server process (429 beyond).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
@@ -31,7 +33,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from .. import jobs
 from ..api_errors import PreviewError
-from ..conf import api_target
+from ..conf import api_target, llmjobs_settings
 from ..costs import apply_cost_options
 from ..estimate import job_estimate
 from ..exceptions import JobInputError, JobStateError
@@ -274,7 +276,7 @@ async def job_events(request: HttpRequest, pk: int) -> HttpResponseBase:
     )()
     if job_id is None:
         raise Http404("No such job.")
-    return sse.EventStreamResponse(progress_events(job_id))
+    return _stream(user, lambda: progress_events(job_id))
 
 
 # --- playground ------------------------------------------------------------------------
@@ -295,4 +297,15 @@ async def playground_stream(request: HttpRequest) -> HttpResponseBase:
     if not form.is_valid():
         return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
     client = await get_client()
-    return sse.EventStreamResponse(playground_events(client, form.params()))
+    params = form.params()
+    return _stream(await request.auser(), lambda: playground_events(client, params))
+
+
+def _stream(user: object, events: Callable[[], AsyncIterator[bytes]]) -> HttpResponseBase:
+    """An SSE response holding one of the user's ``LLMJOBS_STREAMS_PER_USER`` slots until it
+    closes; 429 when they are all taken (nothing started: no poller joined, no upstream call)."""
+    limit = llmjobs_settings().streams_per_user
+    release = sse.slots.acquire(getattr(user, "pk", None), limit)
+    if release is None:
+        return sse.too_many_streams(limit)
+    return sse.EventStreamResponse(events(), on_close=release)
