@@ -149,6 +149,7 @@ class SharedLimits:
 
     def failed(self, exc: BaseException, now: float) -> None:
         self.failures += 1
+        log.debug("shared rate limits: exchange failed (%d in a row): %r", self.failures, exc)
         self._granted_pause = self.gov.paused_until
         self._next_at = now + self.interval
         if self.failures >= self.max_failures and not self.fell_back:
