@@ -179,6 +179,33 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
     }
 
 
+def profile_runner(n: int) -> None:
+    """A py-spy top-10 (all threads) of process_job on the latency-bound profile."""
+    from asgiref.sync import async_to_sync
+
+    from bench.profiling import Sampler
+    from llmjobs.simulator.server import SimulatorProcess
+
+    with SimulatorProcess(*PROFILES["a latency-bound"]) as sim:
+        from django.conf import settings
+
+        from llmjobs.conf import llmjobs_settings
+
+        settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+        llmjobs_settings.cache_clear()
+        job_id = make_job(n)
+        import anthropic  # noqa: F401  (imports are start-up, not per-item work)
+
+        import llmjobs.runner  # noqa: F401
+
+        with Sampler() as sampler:
+            async_to_sync(run_with_lag)(job_id)
+    print(sampler.table(title=f"process_job, {n} items, latency-bound profile: top 10 by own samples"))
+    print()
+    print("inclusive:")
+    print(sampler.inclusive())
+
+
 RSS_CHILD = r"""
 import os, sys, resource, asyncio
 sys.path.insert(0, {root!r})
@@ -228,7 +255,13 @@ def main() -> None:
     parser.add_argument("--big", type=int, default=100_000, help="items of the large RSS run (default 100000)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the RSS runs (3)")
     parser.add_argument("--profiles", default=",".join(k.split()[0] for k in PROFILES), help="a,b")
+    parser.add_argument("--profile", action="store_true", help="only print a py-spy top-10 of a runner run")
     opts = parser.parse_args()
+    if opts.profile:
+        with tempfile.TemporaryDirectory() as tmp:
+            setup_django(os.path.join(tmp, "bench.sqlite3"), "http://127.0.0.1:1")
+            profile_runner(opts.n)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         setup_django(os.path.join(tmp, "bench.sqlite3"), "http://127.0.0.1:1")

@@ -41,7 +41,7 @@ from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
 from .structured import make_validator
 from .workers import ChunkSizer, others_hold_leases, worker_identity
-from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, fail_items, one_line, outcome_rows
+from .writer import FINAL_DB_BUDGET, DatabaseUnavailable, DbRetry, fail_items, one_line, outcome_rows, update_items
 
 __all__ = [
     "DatabaseUnavailable",  # re-exported from .writer
@@ -496,9 +496,9 @@ class JobRunner:
             batch_price=bool(job and job.mode == BatchJob.Mode.BATCH),
         )
         with transaction.atomic():
-            if rows.items:
-                Item.objects.bulk_update(rows.items, ITEM_FIELDS, batch_size=500)
-            if rows.items or rate_limited or retries:
+            if rows.values:
+                update_items(rows.values)
+            if rows.values or rate_limited or retries:
                 BatchJob.objects.filter(pk=self.job_id).add_to_counters(
                     **rows.counters, rate_limited=rate_limited, retries=retries
                 )
