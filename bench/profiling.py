@@ -111,6 +111,4 @@ class Sampler:
 
     def inclusive(self, top: int = 25) -> str:
         total = max(self.samples, 1)
-        return "\n".join(
-            f"{100 * n / total:5.1f}%  {func}" for func, n in self.total_samples.most_common(top)
-        )
+        return "\n".join(f"{100 * n / total:5.1f}%  {func}" for func, n in self.total_samples.most_common(top))

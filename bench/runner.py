@@ -203,7 +203,7 @@ def profile_runner(n: int) -> None:
     print(sampler.table(title=f"process_job, {n} items, latency-bound profile: top 10 by own samples"))
     print()
     print("inclusive:")
-    print(sampler.inclusive())
+    print(sampler.inclusive(80))
 
 
 RSS_CHILD = r"""
