@@ -34,6 +34,7 @@ from .conf import api_target, llmjobs_settings
 from .costs import budget_guard, stop_for_budget
 from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
+from .estimate import request_key
 from .leases import Leases
 from .models import BatchJob, Item
 from .prompts import render_chunk
@@ -125,6 +126,7 @@ class JobRunner:
         self._retry = DbRetry(
             label=f"job {job_id}", outage_seconds=self.db_outage_seconds, stop=self._hard_stop, report=self.report
         )
+        self._digests: dict[int, str] = {}  # dedup digests of the claimed chunk, until dispatched
         self.leases = Leases(job_id, lease=self.lease, max_chunk=self.claim_chunk, report=self.report)
         self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
         self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
@@ -227,7 +229,8 @@ class JobRunner:
                     asyncio.create_task(self._watch_cancel(), name="llmjobs-cancel-watch"),
                 ]
                 calls = self._calls()
-                dedup = Dedup() if job.dedup else None  # identical requests sent once (issue 14)
+                # identical requests sent once (issue 14); hashed on the writer thread (``_claim``)
+                dedup = Dedup(self._digest_of) if job.dedup else None
                 warm = CacheWarmer(self._cache)  # the first request writes the cache alone
                 sent = dedup.calls(warm.calls(calls)) if dedup else warm.calls(calls)
                 outcomes = warm.outcomes(engine.run(sent))
@@ -380,11 +383,17 @@ class JobRunner:
         assert job is not None
         rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
         calls, broken = render_chunk(job, rows, self._cache.mark)
+        if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
+            self._digests.update((pk, request_key(params)) for pk, params in calls)
         if broken:
             fail_items(self.job_id, broken, error_type="prompt_error")
             self.leases.written(pk for pk, _ in broken)
             self.report.failed += len(broken)
         return calls
+
+    def _digest_of(self, call: Call) -> str:
+        digest = self._digests.pop(call.key, None)  # type: ignore[call-overload]
+        return digest if digest is not None else request_key(call.params)
 
     async def _renew_leases(self) -> None:
         renew = self._db(self.leases.renew)

@@ -220,8 +220,9 @@ def _update_sql() -> tuple[str, list[int]]:
     """The one ``UPDATE`` of :func:`update_items` and the indexes of the values to adapt."""
     qn = connection.ops.quote_name
     fields = [Item._meta.get_field(name) for name in ITEM_FIELDS]
-    sets = ", ".join(f"{qn(f.column)} = %s" for f in fields)  # type: ignore[union-attr]
-    sql = f"UPDATE {qn(Item._meta.db_table)} SET {sets} WHERE {qn(Item._meta.pk.column)} = %s"  # type: ignore[union-attr]
+    sets = ", ".join(f"{qn(str(f.column))} = %s" for f in fields)  # type: ignore[union-attr]
+    pk = str(Item._meta.pk.column)
+    sql = f"UPDATE {qn(Item._meta.db_table)} SET {sets} WHERE {qn(pk)} = %s"
     adapt = [i for i, f in enumerate(fields) if f.get_internal_type() in ("DecimalField", "DateTimeField")]
     return sql, adapt
 
