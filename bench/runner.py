@@ -192,6 +192,10 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         from llmjobs.conf import llmjobs_settings
 
         llmjobs_settings.cache_clear()  # the settings object is read once
+        asyncio.run(run_bare_engine(20, sim.base_url))  # warm-up: lazy imports and first connections
+        asyncio.run(run_plain(20, sim.base_url, 10))
+        time.sleep(0.5)
+        sim_reset(sim.base_url)
         # bare engine
         c0, t0 = cpu(), time.perf_counter()
         engine_lags, _ = asyncio.run(with_lag(run_bare_engine(n, sim.base_url)))

@@ -35,6 +35,7 @@ from .costs import budget_guard, stop_for_budget
 from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .estimate import request_key
+from .gil import short_gil_slices
 from .leases import Leases
 from .models import BatchJob, Item
 from .prompts import render_chunk
@@ -182,7 +183,8 @@ class JobRunner:
         self._buffer_event = asyncio.Event()
         self._space = asyncio.Event()
         try:
-            return await self._run()
+            with short_gil_slices():  # the loop waits less for the GIL while the writer works
+                return await self._run()
         finally:
             try:
                 await self._db(lambda: connection.close(), budget=0)()  # the writer thread's own connection

@@ -152,3 +152,17 @@ def test_dedup_keeps_a_bounded_window_of_answers_and_uses_the_given_digest():
     assert sorted(o.key for o in outcomes) == list(range(6))
     assert {o.key: o.text for o in outcomes}[2] == "a" and dedup.shared == 1
     assert len(dedup._answered) == 2
+
+
+def test_short_gil_slices_nest_and_restore_the_interval():
+    import sys
+
+    from llmjobs.gil import short_gil_slices
+
+    before = sys.getswitchinterval()
+    with short_gil_slices(0.0005):
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+        with short_gil_slices(0.0005):
+            assert sys.getswitchinterval() == pytest.approx(0.0005)
+        assert sys.getswitchinterval() == pytest.approx(0.0005)  # the outer block still runs
+    assert sys.getswitchinterval() == pytest.approx(before)
