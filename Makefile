@@ -68,6 +68,7 @@ bench: install
 	$(PY) bench/limits.py; \
 	$(PY) bench/perf.py; \
 	$(PY) bench/runner.py; \
+	$(PY) bench/submit.py; \
 	$(PY) bench/faults.py; \
 	$(PY) bench/cost.py; \
 	$(PY) bench/org_limits.py --pg-url $(PG_URL); \

@@ -1,15 +1,20 @@
-"""Benchmark: what the Django runner costs on top of the bare engine.
+"""Benchmark: what the Django runner costs on top of the bare engine and the plain SDK.
 
-Prints one table with
+Prints tables with
   (1) wall time and CPU per item of process_job (runner + SQLite writes) against
-      the bare engine on the same items and the same simulator profile;
-  (2) event-loop lag (p50/p99) during a 2,000-item job on SQLite;
+      the bare engine and the plain SDK pattern (one client, a Semaphore, gather)
+      on the same items and the same simulator profile (latency-bound, RPM-bound,
+      tier 4);
+  (2) event-loop lag (p50/p99) during each runner job on SQLite;
   (3) peak RSS of a process that runs a 1,000-item and a 100,000-item job.
 
-Goals (issue 4): (1) <= 1.10x the wall time and <= 1.5x the CPU of the bare
-engine; (2) p99 lag <= 20 ms; (3) RSS(100k) <= 1.5x RSS(1k).
+Goals (issues 4 and 17): (1) <= 1.10x the wall time and <= 1.5x the CPU of the bare
+engine, CPU per item <= 1.2x the plain SDK pattern; (2) p99 lag <= 20 ms;
+(3) RSS(100k) <= 1.5x RSS(1k). Headlines go to bench.results.record.
 
-Usage: .venv/bin/python bench/runner.py [--n 2000] [--big 100000] [--skip-rss]
+``--profile`` prints a py-spy top-10 (all threads) of a runner job instead.
+
+Usage: .venv/bin/python bench/runner.py [--n 2000] [--big 100000] [--skip-rss] [--profile]
 """
 
 from __future__ import annotations
@@ -28,11 +33,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.results import record  # noqa: E402
+
 # Latency-bound profile (a) of bench/engine.py, and an RPM-bound one (b).
 PROFILES = {
     "a latency-bound": ["--capacity", "200", "--ttft", "0.4", "--tps", "300"],
     "b rpm-bound": ["--rpm", "600", "--burst", "5", "--ttft", "0.4", "--tps", "300"],
+    "t tier 4": ["--tier", "4", "--ttft", "0.45", "--tps", "1000"],  # bench/limits.py's tier-4 account
 }
+PLAIN_K = {"a latency-bound": 200, "t tier 4": 200}  # the plain pattern's Semaphore(k) (none: RPM-bound)
 
 
 def texts(n: int) -> list[str]:
@@ -87,6 +96,40 @@ async def run_bare_engine(n: int, sim_url: str) -> None:
     async with Engine(base_url=sim_url, api_key="bench") as engine:
         outcomes = await engine.run_ordered(calls)
     assert all(o.status == "succeeded" for o in outcomes), "bare engine run had failures"
+
+
+async def run_plain(n: int, sim_url: str, k: int) -> int:
+    """The plain SDK pattern: one client, ``Semaphore(k)``, gather; the SDK's own retries."""
+    import anthropic
+
+    from llmjobs.engine import make_client
+    from llmjobs.prompts import build_params
+
+    class J:
+        model, max_tokens, prompt_template, system_prompt, stop_sequences = (
+            "claude-haiku-4-5",
+            64,
+            "Summarize: {text}",
+            "",
+            [],
+        )
+
+    client = make_client(base_url=sim_url, api_key="bench")
+    sem = asyncio.Semaphore(k)
+
+    async def one(params: dict) -> bool:
+        async with sem:
+            try:
+                await client.messages.create(**params)
+                return True
+            except anthropic.APIError:
+                return False
+
+    try:
+        oks = await asyncio.gather(*(one(build_params(J, {"text": t})) for t in texts(n)))
+    finally:
+        await client.close()
+    return sum(1 for ok in oks if not ok)
 
 
 async def with_lag(coro) -> tuple[list[float], object]:
@@ -149,12 +192,24 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         from llmjobs.conf import llmjobs_settings
 
         llmjobs_settings.cache_clear()  # the settings object is read once
+        asyncio.run(run_bare_engine(20, sim.base_url))  # warm-up: lazy imports and first connections
+        asyncio.run(run_plain(20, sim.base_url, 10))
+        time.sleep(0.5)
+        sim_reset(sim.base_url)
         # bare engine
         c0, t0 = cpu(), time.perf_counter()
         engine_lags, _ = asyncio.run(with_lag(run_bare_engine(n, sim.base_url)))
         engine_wall, engine_cpu = time.perf_counter() - t0, cpu() - c0
         time.sleep(6 if "rpm" in profile else 0.5)  # let the simulator's buckets refill
         sim_reset(sim.base_url)
+        plain_cpu = plain_failed = None
+        k = PLAIN_K.get(profile)
+        if k:
+            c0 = cpu()
+            plain_failed = asyncio.run(run_plain(n, sim.base_url, k))
+            plain_cpu = cpu() - c0
+            time.sleep(0.5)
+            sim_reset(sim.base_url)
         # the runner, on SQLite, same items
         job_id = make_job(n)
         c0, t0 = cpu(), time.perf_counter()
@@ -169,6 +224,9 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         "engine_wall": engine_wall,
         "runner_wall": runner_wall,
         "engine_cpu_ms": 1000 * engine_cpu / n,
+        "plain_cpu_ms": None if plain_cpu is None else 1000 * plain_cpu / n,
+        "plain_k": k,
+        "plain_failed": plain_failed,
         "runner_cpu_ms": 1000 * runner_cpu / n,
         "lag_p50": pct(lags, 0.5),
         "lag_p99": pct(lags, 0.99),
@@ -177,6 +235,33 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         "engine_lag_max": pct(engine_lags, 1.0),
         "paid_twice": stats["prompts"]["paid_more_than_once"],
     }
+
+
+def profile_runner(n: int) -> None:
+    """A py-spy top-10 (all threads) of process_job on the latency-bound profile."""
+    from asgiref.sync import async_to_sync
+
+    from bench.profiling import Sampler
+    from llmjobs.simulator.server import SimulatorProcess
+
+    with SimulatorProcess(*PROFILES["a latency-bound"]) as sim:
+        from django.conf import settings
+
+        from llmjobs.conf import llmjobs_settings
+
+        settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+        llmjobs_settings.cache_clear()
+        job_id = make_job(n)
+        import anthropic  # noqa: F401  (imports are start-up, not per-item work)
+
+        import llmjobs.runner  # noqa: F401
+
+        with Sampler() as sampler:
+            async_to_sync(run_with_lag)(job_id)
+    print(sampler.table(title=f"process_job, {n} items, latency-bound profile: top 10 by own samples"))
+    print()
+    print("inclusive:")
+    print(sampler.inclusive(80))
 
 
 RSS_CHILD = r"""
@@ -227,20 +312,27 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="items per comparison run (default 2000)")
     parser.add_argument("--big", type=int, default=100_000, help="items of the large RSS run (default 100000)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the RSS runs (3)")
-    parser.add_argument("--profiles", default=",".join(k.split()[0] for k in PROFILES), help="a,b")
+    parser.add_argument("--profiles", default=",".join(k.split()[0] for k in PROFILES), help="a,b,t")
+    parser.add_argument("--profile", action="store_true", help="only print a py-spy top-10 of a runner run")
     opts = parser.parse_args()
+    if opts.profile:
+        with tempfile.TemporaryDirectory() as tmp:
+            setup_django(os.path.join(tmp, "bench.sqlite3"), "http://127.0.0.1:1")
+            profile_runner(opts.n)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         setup_django(os.path.join(tmp, "bench.sqlite3"), "http://127.0.0.1:1")
         wanted = set(opts.profiles.split(","))
         # The RPM-bound profile runs at 10 items/s: 600 items keep it near a minute.
         rows = [
-            compare(opts.n if name.startswith("a") else min(opts.n, 600), name, args)
+            compare(opts.n if not name.startswith("b") else min(opts.n, 600), name, args)
             for name, args in PROFILES.items()
             if name.split()[0] in wanted
         ]
         print()
-        print("(1) process_job vs the bare engine on the same items; (2) event-loop lag (10 ms probe) during each")
+        print("(1) process_job vs the bare engine and the plain SDK pattern on the same items;")
+        print("(2) event-loop lag (10 ms probe) during each")
         header = (
             "profile",
             "items",
@@ -248,8 +340,10 @@ def main() -> None:
             "runner s",
             "wall x",
             "engine CPU ms/item",
+            "plain SDK CPU ms/item",
             "runner CPU ms/item",
-            "CPU x",
+            "CPU x engine",
+            "CPU x plain",
             "runner lag p50/p99/max ms",
             "bare engine lag p99/max ms",
             "paid twice",
@@ -257,13 +351,51 @@ def main() -> None:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for r in rows:
+            plain = r["plain_cpu_ms"]
+            plain_s = f"{plain:.2f} (k={r['plain_k']}, {r['plain_failed']} failed)" if plain else "-"
+            vs_plain = f"{r['runner_cpu_ms'] / plain:.2f}" if plain else "-"
             print(
                 f"| {r['profile']} | {r['n']} | {r['engine_wall']:.2f} | {r['runner_wall']:.2f} | "
-                f"{r['runner_wall'] / r['engine_wall']:.3f} | {r['engine_cpu_ms']:.2f} | {r['runner_cpu_ms']:.2f} | "
-                f"{r['runner_cpu_ms'] / r['engine_cpu_ms']:.2f} | {r['lag_p50']:.1f} / {r['lag_p99']:.1f} / "
-                f"{r['lag_max']:.1f} | {r['engine_lag_p99']:.1f} / {r['engine_lag_max']:.1f} | {r['paid_twice']} |"
+                f"{r['runner_wall'] / r['engine_wall']:.3f} | {r['engine_cpu_ms']:.2f} | {plain_s} | "
+                f"{r['runner_cpu_ms']:.2f} | {r['runner_cpu_ms'] / r['engine_cpu_ms']:.2f} | {vs_plain} | "
+                f"{r['lag_p50']:.1f} / {r['lag_p99']:.1f} / {r['lag_max']:.1f} | "
+                f"{r['engine_lag_p99']:.1f} / {r['engine_lag_max']:.1f} | {r['paid_twice']} |"
             )
-        print("goals: wall x <= 1.10, CPU x <= 1.5, lag p99 <= 20 ms")
+            name = r["profile"].split(" ", 1)[1]
+            ratio = r["runner_cpu_ms"] / r["engine_cpu_ms"]
+            record(
+                "runner",
+                f"runner CPU vs bare engine, {name}",
+                r["runner_cpu_ms"],
+                "ms/item",
+                reference=f"bare engine {r['engine_cpu_ms']:.2f} ms/item",
+                ratio=ratio,
+                goal="<= 1.5",
+                met=ratio <= 1.5,
+            )
+            if plain:
+                ratio = r["runner_cpu_ms"] / plain
+                record(
+                    "runner",
+                    f"CPU per item vs plain SDK, {name}",
+                    r["runner_cpu_ms"],
+                    "ms/item",
+                    reference=f"plain Semaphore({r['plain_k']}) {plain:.2f} ms/item",
+                    ratio=ratio,
+                    goal="<= 1.2",
+                    met=ratio <= 1.2,
+                )
+            record(
+                "runner",
+                f"runner loop lag p99, {name}",
+                r["lag_p99"],
+                "ms",
+                reference=f"bare engine p99 {r['engine_lag_p99']:.1f} ms",
+                ratio=r["lag_p99"] / max(r["engine_lag_p99"], 1e-9),
+                goal="<= 20 ms",
+                met=r["lag_p99"] <= 20,
+            )
+        print("goals: wall x <= 1.10, CPU x engine <= 1.5, CPU x plain <= 1.2, lag p99 <= 20 ms")
         if not opts.skip_rss:
             small, small_wall = rss(1000, tmp)
             big, big_wall = rss(opts.big, tmp)
@@ -274,6 +406,16 @@ def main() -> None:
             print(f"| 1,000 | {small:.1f} | {small_wall:.1f} |")
             print(f"| {opts.big:,} | {big:.1f} | {big_wall:.1f} |")
             print(f"ratio {big / small:.2f} (goal <= 1.5)")
+            record(
+                "runner",
+                f"peak RSS, {opts.big:,} items",
+                big,
+                "MiB",
+                reference=f"1,000 items {small:.1f} MiB",
+                ratio=big / small,
+                goal="<= 1.5",
+                met=big / small <= 1.5,
+            )
 
 
 if __name__ == "__main__":

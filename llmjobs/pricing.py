@@ -53,6 +53,7 @@ class TokenUsage:
         )
 
 
+@lru_cache(maxsize=4096)  # a job's requests repeat their token counts; genai-prices costs ~0.5 ms a call
 def _calc(model: str, usage: TokenUsage, batch: bool) -> Decimal | None:
     from genai_prices import Usage, calc_price
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ __all__ = [
     "compile_template",
     "format_value",
     "render",
+    "render_chunk",
     "template_fields",
     "validate_template",
 ]
@@ -225,3 +226,24 @@ def build_params(job: PromptSpec, fields: Mapping[str, Any]) -> dict[str, Any]:
     if schema:
         params.update(output_params(job.model, schema))
     return params
+
+
+def render_chunk(
+    job: PromptSpec,
+    rows: Sequence[tuple[int, Any]],
+    mark: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> tuple[list[tuple[int, dict[str, Any]]], list[tuple[int, str]]]:
+    """Render one claimed chunk of ``(pk, fields)``: the requests (through ``mark``, e.g.
+    automatic caching), and the items that can't be rendered, with why (in one line).
+
+    The runner renders each chunk on its writer thread just before the engine takes it,
+    so rendered prompts exist only for the items claimed and not yet sent."""
+    calls: list[tuple[int, dict[str, Any]]] = []
+    broken: list[tuple[int, str]] = []
+    for pk, fields in rows:
+        try:
+            params = build_params(job, fields)
+            calls.append((pk, mark(params) if mark is not None else params))
+        except Exception as exc:  # the item can't be rendered: it fails, the job goes on
+            broken.append((pk, f"{type(exc).__name__}: {' '.join(str(exc).split()) or type(exc).__name__}"))
+    return calls, broken

@@ -19,7 +19,6 @@ import datetime as dt
 import gc
 import logging
 import threading
-import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -35,14 +34,17 @@ from .conf import api_target, llmjobs_settings
 from .costs import budget_guard, stop_for_budget
 from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
+from .estimate import request_key
+from .gil import short_gil_slices
+from .leases import Leases
 from .models import BatchJob, Item
 from .org_governor import share_limits
-from .prompts import build_params
+from .prompts import render_chunk
 from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
 from .structured import make_validator
-from .workers import ChunkSizer, others_hold_leases, worker_identity
-from .writer import FINAL_DB_BUDGET, ITEM_FIELDS, DatabaseUnavailable, DbRetry, fail_items, one_line, outcome_rows
+from .workers import others_hold_leases
+from .writer import FINAL_DB_BUDGET, DatabaseUnavailable, DbRetry, fail_items, outcome_rows, update_items
 
 __all__ = [
     "DatabaseUnavailable",  # re-exported from .writer
@@ -109,7 +111,6 @@ class JobRunner:
         self.writer_thread_ids: set[int] = set()  # for tests: where the ORM really ran
 
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llmjobs-writer-{job_id}")
-        self._held: set[int] = set()  # claimed by us, outcome not yet written
         self._buffer: list[Outcome] = []
         self._buffer_since = 0.0  # loop time of the oldest outcome in the buffer
         self._unwritten_since: float | None = None  # ... of the oldest not yet committed (buffer or write)
@@ -127,8 +128,8 @@ class JobRunner:
         self._retry = DbRetry(
             label=f"job {job_id}", outage_seconds=self.db_outage_seconds, stop=self._hard_stop, report=self.report
         )
-        self._last_renew = time.monotonic()
-        self._sizer = ChunkSizer(max_chunk=self.claim_chunk)
+        self._digests: dict[int, str] = {}  # dedup digests of the claimed chunk, until dispatched
+        self.leases = Leases(job_id, lease=self.lease, max_chunk=self.claim_chunk, report=self.report)
         self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
         self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
 
@@ -183,7 +184,8 @@ class JobRunner:
         self._buffer_event = asyncio.Event()
         self._space = asyncio.Event()
         try:
-            return await self._run()
+            with short_gil_slices():  # the loop waits less for the GIL while the writer works
+                return await self._run()
         finally:
             try:
                 await self._db(lambda: connection.close(), budget=0)()  # the writer thread's own connection
@@ -231,7 +233,8 @@ class JobRunner:
                     asyncio.create_task(share_limits(engine.governor, model=job.model, job_id=job.pk)),
                 ]
                 calls = self._calls()
-                dedup = Dedup() if job.dedup else None  # identical requests sent once (issue 14)
+                # identical requests sent once (issue 14); hashed on the writer thread (``_claim``)
+                dedup = Dedup(self._digest_of) if job.dedup else None
                 warm = CacheWarmer(self._cache)  # the first request writes the cache alone
                 sent = dedup.calls(warm.calls(calls)) if dedup else warm.calls(calls)
                 outcomes = warm.outcomes(engine.run(sent))
@@ -310,7 +313,7 @@ class JobRunner:
         except DatabaseUnavailable as exc:
             self._give_up(exc)
             self.report.status = BatchJob.Status.RUNNING  # as the database last knew it; never "succeeded"
-            log.error("job %s: %d item(s) still leased until their lease expires", self.job_id, len(self._held))
+            log.error("job %s: %d item(s) still leased until their lease expires", self.job_id, len(self.leases.held))
             return
         self.report.status = job.status
 
@@ -330,7 +333,7 @@ class JobRunner:
     # -- feeding the engine ------------------------------------------------------------
     async def _calls(self) -> AsyncGenerator[Call, None]:
         claim = self._db(self._claim)
-        wait_for_leases = self._db(self._next_foreign_lease_expiry)
+        wait_for_leases = self._db(self.leases.next_foreign_expiry)
         claimed = 0
         schema = self.job.output_schema if self.job is not None else None
         validate = make_validator(schema) if schema else None  # structured output: checked, repaired once
@@ -378,36 +381,26 @@ class JobRunner:
         return late or self._retry.down_since is not None
 
     def _claim(self) -> list[tuple[int, dict[str, Any]]]:
+        """The next chunk, rendered here on the writer thread (never on the loop); an item
+        that can't be rendered fails at once and the job goes on."""
         job = self.job
         assert job is not None
-        if time.monotonic() - self._last_renew > self.lease.total_seconds() / 3:
-            # After a stall (a database outage) our own leases may have lapsed: renew them
-            # before claiming, so that we never claim (and pay for) an item we still hold.
-            self._renew()
-        size = self._sizer.for_claim(done=self.report.succeeded + self.report.failed)  # lasts a few seconds
-        rows = Item.objects.filter(job_id=job.pk).claim(limit=size, lease=self.lease, worker=worker_identity())
-        self._held.update(pk for pk, _ in rows)
-        calls: list[tuple[int, dict[str, Any]]] = []
-        broken: list[tuple[int, str]] = []
-        for pk, fields in rows:
-            try:
-                calls.append((pk, self._cache.mark(build_params(job, fields))))
-            except Exception as exc:  # the item can't be rendered: it fails, the job goes on
-                broken.append((pk, f"{type(exc).__name__}: {one_line(exc)}"))
+        rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
+        calls, broken = render_chunk(job, rows, self._cache.mark)
+        if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
+            self._digests.update((pk, request_key(params)) for pk, params in calls)
         if broken:
             fail_items(self.job_id, broken, error_type="prompt_error")
-            self._held.difference_update(pk for pk, _ in broken)
+            self.leases.written(pk for pk, _ in broken)
             self.report.failed += len(broken)
         return calls
 
-    def _next_foreign_lease_expiry(self) -> dt.datetime | None:
-        qs = Item.objects.filter(job_id=self.job_id)
-        if self._held:
-            qs = qs.exclude(pk__in=list(self._held))
-        return qs.next_lease_expiry()
+    def _digest_of(self, call: Call) -> str:
+        digest = self._digests.pop(call.key, None)  # type: ignore[call-overload]
+        return digest if digest is not None else request_key(call.params)
 
     async def _renew_leases(self) -> None:
-        renew = self._db(self._renew)
+        renew = self._db(self.leases.renew)
         while True:
             await asyncio.sleep(self.lease.total_seconds() / 3)
             try:
@@ -415,12 +408,6 @@ class JobRunner:
             except DatabaseUnavailable as exc:
                 self._give_up(exc)
                 return
-
-    def _renew(self) -> None:
-        held = list(self._held)
-        if held:
-            Item.objects.filter(pk__in=held).renew(lease=self.lease)
-        self._last_renew = time.monotonic()
 
     async def _watch_cancel(self) -> None:
         status_of = self._db(lambda: BatchJob.objects.status_of(self.job_id))
@@ -498,20 +485,15 @@ class JobRunner:
             batch_price=bool(job and job.mode == BatchJob.Mode.BATCH),
         )
         with transaction.atomic():
-            if rows.items:
-                Item.objects.bulk_update(rows.items, ITEM_FIELDS, batch_size=500)
-            if rows.items or rate_limited or retries:
+            if rows.values:
+                update_items(rows.values)
+            if rows.values or rate_limited or retries:
                 BatchJob.objects.filter(pk=self.job_id).add_to_counters(
                     **rows.counters, rate_limited=rate_limited, retries=retries
                 )
             if rows.released:
-                self._release(rows.released)
-        self._held.difference_update(o.key for o in batch)
-
-    def _release(self, ids: list[int]) -> int:
-        count = Item.objects.filter(pk__in=ids).release()
-        self.report.released += count
-        return count
+                self.leases.release(rows.released)
+        self.leases.written(o.key for o in batch)
 
     # -- start and end -----------------------------------------------------------------
     def _start(self) -> BatchJob | None:
@@ -535,13 +517,7 @@ class JobRunner:
 
     def _conclude(self) -> BatchJob:
         """Release what we still hold, recount, and set the job's final status."""
-        held = list(self._held)
-        if held:
-            if self._job_cancelled:
-                Item.objects.filter(pk__in=held).cancel_running()
-            else:
-                self._release(held)
-            self._held.clear()
+        self.leases.let_go(cancelled=self._job_cancelled)
         job = BatchJob.objects.get(pk=self.job_id)
         self.report.interrupted = self.limit is None and self._interrupted and not self._job_cancelled
         cancelled = self._job_cancelled or job.status == BatchJob.Status.CANCELLED

@@ -84,13 +84,11 @@ def test_cache_tokens_are_recorded_and_priced_below_plain_input(api):
         params["system"] = [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
         return params
 
-    import llmjobs.runner as runner
-
-    runner.build_params = cached
+    prompts.build_params = cached  # the runner renders through prompts.render_chunk
     try:
         process_job(job.pk)
     finally:
-        runner.build_params = original
+        prompts.build_params = original
     job.refresh_from_db()
     assert job.cache_creation_input_tokens > 0 and job.cache_read_input_tokens > 0
     assert job.saved_usd > 0

@@ -1,0 +1,44 @@
+"""Short GIL slices while a runner's writer thread works (issue 17: event-loop lag).
+
+The runner has two busy threads: the event loop (HTTP) and the writer (ORM). The loop
+gives up the GIL on every socket call and must then wait for the writer to give it back,
+which CPython forces only every ``sys.getswitchinterval()`` (5 ms by default): one loop
+pass with a dozen socket calls could wait 60 ms. While any runner runs in the process,
+the interval is ``SWITCH_INTERVAL`` (1 ms), then restored. Pure Python, no Django.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["SWITCH_INTERVAL", "short_gil_slices"]
+
+SWITCH_INTERVAL = 0.001  # seconds
+
+_lock = threading.Lock()
+_users = 0
+_saved: float | None = None
+
+
+@contextmanager
+def short_gil_slices(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
+    """While in the block (nested or from several threads), the switch interval is at most
+    ``interval``; the one found before is restored when the last block ends."""
+    global _users, _saved
+    with _lock:
+        if _users == 0:
+            _saved = sys.getswitchinterval()
+            if _saved > interval:
+                sys.setswitchinterval(interval)
+        _users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _users -= 1
+            if _users == 0 and _saved is not None:
+                sys.setswitchinterval(_saved)
+                _saved = None
