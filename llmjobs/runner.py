@@ -8,8 +8,7 @@ event loop never waits on the database. Every database call is retried over a
 fresh connection (``writer.DbRetry``); while answers can't be written nothing
 new is dispatched; a stop drains in-flight calls and keeps their answers.
 The guarantees and the settings behind them: README, "Crash safety and
-resuming", and docs/architecture.md. Sync callers go through ``jobs.job_run``
-and ``jobs.job_preview`` (``async_to_sync``), never ``asyncio.run`` in a loop.
+resuming", and docs/architecture.md. Sync callers: ``jobs.job_run``/``job_preview``.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from .conf import api_target, llmjobs_settings
 from .costs import budget_guard, stop_for_budget
 from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
+from .fairness import FairSlice
 from .models import BatchJob, Item
 from .prompts import build_params
 from .reports import RunReport, engine_counter
@@ -130,6 +130,7 @@ class JobRunner:
         self._sizer = ChunkSizer(max_chunk=self.claim_chunk)
         self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
         self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
+        self.fair: FairSlice | None = None  # a job task's slice on shared workers (``fairness``)
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -339,8 +340,8 @@ class JobRunner:
                 batch = await claim()
                 claimed += len(batch)
                 if not batch:
-                    if self.limit is not None:
-                        return
+                    if self.limit is not None or (self.fair is not None and self.fair.yielded):
+                        return  # a preview, or our slice is over: the items we hold finish, no more
                     # Items still leased by a runner that may have died: wait for the
                     # lease to expire, then take them (a live runner renews its own).
                     expiry = await wait_for_leases()
@@ -382,6 +383,8 @@ class JobRunner:
             # After a stall (a database outage) our own leases may have lapsed: renew them
             # before claiming, so that we never claim (and pay for) an item we still hold.
             self._renew()
+        if self.fair is not None and self.fair.should_yield():
+            return []  # fair shares: another user's (or job's) turn
         size = self._sizer.for_claim(done=self.report.succeeded + self.report.failed)  # lasts a few seconds
         rows = Item.objects.filter(job_id=job.pk).claim(limit=size, lease=self.lease, worker=worker_identity())
         self._held.update(pk for pk, _ in rows)
