@@ -45,7 +45,7 @@ def usage_rows(*, now: dt.datetime | None = None) -> list[UserUsage]:
         .values("owner_id")
         .annotate(
             active=Count("pk", filter=Q(status__in=active)),
-            items=Sum("total", filter=Q(created_at__gte=since)),
+            submitted=Sum("total", filter=Q(created_at__gte=since)),
         )
         .order_by()
     )
@@ -63,7 +63,7 @@ def usage_rows(*, now: dt.datetime | None = None) -> list[UserUsage]:
         UserUsage(
             user=users[row["owner_id"]],
             active_jobs=row["active"],
-            items_today=row["items"] or 0,
+            items_today=row["submitted"] or 0,
             spend_today=spend.get(row["owner_id"]) or Decimal(0),
             runners=runners[row["owner_id"]],
         )

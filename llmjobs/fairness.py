@@ -192,7 +192,9 @@ class FairSlice:
             log.warning("fair share check of job %s failed", self.job, exc_info=True)
             return False
         if other is not None:
-            log.info("job %s yields its worker to job %s after %.1f s (fair shares)", self.job, other, now - self._start)
+            log.info(
+                "job %s yields its worker to job %s after %.1f s (fair shares)", self.job, other, now - self._start
+            )
             self.yielded = True
         return self.yielded
 
