@@ -47,13 +47,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
-__all__ = ["FairSlice", "Runner", "Snapshot", "fair_enabled", "pick", "requeue", "rival", "snapshot"]
+__all__ = ["FairSlice", "Runner", "Snapshot", "choose", "fair_enabled", "pick", "requeue", "rival", "snapshot"]
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +231,16 @@ def _enqueue(job_id: int) -> None:
         BatchJob.objects.filter(pk=job_id).update(status=BatchJob.Status.RUNNING, last_error=f"requeue: {exc}")
 
 
-def owner_of(job_id: int) -> Any:
+def choose(job_id: int) -> int:
+    """The job a task enqueued for ``job_id`` runs (``pick`` on a fresh ``snapshot``). A
+    Message Batches job keeps its own task (it polls the API, it claims no chunks); if
+    the database can't tell, the task runs its own job."""
     from .models import BatchJob
 
-    return BatchJob.objects.filter(pk=job_id).values_list("owner_id", flat=True).first()
+    try:
+        if BatchJob.objects.filter(pk=job_id, mode=BatchJob.Mode.BATCH).exists():
+            return job_id
+        return pick(snapshot(), job_id)
+    except Exception:
+        log.warning("fair share pick for job %s failed; running it", job_id, exc_info=True)
+        return job_id

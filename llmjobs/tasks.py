@@ -22,7 +22,7 @@ def process_job_task(context: TaskContext[[int], None], job_id: int) -> None:
     """Process the pending items of job ``job_id`` (resumable; see ``runner``). Several
     such tasks may run one job on several workers (``workers``)."""
     from .conf import llmjobs_settings
-    from .fairness import FairSlice, fair_enabled, pick, requeue, snapshot
+    from .fairness import FairSlice, choose, fair_enabled, requeue
     from .jobs import job_run
     from .models import BatchJob
     from .runner import JobRunner, stop_on_signals
@@ -30,7 +30,7 @@ def process_job_task(context: TaskContext[[int], None], job_id: int) -> None:
 
     fair = fair_enabled()
     if fair:  # a task is a token: it runs the least-served job that wants a runner (``fairness``)
-        job_id = pick(snapshot(), job_id)
+        job_id = choose(job_id)
     job = BatchJob.objects.filter(pk=job_id).first()
     if job is None:
         raise BatchJob.DoesNotExist(f"job {job_id} does not exist")

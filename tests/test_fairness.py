@@ -17,7 +17,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from llmjobs.exceptions import JobInputError
-from llmjobs.fairness import FairSlice, Runner, Snapshot, pick, requeue, rival, snapshot
+from llmjobs.fairness import FairSlice, Runner, Snapshot, choose, pick, requeue, rival, snapshot
 from llmjobs.heartbeats import RunnerHeartbeat
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
@@ -139,6 +139,18 @@ def test_snapshot_reads_live_runners_and_wanting_jobs(django_user_model, setting
     assert s.by_user == {alice.pk: 2} and s.by_job == {a1.pk: 2}  # the stale heartbeat is a dead worker
     assert s.wanting == {a2.pk: alice.pk, b1.pk: bob.pk}  # a1 has its 2 runners already
     assert pick(s, preferred=a2.pk) == b1.pk
+
+
+@pytest.mark.django_db
+def test_a_task_runs_the_least_served_job_but_a_batch_job_keeps_its_task(django_user_model):
+    alice = django_user_model.objects.create_user("alice")
+    bob = django_user_model.objects.create_user("bob")
+    a1, a2 = _job(alice, status=BatchJob.Status.RUNNING), _job(alice)
+    b1 = _job(bob)
+    _beat(a1)
+    assert choose(a2.pk) == b1.pk  # bob has no worker yet
+    BatchJob.objects.filter(pk=a2.pk).update(mode=BatchJob.Mode.BATCH)
+    assert choose(a2.pk) == a2.pk  # Message Batches: polls, claims no chunks
 
 
 @pytest.mark.django_db
