@@ -199,6 +199,25 @@ def test_a_runner_yields_after_its_slice_with_every_claimed_item_finished(django
     assert big.status == BatchJob.Status.RUNNING and big.succeeded_count == 7  # requeue() decides the rest
 
 
+@pytest.mark.django_db
+def test_the_sweep_gives_a_queued_job_a_task_when_no_task_waits_at_all(
+    django_user_model, django_capture_on_commit_callbacks
+):
+    from django_tasks_db.models import DBTaskResult
+
+    from llmjobs.workers import sweep
+
+    job = _job(django_user_model.objects.create_user("alice"))
+    old = timezone.now() - dt.timedelta(minutes=5)
+    BatchJob.objects.filter(pk=job.pk).update(queued_at=old)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweep()["jobs_taken_over"] == 1
+    tasks = DBTaskResult.objects.filter(task_path="llmjobs.tasks.process_job_task", status="READY")
+    assert [t.args_kwargs["args"] for t in tasks] == [[job.pk]]
+    BatchJob.objects.filter(pk=job.pk).update(queued_at=old)
+    assert sweep()["jobs_taken_over"] == 0  # a task waits now: it (or a later one) picks the job
+
+
 # -- spend quota and the usage page ------------------------------------------------------------
 @pytest.mark.django_db
 @override_settings(LLMJOBS_QUOTA_SPEND_PER_DAY=1.5)
