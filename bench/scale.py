@@ -42,6 +42,11 @@ from tests.conftest import SIM_DEFAULTS  # noqa: E402
 FAIR_GOAL = 30.0
 
 
+def new_site(sim: Any, tmp: Path, name: str, **env: str) -> fs.FaultSite:
+    (tmp / name).mkdir()
+    return fs.FaultSite(tmp / name, sim, **env)
+
+
 def start_workers(site: fs.FaultSite, count: int) -> list[Any]:
     procs = [site.popen("db_worker", "--no-startup-delay", "--no-reload", "--interval", "0.1") for _ in range(count)]
     deadline = time.monotonic() + 120
@@ -78,7 +83,7 @@ def job_seconds(site: fs.FaultSite, job_id: int) -> float:
 
 
 def share(sim: Any, tmp: Path, workers: int, n: int) -> dict[str, Any]:
-    site = fs.FaultSite(tmp / f"share{workers}", sim, LLMJOBS_RUNNERS_PER_JOB=str(workers))
+    site = new_site(sim, tmp, f"share{workers}", LLMJOBS_RUNNERS_PER_JOB=str(workers))
     procs: list[Any] = []
     try:
         sim.configure(**{**SIM_DEFAULTS, "ttft": 0.3})
@@ -105,7 +110,7 @@ def share(sim: Any, tmp: Path, workers: int, n: int) -> dict[str, Any]:
 
 
 def takeover(sim: Any, tmp: Path) -> dict[str, Any]:
-    site = fs.FaultSite(tmp / "takeover", sim, LLMJOBS_RUNNERS_PER_JOB="1")
+    site = new_site(sim, tmp, "takeover", LLMJOBS_RUNNERS_PER_JOB="1")
     procs: list[Any] = []
     try:
         sim.configure(**{**SIM_DEFAULTS, "ttft": 0.3})
@@ -146,7 +151,7 @@ def takeover(sim: Any, tmp: Path) -> dict[str, Any]:
 
 
 def fairness(sim: Any, tmp: Path, workers: int, big: int = 3000, small: int = 50) -> dict[str, Any]:
-    site = fs.FaultSite(tmp / f"fair{workers}", sim, LLMJOBS_RUNNERS_PER_JOB=str(workers))
+    site = new_site(sim, tmp, f"fair{workers}", LLMJOBS_RUNNERS_PER_JOB=str(workers))
     procs: list[Any] = []
     try:
         sim.configure(**{**SIM_DEFAULTS, "ttft": 0.3, "rpm": 1200, "burst": 5.0})
@@ -158,11 +163,19 @@ def fairness(sim: Any, tmp: Path, workers: int, big: int = 3000, small: int = 50
         enqueue(site, [(b_job, "bob")])
         site.wait_for(lambda: site.job_status(b_job)[0] in ("succeeded", "failed"), polls=6000)
         seconds = job_seconds(site, b_job)
+        [(queued, began)] = site.query("SELECT queued_at, started_at FROM llmjobs_batchjob WHERE id = ?", (b_job,))
+        waited = (began - queued).total_seconds()
         a_left = sum(site.counts(pk).get("pending", 0) + site.counts(pk).get("running", 0) for pk in a_jobs)
         for pk in a_jobs:
             site.cancel(pk)
         stats = sim.stats(brief=True)
-        return {"seconds": seconds, "b": site.counts(b_job), "a_left": a_left, "429": stats["by_status"].get("429", 0)}
+        return {
+            "seconds": seconds,
+            "waited": waited,
+            "b": site.counts(b_job),
+            "a_left": a_left,
+            "429": stats["by_status"].get("429", 0),
+        }
     finally:
         stop_workers(site, procs)
         site.close()
@@ -253,7 +266,8 @@ def main() -> None:
                     str(w),
                     "B: 50 items behind A's 6,000 at 1,200 RPM",
                     f"{f['seconds']:.1f}",
-                    f"B {f['b']}; A had {f['a_left']:,} left; {f['429']} 429s",
+                    f"B waited {f['waited']:.1f} s for a worker; B {f['b']}; A had {f['a_left']:,} left; "
+                    f"{f['429']} 429s",
                 ]
             )
             record(
