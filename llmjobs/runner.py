@@ -429,6 +429,7 @@ class JobRunner:
             await asyncio.sleep(CANCEL_POLL)
             try:
                 status = await status_of()
+                turn_over = self.fair is not None and not self._stopping and await self._db(self.fair.should_yield)()
             except DatabaseUnavailable as exc:
                 self._give_up(exc)
                 return
@@ -438,6 +439,8 @@ class JobRunner:
                 self._job_cancelled = True
                 self._stop(interrupted=False)
                 return
+            if turn_over:
+                self._stopping = True  # our slice is over (fairness): calls in flight finish, items not sent go back
 
     # -- writing outcomes ------------------------------------------------------------
     async def _flush_loop(self) -> None:

@@ -192,11 +192,12 @@ def test_a_runner_yields_after_its_slice_with_every_claimed_item_finished(django
     report = async_to_sync(runner.run)()
     assert runner.fair.yielded and not report.aborted
     counts = dict(big.items.values_list("status").annotate(n=__import__("django").db.models.Count("pk")))
-    assert counts == {"succeeded": 7, "pending": 33}  # the claimed chunk finished; nothing left running
-    assert not big.items.filter(lease_expires_at__isnull=False).exists()
-    assert sim.stats()["prompts"]["requested_more_than_once"] == 0
+    # What was sent finished and was stored; what was claimed but not sent went back to pending.
+    assert set(counts) == {"succeeded", "pending"} and 1 <= counts["succeeded"] <= 7, counts
+    assert not big.items.filter(lease_expires_at__isnull=False).exists()  # no lease left behind
+    assert sim.stats()["by_status"] == {"200": counts["succeeded"]}  # nothing paid twice, or for nothing
     big.refresh_from_db()
-    assert big.status == BatchJob.Status.RUNNING and big.succeeded_count == 7  # requeue() decides the rest
+    assert big.status == BatchJob.Status.RUNNING and big.succeeded_count == counts["succeeded"]
 
 
 @pytest.mark.django_db
