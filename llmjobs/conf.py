@@ -74,8 +74,8 @@ class LLMJobsSettings:
     )
     fair_slice: float = _setting(
         10.0,
-        "Fair shares on shared workers: a job task that has run this many seconds yields its worker (after its "
-        "current chunk) when another user's job, or the same user's other job, has fewer workers; round-robin by "
+        "Fair shares on shared workers: a job task that has run this many seconds yields its worker (its calls in "
+        "flight finish) when another user's job, or the same user's other job, has fewer workers; round-robin by "
         "user, then by job (`llmjobs/fairness.py`). 0: first in, first out.",
     )
     quota_active_jobs: int = _setting(0, "Most queued or running jobs per user when submitting a job (0: no limit).")

@@ -19,9 +19,11 @@ by user first, then by job**:
   fewer live runners than the runner's owner, or, for the same owner, a job with fewer
   live runners than the runner's job. If there is one and this runner is the oldest
   of its user's (or job's) runners (so that one runner yields at a time), it
-  **yields**: it claims nothing more, finishes the items it holds (every answer
-  stored, nothing released half-done, nothing paid twice), and re-enqueues a task for
-  its own job (``requeue``) at the back of the queue. The worker it frees takes the
+  **yields**: it sends nothing more (the check also runs every half second beside
+  the run, so it need not wait for its chunk to end), the calls in flight finish and
+  their answers are stored, the items it claimed but did not send go back to pending
+  (no lease left behind, nothing paid twice), and it re-enqueues a task for its own
+  job (``requeue``) at the back of the queue. The worker it frees takes the
   next task, which runs the least-served job. With one worker and two users this is
   plain round-robin, a slice each; with more workers the shares converge to equal
   numbers of runners per user.
@@ -30,7 +32,7 @@ by user first, then by job**:
   enqueued, the job stays ``running`` without a runner and the sweep takes it over.
 
 So a small job of user B queued behind user A's large jobs starts within about one
-slice (plus the time A's runner needs to finish its current chunk, a few seconds),
+slice (plus the time A's calls in flight need to finish, about a call's latency),
 and runs beside A's jobs. ``LLMJOBS_FAIR_SLICE = 0`` turns this off (plain FIFO). It
 is on only with a backend that queues tasks (``supports_defer``: django-tasks-db, RQ,
 Celery), never with the immediate backend, and never for ``manage.py process_job``
