@@ -8,8 +8,9 @@ by user first, then by job**:
 * **Tasks are tokens.** ``jobs.job_enqueue`` still enqueues ``LLMJOBS_RUNNERS_PER_JOB``
   tasks per job, but a task that starts runs the **least-served job that wants a
   runner** (``pick``), not necessarily the job it was enqueued for: the job whose
-  owner has the fewest live runners, then the job with the fewest live runners, its
-  own job on a tie, then the oldest. A job *wants* a runner while it is queued or
+  owner has the fewest live runners (then the fewest items finished in the last
+  minute, so that a worker just given up goes to the user who waited), then the job
+  with the fewest, its own job on a tie, then the oldest. A job *wants* a runner while it is queued or
   running, has items to claim, and has fewer live runners than
   ``LLMJOBS_RUNNERS_PER_JOB``. Live runners are the ``RunnerHeartbeat`` rows
   (``workers``) fresher than the lease, so every worker on every machine sees the same
@@ -51,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Count, Exists, OuterRef
 from django.utils import timezone
 
 __all__ = ["FairSlice", "Runner", "Snapshot", "choose", "fair_enabled", "pick", "requeue", "rival", "snapshot"]
@@ -76,6 +77,7 @@ class Snapshot:
 
     runners: list[Runner] = field(default_factory=list)
     wanting: dict[int, int | None] = field(default_factory=dict)
+    recent: Counter[int] = field(default_factory=Counter)  # items finished per job in the last minute
 
     @functools.cached_property
     def by_user(self) -> Counter[int | None]:
@@ -85,17 +87,33 @@ class Snapshot:
     def by_job(self) -> Counter[int]:
         return Counter(r.job for r in self.runners)
 
+    def recent_of_user(self, owner: int | None) -> int:
+        owners = {r.job: r.owner for r in self.runners} | self.wanting
+        return sum(n for job, n in self.recent.items() if owners.get(job, -1) == owner)
+
 
 def pick(snap: Snapshot, preferred: int) -> int:
     """The job a starting task should run: the least-served wanting job (fewest runners of
-    its owner, then of its own), ``preferred`` on a tie, then the oldest. ``preferred``
-    when nothing wants a runner (the runner then finds its job done and ends)."""
+    its owner, then fewest items finished for its owner in the last minute, then the same
+    for the job itself), ``preferred`` on a tie, then the oldest. ``preferred`` when
+    nothing wants a runner (the runner then finds its job done and ends). The last
+    minute's items break the tie when a runner has just yielded (no runner on either
+    side), so the worker goes to the user who waited, not back to the one who yielded."""
     if not snap.wanting:
         return preferred
-    return min(
-        snap.wanting,
-        key=lambda job: (snap.by_user[snap.wanting[job]], snap.by_job[job], job != preferred, job),
-    )
+
+    def key(job: int) -> tuple[int, int, int, int, bool, int]:
+        owner = snap.wanting[job]
+        return (
+            snap.by_user[owner],
+            snap.recent_of_user(owner),
+            snap.by_job[job],
+            snap.recent[job],
+            job != preferred,
+            job,
+        )
+
+    return min(snap.wanting, key=key)
 
 
 def rival(snap: Snapshot, *, heartbeat: int, job: int, owner: int | None) -> int | None:
@@ -117,8 +135,9 @@ def rival(snap: Snapshot, *, heartbeat: int, job: int, owner: int | None) -> int
     return None
 
 
-def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
-    """The live runners and the jobs that want one, from the shared database (two queries)."""
+def snapshot(*, now: dt.datetime | None = None, recent: bool = False) -> Snapshot:
+    """The live runners and the jobs that want one, from the shared database (two queries;
+    with ``recent``, a third: items finished per job in the last minute, for ``pick``)."""
     from .conf import llmjobs_settings
     from .heartbeats import RunnerHeartbeat
     from .models import BatchJob, Item
@@ -141,6 +160,12 @@ def snapshot(*, now: dt.datetime | None = None) -> Snapshot:
     )
     per_job = max(1, llmjobs_settings().runners_per_job)
     snap.wanting = {job: owner for job, owner in active if snap.by_job[job] < per_job}
+    if recent and snap.wanting:
+        jobs = set(snap.wanting) | set(snap.by_job)
+        done = Item.objects.filter(job_id__in=jobs, finished_at__gte=now - dt.timedelta(seconds=60))
+        snap.recent = Counter(
+            dict(done.values_list("job_id").annotate(n=Count("pk")).order_by().values_list("job_id", "n"))
+        )
     return snap
 
 
@@ -242,7 +267,7 @@ def choose(job_id: int) -> int:
     try:
         if BatchJob.objects.filter(pk=job_id, mode=BatchJob.Mode.BATCH).exists():
             return job_id
-        return pick(snapshot(), job_id)
+        return pick(snapshot(recent=True), job_id)
     except Exception:
         log.warning("fair share pick for job %s failed; running it", job_id, exc_info=True)
         return job_id

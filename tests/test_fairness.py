@@ -49,6 +49,15 @@ def test_pick_prefers_the_user_with_fewest_runners_then_the_job_with_fewest():
     assert pick(s, preferred=3) == 3  # ... or the task's own job on a tie
 
 
+def test_pick_after_a_yield_goes_to_the_user_who_waited():
+    # One worker: alice's runner on job 1 just yielded; the next task was enqueued for her job 2.
+    s = snap([], {1: A, 2: A, 9: B})
+    s.recent.update({1: 120, 2: 40})
+    assert pick(s, preferred=2) == 9  # bob has had nothing in the last minute
+    s.recent.update({9: 200})
+    assert pick(s, preferred=2) == 2  # now alice's other job, the one served less recently
+
+
 def test_pick_keeps_the_tasks_own_job_when_nothing_else_wants_a_runner():
     assert pick(snap([(1, A)], {}), preferred=5) == 5
     assert pick(snap([], {5: A}), preferred=5) == 5
