@@ -57,9 +57,11 @@ lint: install
 # The database-facing tests again on PostgreSQL (what a multi-machine team runs).
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 test-postgres: install
-	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py tests/test_scale.py tests/test_quotas.py tests/test_cost.py tests/test_org_governor.py
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py tests/test_scale.py tests/test_quotas.py tests/test_cost.py tests/test_org_governor.py tests/test_fairness.py
 
 BENCH_RESULTS ?= $(CURDIR)/.bench-results.jsonl
+# bench/scale.py creates a fresh database per row from this one (it says so and skips without PostgreSQL).
+BENCH_PG_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 bench: install
 	@rm -f $(BENCH_RESULTS)
 	export LLMJOBS_BENCH_RESULTS=$(BENCH_RESULTS); set -e; \
@@ -73,6 +75,7 @@ bench: install
 	$(PY) bench/cost.py; \
 	$(PY) bench/org_limits.py --pg-url $(PG_URL); \
 	$(PY) bench/web.py; \
+	$(PY) bench/scale.py --pg-url $(BENCH_PG_URL); \
 	$(PY) bench/summary.py
 
 worker: install

@@ -123,6 +123,17 @@ class BatchJobAdmin(_JobAdminBase):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # jobs come with items: create them with the web form or `manage.py submit_job`
 
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        from .admin_usage import usage_view
+
+        def usage(request: HttpRequest) -> HttpResponseBase:
+            return usage_view(request, self.admin_site.each_context(request))
+
+        view = self.admin_site.admin_view(usage)
+        return [path("usage/", view, name="llmjobs_batchjob_usage"), *super().get_urls()]
+
     def get_readonly_fields(self, request: HttpRequest, obj: BatchJob | None = None) -> tuple[str, ...]:
         fields = tuple(super().get_readonly_fields(request, obj))
         if obj is not None and obj.status != BatchJob.Status.DRAFT:

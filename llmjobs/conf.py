@@ -72,8 +72,17 @@ class LLMJobsSettings:
         "Tasks enqueued per job: each runs on a free `db_worker` and claims chunks of the job's items with "
         "leases, so one job spreads over that many workers. Set it to the number of workers (PostgreSQL).",
     )
+    fair_slice: float = _setting(
+        10.0,
+        "Fair shares on shared workers: a job task that has run this many seconds yields its worker (its calls in "
+        "flight finish) when another user's job, or the same user's other job, has fewer workers; round-robin by "
+        "user, then by job (`llmjobs/fairness.py`). 0: first in, first out.",
+    )
     quota_active_jobs: int = _setting(0, "Most queued or running jobs per user when submitting a job (0: no limit).")
     quota_items_per_day: int = _setting(0, "Most items a user may submit in 24 hours (0: no limit).")
+    quota_spend_per_day: float = _setting(
+        0.0, "Most USD a user's items may cost in 24 hours; a new job is refused past it (0: no limit)."
+    )
     db_outage_seconds: float = _setting(
         120.0,
         "How long a run keeps retrying a database that cannot be written (holding answers, sending nothing new) "

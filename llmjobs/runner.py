@@ -8,8 +8,7 @@ event loop never waits on the database. Every database call is retried over a
 fresh connection (``writer.DbRetry``); while answers can't be written nothing
 new is dispatched; a stop drains in-flight calls and keeps their answers.
 The guarantees and the settings behind them: README, "Crash safety and
-resuming", and docs/architecture.md. Sync callers go through ``jobs.job_run``
-and ``jobs.job_preview`` (``async_to_sync``), never ``asyncio.run`` in a loop.
+resuming", and docs/architecture.md. Sync callers: ``jobs.job_run``/``job_preview``.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from .costs import budget_guard, stop_for_budget
 from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .estimate import request_key
+from .fairness import FairSlice
 from .gil import short_gil_slices
 from .leases import Leases
 from .models import BatchJob, Item
@@ -132,6 +132,7 @@ class JobRunner:
         self.leases = Leases(job_id, lease=self.lease, max_chunk=self.claim_chunk, report=self.report)
         self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
         self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
+        self.fair: FairSlice | None = None  # a job task's slice on shared workers (``fairness``)
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -344,8 +345,8 @@ class JobRunner:
                 batch = await claim()
                 claimed += len(batch)
                 if not batch:
-                    if self.limit is not None:
-                        return
+                    if self.limit is not None or (self.fair is not None and self.fair.yielded):
+                        return  # a preview, or our slice is over: the items we hold finish, no more
                     # Items still leased by a runner that may have died: wait for the
                     # lease to expire, then take them (a live runner renews its own).
                     expiry = await wait_for_leases()
@@ -385,6 +386,8 @@ class JobRunner:
         that can't be rendered fails at once and the job goes on."""
         job = self.job
         assert job is not None
+        if self.fair is not None and self.fair.should_yield():
+            return []  # fair shares: another user's (or job's) turn
         rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
         calls, broken = render_chunk(job, rows, self._cache.mark)
         if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
@@ -415,6 +418,7 @@ class JobRunner:
             await asyncio.sleep(CANCEL_POLL)
             try:
                 status = await status_of()
+                turn_over = self.fair is not None and not self._stopping and await self._db(self.fair.should_yield)()
             except DatabaseUnavailable as exc:
                 self._give_up(exc)
                 return
@@ -424,6 +428,8 @@ class JobRunner:
                 self._job_cancelled = True
                 self._stop(interrupted=False)
                 return
+            if turn_over:
+                self._stopping = True  # our slice is over (fairness): calls in flight finish, items not sent go back
 
     # -- writing outcomes ------------------------------------------------------------
     async def _flush_loop(self) -> None:

@@ -22,8 +22,10 @@ any job is queued or running, and ``jobs.job_enqueue`` schedules it. ``sweep()``
 2. a ``process_job_task`` row ``RUNNING`` for two leases with no heartbeat at all
    (killed before its first beat) is failed the same way;
 3. a running job with work to claim, no live heartbeat and no live lease has no
-   runner: ``LLMJOBS_RUNNERS_PER_JOB`` new tasks are enqueued for it; a free worker
-   takes the expired leases over (never an item that succeeded).
+   runner (so has a queued one while no job task waits at all: with fair shares a
+   task may run another job than its own, ``fairness``): ``LLMJOBS_RUNNERS_PER_JOB``
+   new tasks are enqueued for it; a free worker takes the expired leases over (never
+   an item that succeeded).
 
 So a kill -9 is taken over within about lease + sweep interval + the worker's poll.
 ``manage.py recover_jobs`` stays as a manual tool.
@@ -287,6 +289,21 @@ def _orphan_task_rows(now: dt.datetime, lease: dt.timedelta) -> list[tuple[Any, 
     return found
 
 
+def _taskless_queued_jobs(now: dt.datetime, lease: dt.timedelta, live_jobs: set[int]) -> list[int]:
+    """Queued jobs with work and no runner while no job task waits at all: with fair shares
+    (``fairness``) a task may run another job than its own, so one could be left with none."""
+    try:
+        from django_tasks_db.models import DBTaskResult
+    except ImportError:
+        return []
+    from .models import BatchJob
+
+    if DBTaskResult.objects.filter(status="READY", task_path=JOB_TASK_PATH).exists():
+        return []
+    queued = BatchJob.objects.filter(status=BatchJob.Status.QUEUED, queued_at__lt=now - lease).exclude(pk__in=live_jobs)
+    return list(queued.values_list("pk", flat=True))
+
+
 def sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
     """Find dead workers and runnerless jobs, end their task rows, enqueue takeovers.
     Safe to run from many workers at once. Returns counts (for logs and tests)."""
@@ -319,6 +336,7 @@ def sweep(*, now: dt.datetime | None = None) -> dict[str, int]:
                 orphaned.add(job_id)
 
     live_jobs = set(RunnerHeartbeat.objects.filter(beat_at__gte=now - lease).values_list("job_id", flat=True))
+    orphaned.update(_taskless_queued_jobs(now, lease, live_jobs))
     candidates = BatchJob.objects.filter(
         Q(status=BatchJob.Status.RUNNING) | Q(pk__in=orphaned, status=BatchJob.Status.QUEUED)
     ).exclude(pk__in=live_jobs)

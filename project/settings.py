@@ -163,6 +163,10 @@ LLMJOBS_RUNNERS_PER_JOB = int(os.environ.get("LLMJOBS_RUNNERS_PER_JOB", "1"))
 # Per-user quotas on submit (0: no limit), issue 12.
 LLMJOBS_QUOTA_ACTIVE_JOBS = int(os.environ.get("LLMJOBS_QUOTA_ACTIVE_JOBS", "0"))
 LLMJOBS_QUOTA_ITEMS_PER_DAY = int(os.environ.get("LLMJOBS_QUOTA_ITEMS_PER_DAY", "0"))
+LLMJOBS_QUOTA_SPEND_PER_DAY = float(os.environ.get("LLMJOBS_QUOTA_SPEND_PER_DAY", "0"))  # USD
+# Fair shares on shared workers: a job task yields its worker after this many seconds
+# when another user's (or job's) work waits (llmjobs/fairness.py); 0 = first in, first out.
+LLMJOBS_FAIR_SLICE = float(os.environ.get("LLMJOBS_FAIR_SLICE", "10"))
 LLMJOBS_MAX_ITEMS = int(os.environ.get("LLMJOBS_MAX_ITEMS", "100000"))
 LLMJOBS_MAX_ITEM_CHARS = int(os.environ.get("LLMJOBS_MAX_ITEM_CHARS", "100000"))
 LLMJOBS_MAX_UPLOAD_BYTES = int(os.environ.get("LLMJOBS_MAX_UPLOAD_BYTES", str(50 * 1024 * 1024)))
