@@ -58,3 +58,11 @@ def sim(simulator):
     simulator.configure(**SIM_DEFAULTS)
     yield simulator
     simulator.reset()
+
+
+@pytest.fixture
+def api(sim, settings):
+    """The app's API calls go to the session's simulator (no key: the embedded default)."""
+    settings.ANTHROPIC_API_KEY = ""
+    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
+    return sim

@@ -20,13 +20,6 @@ from llmjobs.writer import ITEM_FIELDS, outcome_rows
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def api(sim, settings):
-    settings.ANTHROPIC_API_KEY = ""
-    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
-    return sim
-
-
 def make_job(n: int = 10, **kw) -> BatchJob:
     texts = kw.pop("texts", None) or [f"Doc {i:04d}: the quick brown fox number {i}." for i in range(n)]
     mode = kw.pop("mode", None)

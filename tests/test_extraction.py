@@ -29,13 +29,6 @@ SCHEMA = {
 }
 
 
-@pytest.fixture
-def api(sim, settings):
-    settings.ANTHROPIC_API_KEY = ""
-    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
-    return sim
-
-
 def csv_rows(job: BatchJob) -> list[dict[str, str]]:
     out = io.StringIO(newline="")
     job_export(job=job, fmt="csv", out=out)

@@ -23,13 +23,6 @@ from tests.test_runner import make_job
 postgres_only = pytest.mark.skipif(postgres_url() is None, reason="needs DATABASE_URL=postgres://...")
 
 
-@pytest.fixture
-def api(sim, settings):
-    settings.ANTHROPIC_API_KEY = ""
-    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
-    return sim
-
-
 def state(in_flight: int = 0, rpm: float | None = None, paused_until: float = 0.0, leaving: bool = False):
     return LocalState(in_flight=in_flight, rpm=rpm, itpm=None, otpm=None, paused_until=paused_until, leaving=leaving)
 

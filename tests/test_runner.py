@@ -19,13 +19,6 @@ from llmjobs.runner import JobRunner, preview_job, process_job
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def api(sim, settings):
-    settings.ANTHROPIC_API_KEY = ""
-    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
-    return sim
-
-
 def make_job(n: int = 20, **kw) -> BatchJob:
     texts = [f"Doc {i:04d}: the quick brown fox number {i} jumps over the lazy dog." for i in range(n)]
     return job_create(

@@ -23,13 +23,6 @@ from llmjobs.writer import ITEM_FIELDS, outcome_rows, update_items
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def api(sim, settings):
-    settings.ANTHROPIC_API_KEY = ""
-    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
-    return sim
-
-
 def make_job(n: int, **kw) -> BatchJob:
     texts = [f"Doc {i:04d}: the quick brown fox number {i} jumps over the lazy dog." for i in range(n)]
     return job_create(name="t", template="Summarize: {text}", model="claude-haiku-4-5", texts=texts, **kw)

@@ -103,14 +103,6 @@ class AsgiStream:
 
 
 @pytest.fixture
-def api(sim, settings):
-    """The app's API calls go to the session's simulator."""
-    settings.ANTHROPIC_API_KEY = ""
-    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
-    return sim
-
-
-@pytest.fixture
 def asgi_app():
     from project.asgi import application
 

@@ -58,13 +58,6 @@ def alice(client, users):
     return client
 
 
-@pytest.fixture
-def api(sim, settings):
-    settings.ANTHROPIC_API_KEY = ""
-    settings.LLMJOBS_SIMULATOR_URL = sim.base_url
-    return sim
-
-
 def make_job(owner, n=3, **kw) -> BatchJob:
     texts = kw.pop("texts", [f"document number {i}" for i in range(n)])
     return job_create(

@@ -9,19 +9,9 @@ import random
 import pytest
 
 from llmjobs.engine import Call, ConcurrencyController, Engine, EngineConfig, Governor
+from tests.engine.test_governor import FakeClock
 
 MODEL = "claude-sonnet-5-5"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def make(clock: FakeClock, **kw) -> Governor:
