@@ -35,22 +35,22 @@ class UserUsage:
 def usage_rows(*, now: dt.datetime | None = None) -> list[UserUsage]:
     """One row per user who has jobs, busiest first (a handful of grouped queries)."""
     from .fairness import snapshot
-    from .models import BatchJob, Item
+    from .models import BatchJob
+    from .quotas import paid_items
 
     now = now or timezone.now()
     since = now - dt.timedelta(days=1)
-    active = [BatchJob.Status.QUEUED, BatchJob.Status.RUNNING]
     jobs = (
         BatchJob.objects.exclude(owner=None)
         .values("owner_id")
         .annotate(
-            active=Count("pk", filter=Q(status__in=active)),
+            active=Count("pk", filter=Q(status__in=BatchJob.ACTIVE_STATUSES)),
             submitted=Sum("total", filter=Q(created_at__gte=since)),
         )
         .order_by()
     )
     spend = dict(
-        Item.objects.filter(finished_at__gte=since, cost_usd__isnull=False)
+        paid_items(since)
         .exclude(job__owner=None)
         .values("job__owner_id")
         .annotate(usd=Sum("cost_usd"))

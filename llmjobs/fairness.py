@@ -152,7 +152,7 @@ def snapshot(*, now: dt.datetime | None = None, recent: bool = False) -> Snapsho
     snap = Snapshot(runners=runners)
     work = Item.objects.filter(job_id=OuterRef("pk")).claimable(now).order_by()
     active = (
-        BatchJob.objects.filter(status__in=[BatchJob.Status.QUEUED, BatchJob.Status.RUNNING])
+        BatchJob.objects.active()
         .exclude(mode=BatchJob.Mode.BATCH)
         .filter(Exists(work))
         .order_by("pk")
@@ -235,7 +235,7 @@ def requeue(job_id: int, *, heartbeat: int) -> bool:
 
     with transaction.atomic():
         job = BatchJob.objects.select_for_update().filter(pk=job_id).first()
-        if job is None or job.status not in (BatchJob.Status.QUEUED, BatchJob.Status.RUNNING):
+        if job is None or job.status not in BatchJob.ACTIVE_STATUSES:
             return False
         if not Item.objects.filter(job_id=job_id).claimable().exists():
             return False

@@ -26,7 +26,7 @@ from django.utils import timezone
 from .conf import llmjobs_settings
 from .exceptions import JobInputError
 
-__all__ = ["Usage", "check_quota", "spend_of", "usage_of"]
+__all__ = ["Usage", "check_quota", "paid_items", "spend_of", "usage_of"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +36,18 @@ class Usage:
     spend_today: Decimal = Decimal(0)  # USD of the user's items finished in the last 24 hours
 
 
-def spend_of(owner: Any, *, now: dt.datetime | None = None) -> Decimal:
-    """USD the user's items cost in the last 24 hours (items with an unknown cost count 0)."""
+def paid_items(since: dt.datetime) -> Any:
+    """Items finished since ``since`` with a known cost: what the spend quota and the admin's
+    usage page add up (items with an unknown cost count 0)."""
     from .models import Item
 
+    return Item.objects.filter(finished_at__gte=since, cost_usd__isnull=False)
+
+
+def spend_of(owner: Any, *, now: dt.datetime | None = None) -> Decimal:
+    """USD the user's items cost in the last 24 hours."""
     since = (now or timezone.now()) - dt.timedelta(days=1)
-    paid = Item.objects.filter(job__owner=owner, finished_at__gte=since, cost_usd__isnull=False)
-    return paid.aggregate(usd=Sum("cost_usd"))["usd"] or Decimal(0)
+    return paid_items(since).filter(job__owner=owner).aggregate(usd=Sum("cost_usd"))["usd"] or Decimal(0)
 
 
 def usage_of(owner: Any, *, now: dt.datetime | None = None, spend: bool = True) -> Usage:
@@ -50,7 +55,7 @@ def usage_of(owner: Any, *, now: dt.datetime | None = None, spend: bool = True) 
 
     now = now or timezone.now()
     jobs = BatchJob.objects.filter(owner=owner)
-    active = jobs.filter(status__in=[BatchJob.Status.QUEUED, BatchJob.Status.RUNNING]).count()
+    active = jobs.active().count()
     items = jobs.filter(created_at__gte=now - dt.timedelta(days=1)).aggregate(n=Sum("total"))["n"] or 0
     usd = spend_of(owner, now=now) if spend else Decimal(0)
     return Usage(active_jobs=active, items_today=int(items), spend_today=usd)

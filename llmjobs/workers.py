@@ -403,4 +403,4 @@ def ensure_sweep_scheduled(*, delay: float | None = None, exclude: Any = None) -
 def active_jobs_exist() -> bool:
     from .models import BatchJob
 
-    return BatchJob.objects.filter(status__in=[BatchJob.Status.QUEUED, BatchJob.Status.RUNNING]).exists()
+    return BatchJob.objects.active().exists()
