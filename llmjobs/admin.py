@@ -99,6 +99,7 @@ class BatchJobAdmin(_JobAdminBase):
         "started_at",
         "finished_at",
         "last_error",
+        "advice",
         "task_id",
         "schema_display",
         "webhook_url",
@@ -113,7 +114,20 @@ class BatchJobAdmin(_JobAdminBase):
         ("Speed", {"fields": ("concurrency", "rate_limit_rpm")}),
         ("Structured output and notifications", {"fields": ("schema_display", "webhook_url")}),
         ("Counters", {"fields": BatchJob.COUNTER_FIELDS}),
-        ("Run", {"fields": ("created_at", "started_at", "finished_at", "task_id", "last_error", "workers_display")}),
+        (
+            "Run",
+            {
+                "fields": (
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "task_id",
+                    "last_error",
+                    "advice",
+                    "workers_display",
+                )
+            },
+        ),
     )
 
     form = BatchJobAdminForm  # the web form's checks: template against the items, model, limits

@@ -141,4 +141,5 @@ def job_summary(job: Any) -> dict[str, Any]:
         "budget_usd": money(job.budget_usd),
         "saved_usd": money(Decimal(job.saved_usd) if cost is not None else None),
         "last_error": job.last_error,
+        "advice": job.advice,
     }

@@ -87,6 +87,7 @@ def job_summary(job: BatchJob) -> dict[str, Any]:
         "saved_usd": _money(job.saved_usd if job_cost(job) is not None else None),
         "has_schema": bool(job.output_schema),
         "last_error": job.last_error,
+        "advice": job.advice,
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),

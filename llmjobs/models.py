@@ -145,6 +145,10 @@ class BatchJob(JobCostFields):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    advice = models.TextField(
+        blank=True,
+        help_text="A hint from the last run, e.g. a lower max_tokens that would run faster (empty: none).",
+    )
     task_id = models.CharField(max_length=64, blank=True, help_text="Id of the django.tasks result that runs the job.")
     queued_at = models.DateTimeField(null=True, blank=True, help_text="When the job was last queued for a worker.")
     source_job = models.ForeignKey(

@@ -24,6 +24,7 @@ class RunReport:
     aborted: str = ""
     db_retries: int = 0
     stats: dict[str, Any] = field(default_factory=dict)
+    advice: str = ""  # a hint for the user (e.g. a lower max_tokens), "" when none
     outcomes: list[Outcome] = field(default_factory=list)  # previews only
 
 

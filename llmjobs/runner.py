@@ -309,6 +309,8 @@ class JobRunner:
             self._give_up(exc)
         if self.engine is not None:
             self.report.stats = self.engine.stats.as_dict()
+            if self.job is not None:
+                self.report.advice = self.engine.max_tokens_advice(self.job.max_tokens) or ""
         try:
             job = await self._db(self._conclude, budget=budget)()
         except DatabaseUnavailable as exc:
@@ -525,6 +527,9 @@ class JobRunner:
         """Release what we still hold, recount, and set the job's final status."""
         self.leases.let_go(cancelled=self._job_cancelled)
         job = BatchJob.objects.get(pk=self.job_id)
+        if self.limit is None and self.engine is not None and job.advice != self.report.advice:
+            job.advice = self.report.advice  # the job page and the clone form show it
+            job.save(update_fields=["advice"])
         self.report.interrupted = self.limit is None and self._interrupted and not self._job_cancelled
         cancelled = self._job_cancelled or job.status == BatchJob.Status.CANCELLED
         budget = self._budget is not None and self._budget.reached

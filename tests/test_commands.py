@@ -240,6 +240,9 @@ def test_process_job_says_when_a_generous_max_tokens_holds_the_run_back(site, si
     assert f"job {job_id}: succeeded - 40 succeeded" in result.stdout
     hint = [line for line in result.stdout.splitlines() if line.startswith("hint: ")]
     assert len(hint) == 1 and "answers average" in hint[0] and "max_tokens" in hint[0], result.stdout
+    advice = hint[0].removeprefix("hint: ")
+    assert f"hint:      {advice}" in site.status(job_id)  # stored on the job: job_status, the page, the API
+    assert json.loads(site.manage("job_status", str(job_id), "--json").stdout)["advice"] == advice
 
     sim.configure(otpm=0)
     free = site.submit(10, "--max-tokens", "1024")

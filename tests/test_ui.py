@@ -231,6 +231,18 @@ def test_clone_form_is_prefilled_with_the_settings_and_data(alice, users):
     assert f"{job.name} (copy)" in page
 
 
+def test_a_runs_max_tokens_hint_shows_on_the_job_page_and_the_clone_form(alice, users):
+    """The runner stores the hint (tests/test_commands.py runs it against the simulator);
+    the page shows it next to max_tokens, and the clone form under its max_tokens field."""
+    job = make_job(users["alice"], n=2)
+    assert 'id="advice"' not in alice.get(reverse("llmjobs:job_detail", args=[job.pk])).content.decode()
+    hint = "answers average 72 tokens; max_tokens 256 would run ≈ 1.9\u00d7 faster"
+    BatchJob.objects.filter(pk=job.pk).update(advice=hint)
+    assert hint in alice.get(reverse("llmjobs:job_detail", args=[job.pk])).content.decode()
+    page = alice.get(reverse("llmjobs:job_clone", args=[job.pk])).content.decode()
+    assert f"Job #{job.pk}&#x27;s last run: {hint}." in page
+
+
 def test_clone_with_only_changed_items_reuses_identical_requests(alice, users, django_capture_on_commit_callbacks):
     source = answer_all(make_job(users["alice"], texts=["same", "same", "other"], template="Tag: {text}"))
     with django_capture_on_commit_callbacks(execute=False):

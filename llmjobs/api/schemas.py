@@ -70,6 +70,7 @@ class JobOut(Schema):
     saved_usd: str = "unknown"
     has_schema: bool
     last_error: str
+    advice: str = Field("", description="A hint from the last run (e.g. a lower max_tokens), empty when none.")
     created_at: str | None
     started_at: str | None
     finished_at: str | None

@@ -35,6 +35,8 @@ class CloneJobForm(JobForm):
             *list(field.choices),  # type: ignore[arg-type]
         ]
         field.initial = self.SOURCE_JOB
+        if source.advice:  # e.g. "answers average 72 tokens; max_tokens 256 would run ~1.9x faster"
+            self.fields["max_tokens"].help_text = f"Job #{source.pk}'s last run: {source.advice}."
         if not self.is_bound:
             self.initial.setdefault("source", self.SOURCE_JOB)
 

@@ -51,6 +51,8 @@ class Command(BaseCommand):
             lines.append(f"shared:    {shared.describe()}")
         if job.last_error:
             lines.append(f"last error: {job.last_error}")
+        if job.advice:
+            lines.append(f"hint:      {job.advice}")
         self.stdout.write("\n".join(lines))
 
 

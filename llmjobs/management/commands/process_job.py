@@ -84,6 +84,5 @@ class Command(BaseCommand):
                 returncode=130,
             )
         self.stdout.write(summary)
-        hint = runner.engine.max_tokens_advice(job.max_tokens) if runner.engine is not None else None
-        if hint:  # the output-token budget held the run back and max_tokens is far above the answers
-            self.stdout.write(f"hint: {hint}")
+        if report.advice:  # the output-token budget held the run back and max_tokens is far above the answers
+            self.stdout.write(f"hint: {report.advice}")
