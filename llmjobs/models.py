@@ -515,6 +515,13 @@ class Item(ItemCostFields):
             models.Index(fields=["job", "status", "position"], name="llmjobs_item_job_status_pos"),
             # Running items with an expired lease, across jobs (recovery).
             models.Index(fields=["status", "lease_expires_at"], name="llmjobs_item_status_lease"),
+            # What a user's items cost lately (the spend quota, the admin's usage page). Partial:
+            # inserting items (finished_at is null) does not touch it.
+            models.Index(
+                fields=["job", "finished_at"],
+                name="llmjobs_item_job_finished",
+                condition=models.Q(finished_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
