@@ -13,6 +13,12 @@
    writes them and marks the batch collected, in one transaction;
 5. puts errored and expired requests back to pending and submits them again in a
    new batch, up to ``retry_rounds`` times; then they fail with the reason.
+
+Every database call goes through the run's ``DbRetry`` (as the online runner's): a locked
+or restarting database is waited out for up to ``LLMJOBS_DB_OUTAGE_SECONDS``, above all
+the write that stores a new batch's id (a batch the API has is paid for: losing its id
+would send its items again). Past the limit the run stops with ``DatabaseUnavailable``;
+the stored batches are polled, not sent again, by the next run.
 """
 
 from __future__ import annotations
@@ -21,18 +27,20 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from typing import Any
 
 from django.db import transaction
 
 from .caching import CacheMarker
-from .conf import api_target
+from .conf import api_target, llmjobs_settings
 from .engine import Outcome
 from .estimate import request_key
 from .models import BatchJob, Item
 from .prompts import build_params
-from .writer import ITEM_FIELDS, fail_items, one_line, outcome_rows
+from .reports import RunReport
+from .writer import ITEM_FIELDS, DbRetry, fail_items, one_line, outcome_rows
 
 __all__ = ["MAX_BYTES", "MAX_REQUESTS", "run_batch_job"]
 
@@ -63,11 +71,14 @@ def _save_state(job: BatchJob, state: dict[str, Any]) -> None:
     job.save(update_fields=["batch_state"])
 
 
-def _submit(client: Any, job: BatchJob, state: dict[str, Any], marker: CacheMarker, max_requests: int) -> int:
+def _submit(
+    client: Any, job: BatchJob, state: dict[str, Any], marker: CacheMarker, max_requests: int, db: DbRetry
+) -> int:
     """Claim the pending items and send them as batches; returns how many were sent."""
     sent = 0
+    claim = Item.objects.filter(job_id=job.pk).claim
     while True:
-        rows = Item.objects.filter(job_id=job.pk).claim(limit=min(max_requests, MAX_REQUESTS), lease=BATCH_LEASE)
+        rows = db.call(claim, limit=min(max_requests, MAX_REQUESTS), lease=BATCH_LEASE)
         if not rows:
             return sent
         requests: list[dict[str, Any]] = []
@@ -90,21 +101,21 @@ def _submit(client: Any, job: BatchJob, state: dict[str, Any], marker: CacheMark
             request = {"custom_id": f"{PREFIX}{pk}", "params": params}
             size += len(json.dumps(request))
             if size > MAX_BYTES and requests:
-                Item.objects.filter(pk=pk).release()  # the next batch takes it
+                db.call(lambda pk=pk: Item.objects.filter(pk=pk).release())  # the next batch takes it
                 break
             requests.append(request)
         if broken:
-            fail_items(job.pk, broken, error_type="prompt_error")
+            db.call(fail_items, job.pk, broken, error_type="prompt_error")
         if not requests:
             continue
         batch = client.messages.batches.create(requests=requests)
         entry = {"id": batch.id, "status": "in_progress", "requests": len(requests), "followers": followers}
         state["batches"].append(entry)
-        _save_state(job, state)  # stored at once: a restart polls it, never submits it again
+        db.call(_save_state, job, state)  # stored at once: a restart polls it, never submits it again
         sent += len(requests)
 
 
-def _poll(client: Any, job: BatchJob, entry: dict[str, Any], *, base: float, cap: float) -> None:
+def _poll(client: Any, job: BatchJob, entry: dict[str, Any], db: DbRetry, *, base: float, cap: float) -> None:
     """Wait for the batch to end (backoff), cancelling it when the job is cancelled."""
     delay = base
     cancelled = False
@@ -114,14 +125,16 @@ def _poll(client: Any, job: BatchJob, entry: dict[str, Any], *, base: float, cap
         entry["status"] = batch.processing_status
         if batch.processing_status == "ended":
             return
-        if not cancelled and BatchJob.objects.status_of(job.pk) == BatchJob.Status.CANCELLED:
+        if not cancelled and db.call(BatchJob.objects.status_of, job.pk) == BatchJob.Status.CANCELLED:
             client.messages.batches.cancel(entry["id"])
             cancelled = True
         time.sleep(delay)
         delay = min(delay * 2, cap)
 
 
-def _collect(client: Any, job: BatchJob, state: dict[str, Any], entry: dict[str, Any], final: bool) -> None:
+def _collect(
+    client: Any, job: BatchJob, state: dict[str, Any], entry: dict[str, Any], final: bool, db: DbRetry
+) -> None:
     """Write the batch's results (by custom_id) and mark it collected, in one transaction."""
     outcomes: list[Outcome] = []
     retry: list[int] = []
@@ -148,8 +161,21 @@ def _collect(client: Any, job: BatchJob, state: dict[str, Any], entry: dict[str,
             failures.extend((k, reason) for k in (pk, *copies))
         else:
             retry.extend((pk, *copies))
-    cancelled_job = BatchJob.objects.status_of(job.pk) == BatchJob.Status.CANCELLED
+    cancelled_job = db.call(BatchJob.objects.status_of, job.pk) == BatchJob.Status.CANCELLED
     rows = outcome_rows(outcomes, cancel=True, model=job.model, batch_price=True)
+    db.call(_write, job, state, entry, rows, retry, failures)  # retried whole: one transaction
+    if cancelled_job:
+        db.call(Item.objects.filter(job_id=job.pk).cancel_pending)
+
+
+def _write(
+    job: BatchJob,
+    state: dict[str, Any],
+    entry: dict[str, Any],
+    rows: Any,
+    retry: list[int],
+    failures: list[tuple[int, str]],
+) -> None:
     with transaction.atomic():
         if rows.items:
             Item.objects.bulk_update(rows.items, ITEM_FIELDS, batch_size=500)
@@ -160,8 +186,6 @@ def _collect(client: Any, job: BatchJob, state: dict[str, Any], entry: dict[str,
             fail_items(job.pk, failures, error_type="batch_error")
         entry["status"] = "collected"
         _save_state(job, state)
-    if cancelled_job:
-        Item.objects.filter(job_id=job.pk).cancel_pending()
 
 
 def run_batch_job(
@@ -172,32 +196,43 @@ def run_batch_job(
     poll_cap: float = 60.0,
     retry_rounds: int = 2,
     max_requests: int = MAX_REQUESTS,
+    report: RunReport | None = None,
+    stop: threading.Event | None = None,
 ) -> BatchJob:
-    """Run (or resume) a batch-mode job to its end; returns the job."""
+    """Run (or resume) a batch-mode job to its end; returns the job. Database errors are
+    retried (counted in ``report.db_retries``) until ``stop`` is set or the outage lasts
+    past ``LLMJOBS_DB_OUTAGE_SECONDS`` (then ``DatabaseUnavailable``)."""
     client = client or _client()
-    job = BatchJob.objects.get(pk=job_id)
+    db = DbRetry(
+        label=f"job {job_id} (batch mode)",
+        outage_seconds=llmjobs_settings().db_outage_seconds,
+        stop=stop or threading.Event(),
+        report=report or RunReport(job_id=job_id, status=""),
+    )
+    job: BatchJob = db.call(BatchJob.objects.get, pk=job_id)
     state = _state(job)
     marker = CacheMarker(job)
     if job.status != BatchJob.Status.CANCELLED:
-        job.mark_running()
+        db.call(job.mark_running)
+    pending = Item.objects.filter(job_id=job.pk, status=Item.Status.PENDING)
     while True:
         for entry in state["batches"]:
             if entry["status"] != "collected":
-                _poll(client, job, entry, base=poll_base, cap=poll_cap)
-                _collect(client, job, state, entry, final=state["round"] >= retry_rounds)
-        if BatchJob.objects.status_of(job.pk) == BatchJob.Status.CANCELLED:
-            Item.objects.filter(job_id=job.pk).cancel_pending()
+                _poll(client, job, entry, db, base=poll_base, cap=poll_cap)
+                _collect(client, job, state, entry, state["round"] >= retry_rounds, db)
+        if db.call(BatchJob.objects.status_of, job.pk) == BatchJob.Status.CANCELLED:
+            db.call(Item.objects.filter(job_id=job.pk).cancel_pending)
             break
-        if not Item.objects.filter(job_id=job.pk, status=Item.Status.PENDING).exists():
+        if not db.call(pending.exists):
             break
         if state["batches"]:
             state["round"] += 1
-        if not _submit(client, job, state, marker, max_requests):
+        if not _submit(client, job, state, marker, max_requests, db):
             break
-    job.refresh_from_db()
+    db.call(job.refresh_from_db)
     if job.status == BatchJob.Status.CANCELLED:
-        job.refresh_counters()
+        db.call(job.refresh_counters)
     else:
-        job.mark_finished()
+        db.call(job.mark_finished)
     log.info("job %s (batch mode): %s", job.pk, job.status)
     return job

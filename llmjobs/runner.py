@@ -204,7 +204,11 @@ class JobRunner:
             return self.report
         self.job = job
         if job.mode == BatchJob.Mode.BATCH and self.limit is None:  # Message Batches (issue 14)
-            self.report.status = (await sync_to_async(run_batch_job, thread_sensitive=False)(job.pk)).status
+            batch = sync_to_async(run_batch_job, thread_sensitive=False)
+            try:
+                self.report.status = (await batch(job.pk, report=self.report, stop=self._hard_stop)).status
+            except DatabaseUnavailable as exc:  # its batches are stored: the next run polls them
+                self.report.aborted = str(exc)
             return self.report
         config = self._engine_config or EngineConfig()
         if job.concurrency:

@@ -8,6 +8,8 @@ paid more than once (within the allowance: calls in flight + 0.5 s of answers).
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
 import pytest
 
@@ -48,6 +50,28 @@ def test_sqlite_write_lock_is_waited_out_and_nothing_is_paid_twice(site):
     assert_complete(row, 400)
     assert row.paid_twice == 0
     assert "database error(s) retried" in row.lines[-1]  # the lock was really hit, and retried
+
+
+@sqlite_only
+def test_batch_mode_waits_out_a_locked_database_and_sends_each_item_once(site):
+    """Message Batches: the write lock is held from just after the batch is created until
+    after it ended, so storing its id or collecting its results meets the lock; the run
+    retries, exits 0, and no item is sent in a second batch."""
+    site.sim.configure(batch_seconds=1.5)
+    job_id = site.submit(20, "--mode", "batch")
+    proc = site.popen("process_job", str(job_id), "--no-progress")
+    site.wait_for(lambda: site.sim.stats()["batch"]["batches"] >= 1, proc)
+    release = threading.Event()
+    thread = site.hold_sqlite_lock(release)
+    time.sleep(6)  # the fault's length (the batch ends at 1.5 s, polled at 1 and 3 s), not an assertion
+    release.set()
+    thread.join()
+    code, out, err = site.finish(proc)
+    assert code == 0, err
+    assert "database error(s) retried" in out, out  # the lock was really met, and waited out
+    assert site.counts(job_id) == {"succeeded": 20}
+    batch = site.sim.stats()["batch"]
+    assert (batch["batches"], batch["succeeded"]) == (1, 20)  # one batch: nothing sent twice
 
 
 @sqlite_only
