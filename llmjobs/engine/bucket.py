@@ -62,7 +62,7 @@ class Bucket:
         "_corr",
         "_observed",
         "_seq",
-        "capacity",
+        "caps",
         "configured",
         "convention",
         "debited",
@@ -76,7 +76,7 @@ class Bucket:
     def __init__(self, limit: float | None = None, *, capacity: float | None = None, now: float = 0.0) -> None:
         self.limit: float | None = None
         self.rate: float | None = None
-        self.capacity: float = 0.0
+        self.caps: list[float] = [0.0] * _N  # each model's capacity, from the evidence valid under its convention
         self.levels: list[float] = [0.0] * _N
         self.scores: list[float] = [0.0] * _N
         self._corr: list[float] = [0.0] * _N  # cumulative corrections applied to each model
@@ -98,6 +98,21 @@ class Bucket:
         return self.rate
 
     # -- the selected model ------------------------------------------------------
+    @property
+    def capacity(self) -> float:
+        """The selected model's capacity (a lower bound of the server's, only grows)."""
+        return self.caps[self.convention]
+
+    @capacity.setter
+    def capacity(self, value: float) -> None:
+        # every model's, in proportion (a share of the org's limits scales them all)
+        old = self.caps[self.convention]
+        if old > 0.0 and value > 0.0:
+            ratio = value / old
+            self.caps = [c * ratio for c in self.caps]
+        else:
+            self.caps = [value] * _N
+
     @property
     def level(self) -> float:
         return self.levels[self.convention]
@@ -123,11 +138,12 @@ class Bucket:
         if rate is not None:
             elapsed = now - self.updated
             if elapsed > 0:
-                cap = self.capacity
+                caps = self.caps
                 add = elapsed * rate
                 levels = self.levels
                 for i in range(_N):
                     level = levels[i] + add
+                    cap = caps[i]
                     levels[i] = level if level < cap else cap
         self.updated = now
         return self.levels[self.convention]
@@ -166,10 +182,11 @@ class Bucket:
         levels = self.levels
         if self.rate is not None:
             self.refill(now)
-            cap = self.capacity
+            caps = self.caps
             floor = self._floor()
             for i in range(_N):
                 level = levels[i] + amount
+                cap = caps[i]
                 levels[i] = cap if level > cap else (level if level > floor else floor)
         else:
             for i in range(_N):
@@ -191,6 +208,7 @@ class Bucket:
         force: bool = False,
         mark: Mark | None = None,
         own_refund: float = 0.0,
+        cost: float = 0.0,
         age: float = 0.0,
     ) -> bool:
         """Learn from a response's ``limit``/``remaining``/``reset`` headers.
@@ -200,44 +218,66 @@ class Bucket:
         approximate one). ``own_refund`` is what this request will give back and
         has not yet been credited (its unused output reservation): the server
         still holds it under the ``ADMISSION`` and ``ANSWER`` conventions.
-        ``reset_in`` (seconds until the server's bucket is full; ``coarse`` when
-        rounded up to whole seconds) gives a lower bound of its capacity, which
-        may be well below the per-minute limit; ``age`` is the request's age (under
-        the ``ADMISSION`` convention ``reset`` was computed that long ago). ``force``: a 429's reading, taken
-        with nothing of this request held: it sets every model. Only a response
-        newer (by dispatch order) than the last one applied corrects the level.
-        Returns True when it did.
+        ``remaining`` is whole units, floored: the server's level was in
+        ``[remaining, remaining + 1)``. ``reset_in`` (seconds until the server's
+        bucket is full; ``coarse`` when rounded up to whole seconds) gives a lower
+        bound of its capacity, which may be well below the per-minute limit;
+        ``cost`` is what the server took for this request when it admitted it (0:
+        unknown), another one under the ``ADMISSION`` convention, kept below what
+        ``reset`` allows that long ago (``age``: since the request was sent). ``force``: a
+        429's reading, taken with nothing of this request held: it sets every
+        model. Only a response newer (by dispatch order) than the last one applied
+        corrects the level. Returns True when it did.
         """
         if limit > 0 and (not self.configured or self.limit is None or limit < self.limit) and self.limit != limit:
             self._set_limit(limit)
         rate = self.rate
-        if rate is None or self.limit is None:
+        top = self.limit
+        if rate is None or top is None:
             return False
         if remaining < 0:
             remaining = 0.0
+        # Capacity evidence: lower bounds only, since the capacity never shrinks. The server
+        # computed `reset` when it computed `remaining`, at some moment between this request's
+        # dispatch and now; counted from now, its refill is a lower bound whatever that moment
+        # was. (Counting it from the dispatch, as a reading at admission would allow, also
+        # counts the request's trip to the server: on a loaded machine a capacity of 10
+        # became 16 to 18, for good.) A whole-second `reset` is rounded up: one second less.
+        bound = remaining
+        # At admission, this request's cost had just been taken from a level that never
+        # exceeds the capacity (and was at least `remaining` after it): `remaining + cost`.
+        # Only that model's, and no more than `reset`, counted from the dispatch, allows
+        # (under another convention it would overshoot by the request's cost).
+        by_cost = 0.0
         if reset_in is not None:
-            if self.convention == ADMISSION and not force:
-                reset_in += age
+            if cost > 0 and remaining > 0 and not force:
+                by_cost = remaining + cost
+            most = remaining + 1.0 + rate * (reset_in + age if reset_in > 0 else age)
+            if by_cost > most:
+                by_cost = most
             if coarse:
                 reset_in -= 1.0
-            bound = remaining + rate * reset_in if reset_in > 0 else remaining
-        else:
-            bound = remaining
-        if bound > self.limit:
-            bound = self.limit
+            if reset_in > 0:
+                bound += rate * reset_in
         first = self._observed == 0
-        if self.capacity <= 0.0 or (self.configured and first):
-            self.capacity = bound if bound > 1.0 else 1.0
-        elif bound > self.capacity:
-            self.capacity = bound
-        cap = self.capacity
+        caps = self.caps
+        for i in range(_N):
+            b = bound
+            if i == ADMISSION and by_cost > b:
+                b = by_cost
+            if b > top:
+                b = top
+            if caps[i] <= 0.0 or (self.configured and first):
+                caps[i] = b if b > 1.0 else 1.0
+            elif b > caps[i]:
+                caps[i] = b
         self.refill(now)
         levels = self.levels
         if force:
             # nothing of this request is held: the reading is the level now, under any convention
             for i in range(_N):
                 pred = levels[i]
-                self._score(i, _residual(remaining, pred))
+                self._score(i, _residual(remaining, pred, 1.0))
                 target = remaining if remaining > 0 else (pred if pred < 0 else 0.0)
                 self._set(i, target)
             self._observed += 1
@@ -254,8 +294,8 @@ class Bucket:
             preds[ADMISSION] = levels[ADMISSION] - rate * elapsed + since
         preds[ANSWER] = levels[ANSWER]
         pred_ref = levels[REFUND] + own_refund
+        cap = caps[REFUND]
         preds[REFUND] = pred_ref if pred_ref < cap else cap
-        residuals = [_residual(remaining, preds[i]) for i in range(_N)]
         if first:
             # no history: each model takes the reading as its convention says, and the
             # most pessimistic one drives the pacing until the readings tell them apart
@@ -265,21 +305,25 @@ class Bucket:
             self._observed = 1
             self._seq = seq
             return True
+        # a model is as good as its predictions fall inside the reading's interval...
         for i in range(_N):
-            self._score(i, residuals[i])
+            self._score(i, _residual(remaining, preds[i], 1.0))
         self._observed += 1
         self._select()
         if seq < self._seq:
             return False
         self._seq = seq
+        # ...and is corrected toward the interval's floor: a model anywhere inside it could
+        # sit up to one unit above the server for good, no reading would say so, and a call
+        # sent on it meets a 429 (a tight bucket of 10 drifted into one every ~11 calls)
         for i in range(_N):
-            r = residuals[i]
+            r = _residual(remaining, preds[i], 0.0)
             if r:
                 self._set(i, levels[i] + (_GAIN_UP if r > 0 else _GAIN_DOWN) * r)
         return True
 
     def _set(self, i: int, value: float) -> None:
-        cap = self.capacity
+        cap = self.caps[i]
         floor = self._floor()
         value = cap if value > cap else (value if value > floor else floor)
         self._corr[i] += value - self.levels[i]
@@ -301,10 +345,14 @@ class Bucket:
             self.convention = best
 
 
-def _residual(remaining: float, pred: float) -> float:
-    """Reading minus prediction; the server floors to whole units and never reports below 0."""
+def _residual(remaining: float, pred: float, width: float) -> float:
+    """Reading minus prediction, 0 when the prediction is in ``[remaining, remaining + width]``.
+
+    The server floors its level to whole units (``width`` 1 is the reading's whole
+    interval, 0 its floor) and never reports below 0 (debt reads 0: no lower end).
+    """
     lo = remaining if remaining > 0 else float("-inf")
-    hi = remaining + 1.0
+    hi = remaining + width
     if pred < lo:
         return lo - pred
     if pred > hi:
