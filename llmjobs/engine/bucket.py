@@ -17,14 +17,26 @@ runs three models side by side, one per convention:
 
 Each model predicts every reading under its own convention and is corrected by
 its own residual; the one whose predictions have matched the server best lately
-drives the pacing (the most pessimistic one until there is evidence). A wrong
+is selected (the most pessimistic one until there is evidence), and the pacing
+follows the lowest of the models the readings cannot tell apart from it. A wrong
 convention shows up as residuals: the server's bucket clips at its capacity (or
 rejects with a 429, whose reading is unambiguous) where the wrong model does not.
 
+``remaining`` is whole units, floored: the server's level is in ``[remaining,
+remaining + 1)``. Any prediction in that interval counts as a match, but the
+correction aims at its floor: a model may sit below the server, never above it
+by what the rounding hides (a bucket of 10 drifted up into a 429 every ~50 calls).
+And a reading is not always fresh (the answer waited in a busy event loop): the
+pacing margin grows with the selected model's recent error, by at least a unit
+on a small bucket.
+
 Stability by construction: every correction compares a prediction with a
 reading of the same moment, is applied with a gain below one, and every level
-stays within ``[-(capacity + limit), capacity]``; the capacity only grows, from
-server readings (``remaining + refill until reset``), never above the limit.
+stays within ``[-(capacity + limit), capacity]``. Each model has its own
+capacity, which only grows, never above the limit, from evidence that is a lower
+bound under its convention: ``remaining`` plus the refill until ``reset``
+counted from when the response was read, and at admission ``remaining`` plus
+the request's own cost.
 """
 
 from __future__ import annotations
@@ -61,6 +73,7 @@ class Bucket:
     __slots__ = (
         "_corr",
         "_observed",
+        "_pace",
         "_seq",
         "caps",
         "configured",
@@ -86,6 +99,7 @@ class Bucket:
         self.configured = limit is not None
         self._seq = -1
         self._observed = 0
+        self._pace: tuple[int, ...] = (0, 1, 2)  # the models not clearly worse than the selected one
         if limit is not None:
             rate = self._set_limit(limit)
             # A configured limit: assume a full bucket of `capacity` (default 10 s of refill).
@@ -157,12 +171,19 @@ class Bucket:
         # a call sent the moment the model says "enough" must not meet a 429
         margin = 2.0 * self.scores[self.convention]
         cap = self.capacity
-        if margin > 0.05 * cap:
-            margin = 0.05 * cap
+        most = 0.05 * cap if cap > 20.0 else 1.0  # (at least one unit: the readings are whole units)
+        if margin > most:
+            margin = most
         need = cost + margin
         if need > cap:
             need = cap
-        deficit = need - self.refill(now)
+        level = self.refill(now)
+        # the most pessimistic of the models the readings do not tell apart from it
+        levels = self.levels
+        for i in self._pace:
+            if levels[i] < level:
+                level = levels[i]
+        deficit = need - level
         return deficit / rate if deficit > _EPS else 0.0
 
     def debit(self, cost: float, now: float) -> Mark:
@@ -245,13 +266,14 @@ class Bucket:
         # became 16 to 18, for good.) A whole-second `reset` is rounded up: one second less.
         bound = remaining
         # At admission, this request's cost had just been taken from a level that never
-        # exceeds the capacity (and was at least `remaining` after it): `remaining + cost`.
-        # Only that model's, and no more than `reset`, counted from the dispatch, allows
-        # (under another convention it would overshoot by the request's cost).
+        # exceeds the capacity (and was at least `remaining` after it): `remaining + cost`,
+        # for that model only. Less one unit, and no more than `reset` counted from the
+        # dispatch allows: under another convention (a full bucket reads its capacity) it
+        # would overshoot by the cost.
         by_cost = 0.0
         if reset_in is not None:
-            if cost > 0 and remaining > 0 and not force:
-                by_cost = remaining + cost
+            if cost > 1.0 and remaining > 0 and not force:
+                by_cost = remaining + cost - 1.0
             most = remaining + 1.0 + rate * (reset_in + age if reset_in > 0 else age)
             if by_cost > most:
                 by_cost = most
@@ -342,7 +364,11 @@ class Bucket:
             and scores[best] < _SWITCH * scores[cur]
             and scores[cur] - scores[best] > _SWITCH_MIN * self.capacity
         ):
-            self.convention = best
+            self.convention = cur = best
+        most = 2.0 * scores[cur]
+        if most < 1.0:
+            most = 1.0  # whole units: within one, the readings cannot tell models apart
+        self._pace = tuple(i for i in range(_N) if scores[i] <= most)
 
 
 def _residual(remaining: float, pred: float, width: float) -> float:
