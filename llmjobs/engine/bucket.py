@@ -58,7 +58,8 @@ _SCORE_DECAY = 0.9  # exponential average of each model's absolute residual
 _SWITCH = 0.6  # switch models when the other's average residual is below this share of ours...
 _SWITCH_MIN = 0.01  # ...and lower by at least this share of the capacity
 
-Mark = tuple[tuple[float, ...], tuple[float, ...]]
+# a request's mark: each model's level right after its debit, their corrections so far, ``debited`` then
+Mark = tuple[tuple[float, ...], tuple[float, ...], float]
 
 
 class Bucket:
@@ -196,7 +197,7 @@ class Bucket:
             level = levels[i] - cost
             levels[i] = level if level > floor else floor
         self.debited += cost
-        return (tuple(levels), tuple(self._corr))
+        return (tuple(levels), tuple(self._corr), self.debited)
 
     def credit(self, amount: float, now: float) -> None:
         """Give back ``amount`` (a refund); negative amounts debit."""
@@ -308,8 +309,9 @@ class Bucket:
         # what each model says the server read, under its own convention
         preds = [0.0] * _N
         if mark is not None:
-            marked, corr = mark
+            marked, corr, then = mark
             preds[ADMISSION] = marked[ADMISSION] + (self._corr[ADMISSION] - corr[ADMISSION])
+            since = self.debited - then
         else:
             since = self.debited - snapshot if snapshot is not None else 0.0
             elapsed = now - sent_at if sent_at is not None else 0.0
@@ -320,9 +322,14 @@ class Bucket:
         preds[REFUND] = pred_ref if pred_ref < cap else cap
         if first:
             # no history: each model takes the reading as its convention says, and the
-            # most pessimistic one drives the pacing until the readings tell them apart
+            # most pessimistic one drives the pacing until the readings tell them apart.
+            # Nor is there any idea yet of when the reading was taken: the server may not
+            # have counted what this client sent after this request (a blind first wave,
+            # whose first answer was written before the rest arrived, on a cold start)
+            low = remaining - since
             for i in range(_N):
-                self._set(i, levels[i] + (remaining - preds[i]))
+                value = levels[i] + (remaining - preds[i])
+                self._set(i, value if value < low else low)
             self.convention = min(range(_N), key=lambda i: (levels[i], -i))
             self._observed = 1
             self._seq = seq
