@@ -100,7 +100,7 @@ class Bucket:
         self.configured = limit is not None
         self._seq = -1
         self._observed = 0
-        self._pace: tuple[int, ...] = (0, 1, 2)  # the models not clearly worse than the selected one
+        self._pace = (True, True, True)  # which models are not clearly worse than the selected one
         if limit is not None:
             rate = self._set_limit(limit)
             # A configured limit: assume a full bucket of `capacity` (default 10 s of refill).
@@ -181,8 +181,9 @@ class Bucket:
         level = self.refill(now)
         # the most pessimistic of the models the readings do not tell apart from it
         levels = self.levels
-        for i in self._pace:
-            if levels[i] < level:
+        pace = self._pace
+        for i in range(_N):
+            if pace[i] and levels[i] < level:
                 level = levels[i]
         deficit = need - level
         return deficit / rate if deficit > _EPS else 0.0
@@ -334,19 +335,29 @@ class Bucket:
             self._observed = 1
             self._seq = seq
             return True
-        # a model is as good as its predictions fall inside the reading's interval...
+        # A model is as good as its predictions fall inside the reading's interval, and is
+        # corrected toward the interval's floor: a model anywhere inside it could sit up to
+        # one unit above the server for good, no reading would say so, and a call sent on it
+        # meets a 429 (a tight bucket of 10 drifted into one every ~50 calls). (Inlined
+        # `_residual` with widths 1 and 0: this runs for every answer.)
+        scores = self.scores
+        fixes = [0.0] * _N
         for i in range(_N):
-            self._score(i, _residual(remaining, preds[i], 1.0))
+            d = remaining - preds[i]
+            if d > 0.0:  # below the floor (debt reads 0: no floor then)
+                err = fix = d if remaining > 0 else 0.0
+            else:  # at or above the floor; a miss only beyond the interval
+                fix = d
+                err = -1.0 - d if d < -1.0 else 0.0
+            scores[i] = _SCORE_DECAY * scores[i] + (1.0 - _SCORE_DECAY) * err
+            fixes[i] = fix
         self._observed += 1
         self._select()
         if seq < self._seq:
             return False
         self._seq = seq
-        # ...and is corrected toward the interval's floor: a model anywhere inside it could
-        # sit up to one unit above the server for good, no reading would say so, and a call
-        # sent on it meets a 429 (a tight bucket of 10 drifted into one every ~11 calls)
         for i in range(_N):
-            r = _residual(remaining, preds[i], 0.0)
+            r = fixes[i]
             if r:
                 self._set(i, levels[i] + (_GAIN_UP if r > 0 else _GAIN_DOWN) * r)
         return True
@@ -375,7 +386,7 @@ class Bucket:
         most = 2.0 * scores[cur]
         if most < 1.0:
             most = 1.0  # whole units: within one, the readings cannot tell models apart
-        self._pace = tuple(i for i in range(_N) if scores[i] <= most)
+        self._pace = (scores[0] <= most, scores[1] <= most, scores[2] <= most)
 
 
 def _residual(remaining: float, pred: float, width: float) -> float:
