@@ -17,14 +17,26 @@ runs three models side by side, one per convention:
 
 Each model predicts every reading under its own convention and is corrected by
 its own residual; the one whose predictions have matched the server best lately
-drives the pacing (the most pessimistic one until there is evidence). A wrong
+is selected (the most pessimistic one until there is evidence), and the pacing
+follows the lowest of the models the readings cannot tell apart from it. A wrong
 convention shows up as residuals: the server's bucket clips at its capacity (or
 rejects with a 429, whose reading is unambiguous) where the wrong model does not.
 
+``remaining`` is whole units, floored: the server's level is in ``[remaining,
+remaining + 1)``. Any prediction in that interval counts as a match, but the
+correction aims at its floor: a model may sit below the server, never above it
+by what the rounding hides (a bucket of 10 drifted up into a 429 every ~50 calls).
+And a reading is not always fresh (the answer waited in a busy event loop): the
+pacing margin grows with the selected model's recent error, by at least a unit
+on a small bucket.
+
 Stability by construction: every correction compares a prediction with a
 reading of the same moment, is applied with a gain below one, and every level
-stays within ``[-(capacity + limit), capacity]``; the capacity only grows, from
-server readings (``remaining + refill until reset``), never above the limit.
+stays within ``[-(capacity + limit), capacity]``. Each model has its own
+capacity, which only grows, never above the limit, from evidence that is a lower
+bound under its convention: ``remaining`` plus the refill until ``reset``
+counted from when the response was read, and at admission ``remaining`` plus
+the request's own cost.
 """
 
 from __future__ import annotations
@@ -46,7 +58,8 @@ _SCORE_DECAY = 0.9  # exponential average of each model's absolute residual
 _SWITCH = 0.6  # switch models when the other's average residual is below this share of ours...
 _SWITCH_MIN = 0.01  # ...and lower by at least this share of the capacity
 
-Mark = tuple[tuple[float, ...], tuple[float, ...]]
+# a request's mark: each model's level right after its debit, their corrections so far, ``debited`` then
+Mark = tuple[tuple[float, ...], tuple[float, ...], float]
 
 
 class Bucket:
@@ -61,8 +74,9 @@ class Bucket:
     __slots__ = (
         "_corr",
         "_observed",
+        "_pace",
         "_seq",
-        "capacity",
+        "caps",
         "configured",
         "convention",
         "debited",
@@ -76,7 +90,7 @@ class Bucket:
     def __init__(self, limit: float | None = None, *, capacity: float | None = None, now: float = 0.0) -> None:
         self.limit: float | None = None
         self.rate: float | None = None
-        self.capacity: float = 0.0
+        self.caps: list[float] = [0.0] * _N  # each model's capacity, from the evidence valid under its convention
         self.levels: list[float] = [0.0] * _N
         self.scores: list[float] = [0.0] * _N
         self._corr: list[float] = [0.0] * _N  # cumulative corrections applied to each model
@@ -86,6 +100,7 @@ class Bucket:
         self.configured = limit is not None
         self._seq = -1
         self._observed = 0
+        self._pace = (True, True, True)  # which models are not clearly worse than the selected one
         if limit is not None:
             rate = self._set_limit(limit)
             # A configured limit: assume a full bucket of `capacity` (default 10 s of refill).
@@ -98,6 +113,21 @@ class Bucket:
         return self.rate
 
     # -- the selected model ------------------------------------------------------
+    @property
+    def capacity(self) -> float:
+        """The selected model's capacity (a lower bound of the server's, only grows)."""
+        return self.caps[self.convention]
+
+    @capacity.setter
+    def capacity(self, value: float) -> None:
+        # every model's, in proportion (a share of the org's limits scales them all)
+        old = self.caps[self.convention]
+        if old > 0.0 and value > 0.0:
+            ratio = value / old
+            self.caps = [c * ratio for c in self.caps]
+        else:
+            self.caps = [value] * _N
+
     @property
     def level(self) -> float:
         return self.levels[self.convention]
@@ -123,11 +153,12 @@ class Bucket:
         if rate is not None:
             elapsed = now - self.updated
             if elapsed > 0:
-                cap = self.capacity
+                caps = self.caps
                 add = elapsed * rate
                 levels = self.levels
                 for i in range(_N):
                     level = levels[i] + add
+                    cap = caps[i]
                     levels[i] = level if level < cap else cap
         self.updated = now
         return self.levels[self.convention]
@@ -141,12 +172,20 @@ class Bucket:
         # a call sent the moment the model says "enough" must not meet a 429
         margin = 2.0 * self.scores[self.convention]
         cap = self.capacity
-        if margin > 0.05 * cap:
-            margin = 0.05 * cap
+        most = 0.05 * cap if cap > 20.0 else 1.0  # (at least one unit: the readings are whole units)
+        if margin > most:
+            margin = most
         need = cost + margin
         if need > cap:
             need = cap
-        deficit = need - self.refill(now)
+        level = self.refill(now)
+        # the most pessimistic of the models the readings do not tell apart from it
+        levels = self.levels
+        pace = self._pace
+        for i in range(_N):
+            if pace[i] and levels[i] < level:
+                level = levels[i]
+        deficit = need - level
         return deficit / rate if deficit > _EPS else 0.0
 
     def debit(self, cost: float, now: float) -> Mark:
@@ -159,17 +198,18 @@ class Bucket:
             level = levels[i] - cost
             levels[i] = level if level > floor else floor
         self.debited += cost
-        return (tuple(levels), tuple(self._corr))
+        return (tuple(levels), tuple(self._corr), self.debited)
 
     def credit(self, amount: float, now: float) -> None:
         """Give back ``amount`` (a refund); negative amounts debit."""
         levels = self.levels
         if self.rate is not None:
             self.refill(now)
-            cap = self.capacity
+            caps = self.caps
             floor = self._floor()
             for i in range(_N):
                 level = levels[i] + amount
+                cap = caps[i]
                 levels[i] = cap if level > cap else (level if level > floor else floor)
         else:
             for i in range(_N):
@@ -191,6 +231,7 @@ class Bucket:
         force: bool = False,
         mark: Mark | None = None,
         own_refund: float = 0.0,
+        cost: float = 0.0,
         age: float = 0.0,
     ) -> bool:
         """Learn from a response's ``limit``/``remaining``/``reset`` headers.
@@ -200,44 +241,67 @@ class Bucket:
         approximate one). ``own_refund`` is what this request will give back and
         has not yet been credited (its unused output reservation): the server
         still holds it under the ``ADMISSION`` and ``ANSWER`` conventions.
-        ``reset_in`` (seconds until the server's bucket is full; ``coarse`` when
-        rounded up to whole seconds) gives a lower bound of its capacity, which
-        may be well below the per-minute limit; ``age`` is the request's age (under
-        the ``ADMISSION`` convention ``reset`` was computed that long ago). ``force``: a 429's reading, taken
-        with nothing of this request held: it sets every model. Only a response
-        newer (by dispatch order) than the last one applied corrects the level.
-        Returns True when it did.
+        ``remaining`` is whole units, floored: the server's level was in
+        ``[remaining, remaining + 1)``. ``reset_in`` (seconds until the server's
+        bucket is full; ``coarse`` when rounded up to whole seconds) gives a lower
+        bound of its capacity, which may be well below the per-minute limit;
+        ``cost`` is what the server took for this request when it admitted it (0:
+        unknown), another one under the ``ADMISSION`` convention, kept below what
+        ``reset`` allows that long ago (``age``: since the request was sent). ``force``: a
+        429's reading, taken with nothing of this request held: it sets every
+        model. Only a response newer (by dispatch order) than the last one applied
+        corrects the level. Returns True when it did.
         """
         if limit > 0 and (not self.configured or self.limit is None or limit < self.limit) and self.limit != limit:
             self._set_limit(limit)
         rate = self.rate
-        if rate is None or self.limit is None:
+        top = self.limit
+        if rate is None or top is None:
             return False
         if remaining < 0:
             remaining = 0.0
+        # Capacity evidence: lower bounds only, since the capacity never shrinks. The server
+        # computed `reset` when it computed `remaining`, at some moment between this request's
+        # dispatch and now; counted from now, its refill is a lower bound whatever that moment
+        # was. (Counting it from the dispatch, as a reading at admission would allow, also
+        # counts the request's trip to the server: on a loaded machine a capacity of 10
+        # became 16 to 18, for good.) A whole-second `reset` is rounded up: one second less.
+        bound = remaining
+        # At admission, this request's cost had just been taken from a level that never
+        # exceeds the capacity (and was at least `remaining` after it): `remaining + cost`,
+        # for that model only. Less one unit, and no more than `reset` counted from the
+        # dispatch allows: under another convention (a full bucket reads its capacity) it
+        # would overshoot by the cost.
+        by_cost = 0.0
         if reset_in is not None:
-            if self.convention == ADMISSION and not force:
-                reset_in += age
+            if cost > 1.0 and remaining > 0 and not force:
+                by_cost = remaining + cost - 1.0
+            most = remaining + 1.0 + rate * (reset_in + age if reset_in > 0 else age)
+            if by_cost > most:
+                by_cost = most
             if coarse:
                 reset_in -= 1.0
-            bound = remaining + rate * reset_in if reset_in > 0 else remaining
-        else:
-            bound = remaining
-        if bound > self.limit:
-            bound = self.limit
+            if reset_in > 0:
+                bound += rate * reset_in
         first = self._observed == 0
-        if self.capacity <= 0.0 or (self.configured and first):
-            self.capacity = bound if bound > 1.0 else 1.0
-        elif bound > self.capacity:
-            self.capacity = bound
-        cap = self.capacity
+        caps = self.caps
+        for i in range(_N):
+            b = bound
+            if i == ADMISSION and by_cost > b:
+                b = by_cost
+            if b > top:
+                b = top
+            if caps[i] <= 0.0 or (self.configured and first):
+                caps[i] = b if b > 1.0 else 1.0
+            elif b > caps[i]:
+                caps[i] = b
         self.refill(now)
         levels = self.levels
         if force:
             # nothing of this request is held: the reading is the level now, under any convention
             for i in range(_N):
                 pred = levels[i]
-                self._score(i, _residual(remaining, pred))
+                self._score(i, _residual(remaining, pred, 1.0))
                 target = remaining if remaining > 0 else (pred if pred < 0 else 0.0)
                 self._set(i, target)
             self._observed += 1
@@ -246,40 +310,60 @@ class Bucket:
         # what each model says the server read, under its own convention
         preds = [0.0] * _N
         if mark is not None:
-            marked, corr = mark
+            marked, corr, then = mark
             preds[ADMISSION] = marked[ADMISSION] + (self._corr[ADMISSION] - corr[ADMISSION])
+            since = self.debited - then
         else:
             since = self.debited - snapshot if snapshot is not None else 0.0
             elapsed = now - sent_at if sent_at is not None else 0.0
             preds[ADMISSION] = levels[ADMISSION] - rate * elapsed + since
         preds[ANSWER] = levels[ANSWER]
         pred_ref = levels[REFUND] + own_refund
+        cap = caps[REFUND]
         preds[REFUND] = pred_ref if pred_ref < cap else cap
-        residuals = [_residual(remaining, preds[i]) for i in range(_N)]
         if first:
             # no history: each model takes the reading as its convention says, and the
-            # most pessimistic one drives the pacing until the readings tell them apart
+            # most pessimistic one drives the pacing until the readings tell them apart.
+            # Nor is there any idea yet of when the reading was taken: the server may not
+            # have counted what this client sent after this request (a blind first wave,
+            # whose first answer was written before the rest arrived, on a cold start)
+            low = remaining - since
             for i in range(_N):
-                self._set(i, levels[i] + (remaining - preds[i]))
+                value = levels[i] + (remaining - preds[i])
+                self._set(i, value if value < low else low)
             self.convention = min(range(_N), key=lambda i: (levels[i], -i))
             self._observed = 1
             self._seq = seq
             return True
+        # A model is as good as its predictions fall inside the reading's interval, and is
+        # corrected toward the interval's floor: a model anywhere inside it could sit up to
+        # one unit above the server for good, no reading would say so, and a call sent on it
+        # meets a 429 (a tight bucket of 10 drifted into one every ~50 calls). (Inlined
+        # `_residual` with widths 1 and 0: this runs for every answer.)
+        scores = self.scores
+        fixes = [0.0] * _N
         for i in range(_N):
-            self._score(i, residuals[i])
+            d = remaining - preds[i]
+            if d > 0.0:  # below the floor (debt reads 0: no floor then)
+                err = fix = d if remaining > 0 else 0.0
+            else:  # at or above the floor; a miss only beyond the interval
+                fix = d
+                err = -1.0 - d if d < -1.0 else 0.0
+            scores[i] = _SCORE_DECAY * scores[i] + (1.0 - _SCORE_DECAY) * err
+            fixes[i] = fix
         self._observed += 1
         self._select()
         if seq < self._seq:
             return False
         self._seq = seq
         for i in range(_N):
-            r = residuals[i]
+            r = fixes[i]
             if r:
                 self._set(i, levels[i] + (_GAIN_UP if r > 0 else _GAIN_DOWN) * r)
         return True
 
     def _set(self, i: int, value: float) -> None:
-        cap = self.capacity
+        cap = self.caps[i]
         floor = self._floor()
         value = cap if value > cap else (value if value > floor else floor)
         self._corr[i] += value - self.levels[i]
@@ -298,13 +382,21 @@ class Bucket:
             and scores[best] < _SWITCH * scores[cur]
             and scores[cur] - scores[best] > _SWITCH_MIN * self.capacity
         ):
-            self.convention = best
+            self.convention = cur = best
+        most = 2.0 * scores[cur]
+        if most < 1.0:
+            most = 1.0  # whole units: within one, the readings cannot tell models apart
+        self._pace = (scores[0] <= most, scores[1] <= most, scores[2] <= most)
 
 
-def _residual(remaining: float, pred: float) -> float:
-    """Reading minus prediction; the server floors to whole units and never reports below 0."""
+def _residual(remaining: float, pred: float, width: float) -> float:
+    """Reading minus prediction, 0 when the prediction is in ``[remaining, remaining + width]``.
+
+    The server floors its level to whole units (``width`` 1 is the reading's whole
+    interval, 0 its floor) and never reports below 0 (debt reads 0: no lower end).
+    """
     lo = remaining if remaining > 0 else float("-inf")
-    hi = remaining + 1.0
+    hi = remaining + width
     if pred < lo:
         return lo - pred
     if pred > hi:

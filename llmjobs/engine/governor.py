@@ -258,10 +258,12 @@ class Governor:
         now: float | None = None,
         force: bool = False,
         out_refund: float = 0.0,
+        in_charged: float = 0.0,
     ) -> bool:
         """Learn limits and correct the levels from a response's rate-limit headers.
 
-        ``out_refund``: this call's unused output reservation, not credited yet.
+        ``out_refund``: this call's unused output reservation, not credited yet;
+        ``in_charged``: the input tokens the server counted for it (0: unknown).
         Returns True when a known budget took the reading.
         """
         if not headers or not self.learn:
@@ -299,6 +301,7 @@ class Governor:
                     mark=ticket.marks[i],
                     own_refund=out_refund if i == 2 else 0.0,
                     age=now - ticket.sent_at,
+                    cost=(1.0, in_charged, ticket.out_cost)[i] * self.share,
                 )
                 or took
             )
@@ -344,7 +347,7 @@ class Governor:
             self._record_output(output_tokens)
         # read the headers before crediting the refund: the models of the conventions
         # under which the server still held it need the level without it
-        self.observe(ticket, headers, now, out_refund=refund if refund > 0 else 0.0)
+        self.observe(ticket, headers, now, out_refund=refund if refund > 0 else 0.0, in_charged=input_tokens or 0.0)
         if refund:
             self.output_tokens.credit(refund, now)
         self._streak = 0

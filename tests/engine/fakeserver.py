@@ -11,6 +11,7 @@ simulation's: no sleeps, no wall time, fully deterministic for a seed.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ KINDS = (("requests", "requests"), ("input_tokens", "input-tokens"), ("output_to
 
 
 class ServerBucket:
-    def __init__(self, limit: float, burst: float) -> None:
+    def __init__(self, limit: float, burst: float, coarse_reset: bool = False) -> None:
+        self.coarse_reset = coarse_reset
         self.limit = limit
         self.rate = limit / 60.0
         self.capacity = limit * burst / 60.0
@@ -45,18 +47,22 @@ class ServerBucket:
     def headers(self, prefix: str, now: float) -> dict[str, str]:
         level = self.at(now)
         ttf = (self.capacity - level) / self.rate if level < self.capacity else 0.0
+        if self.coarse_reset:  # whole seconds, rounded up, as the API and the simulator send it
+            reset = datetime.fromtimestamp(math.ceil(WALL0 + now + ttf), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        else:  # RFC 3339 with microseconds: exact
+            reset = datetime.fromtimestamp(WALL0 + now + ttf, UTC).isoformat()
         return {
             f"anthropic-ratelimit-{prefix}-limit": str(int(self.limit)),
+            # whole units, floored (never below 0), as the API and the simulator send it
             f"anthropic-ratelimit-{prefix}-remaining": str(max(0, int(level + 1e-9))),
-            # RFC 3339 with microseconds (the real API rounds to seconds; exact here)
-            f"anthropic-ratelimit-{prefix}-reset": datetime.fromtimestamp(WALL0 + now + ttf, UTC).isoformat(),
+            f"anthropic-ratelimit-{prefix}-reset": reset,
         }
 
 
 class Server:
-    def __init__(self, *, rpm=0, itpm=0, otpm=0, burst=60.0, remaining_at="refund") -> None:
+    def __init__(self, *, rpm=0, itpm=0, otpm=0, burst=60.0, remaining_at="refund", coarse_reset=False) -> None:
         self.buckets = {
-            name: ServerBucket(limit, burst)
+            name: ServerBucket(limit, burst, coarse_reset)
             for name, limit in (("requests", rpm), ("input_tokens", itpm), ("output_tokens", otpm))
             if limit
         }
@@ -112,6 +118,7 @@ class Result:
     done: int = 0
     rejected: int = 0
     peak_in_flight: int = 0
+    limited: list = field(default_factory=list)  # the seq of each call the server rejected
     trace: list = field(default_factory=list)
 
 
@@ -122,12 +129,20 @@ def drive(
     clock: list[float],
     *,
     latency: Callable[[random.Random], float] = lambda rng: 0.55 * (0.8 + 0.4 * rng.random()),
+    forward: Callable[[random.Random], float] | None = None,
+    transit: Callable[[random.Random], float] | None = None,
     seed: int = 1,
     until: float = 3600.0,
     check: Callable[[Governor, float], None] | None = None,
     sample_every: float = 0.0,
 ) -> Result:
-    """Run ``items`` through ``gov`` against ``server``; ``clock[0]`` is the governor's clock."""
+    """Run ``items`` through ``gov`` against ``server``; ``clock[0]`` is the governor's clock.
+
+    ``forward``: a request's trip to the server (default 1 ms); ``transit``: an
+    answer's trip back, headers computed before it (the response's age when the
+    client reads it; default none, a 429's 1 ms). Both jittered, so requests may
+    reach the server, and answers the client, out of order.
+    """
     rng = random.Random(seed)
     pending = list(reversed(items))
     events: list = []  # (time, seq, kind, payload)
@@ -135,6 +150,22 @@ def drive(
     res = Result()
     t0 = clock[0]
     next_sample = t0
+
+    def push(at: float, kind: str, payload: tuple) -> None:
+        nonlocal seq
+        seq += 1
+        heapq.heappush(events, (at, seq, kind, payload))
+
+    def arrive(at: float, ticket, item: Item) -> None:
+        ok, reserve, retry, headers = server.admit(at, item.input_tokens, item.max_tokens)
+        if not ok:
+            res.rejected += 1
+            res.limited.append(ticket.seq if hasattr(ticket, "seq") else None)
+            push(at + (transit(rng) if transit else 0.001), "429", (ticket, item, retry, headers))
+            return
+        adm_headers = headers if server.remaining_at == "admission" else None
+        push(at + latency(rng), "answer", (ticket, item, reserve, adm_headers))
+
     while (pending or events) and clock[0] - t0 < until:
         now = clock[0]
         # dispatch what the governor allows now
@@ -145,15 +176,10 @@ def drive(
                 break
             pending.pop()
             ticket = gov.acquire(in_cost, item.max_tokens, now)
-            ok, reserve, retry, headers = server.admit(now + 0.001, item.input_tokens, item.max_tokens)
-            seq += 1
-            if not ok:
-                res.rejected += 1
-                heapq.heappush(events, (now + 0.002, seq, "429", (ticket, item, retry, headers)))
-                continue
-            answer_at = now + 0.001 + latency(rng)
-            adm_headers = headers if server.remaining_at == "admission" else None
-            heapq.heappush(events, (answer_at, seq, "answer", (ticket, item, reserve, adm_headers)))
+            if forward is None:
+                arrive(now + 0.001, ticket, item)
+            else:
+                push(now + forward(rng), "arrive", (ticket, item))
         res.peak_in_flight = max(res.peak_in_flight, gov.in_flight)
         if check is not None:
             check(gov, now)
@@ -173,21 +199,29 @@ def drive(
         now = clock[0]
         while events and events[0][0] <= now:
             _t, _s, kind, payload = heapq.heappop(events)
-            if kind == "429":
+            if kind == "arrive":
+                arrive(_t, *payload)
+            elif kind == "429":
                 ticket, item, retry, headers = payload
-                h = dict(headers)
-                gov.on_rate_limited(ticket, retry, h, now)
+                gov.on_rate_limited(ticket, retry, dict(headers), now)
                 pending.append(item)
-                continue
-            ticket, item, reserve, adm_headers = payload
-            if server.remaining_at == "answer":
-                headers = server.headers(now)
-                server.settle(now, reserve, item.output_tokens)
-            else:
-                server.settle(now, reserve, item.output_tokens)
-                headers = adm_headers if adm_headers is not None else server.headers(now)
-            gov.on_success(ticket, item.input_tokens, item.output_tokens, headers, now)
-            res.done += 1
+            elif kind == "answer":
+                ticket, item, reserve, adm_headers = payload
+                if server.remaining_at == "answer":
+                    headers = server.headers(_t)
+                    server.settle(_t, reserve, item.output_tokens)
+                else:
+                    server.settle(_t, reserve, item.output_tokens)
+                    headers = adm_headers if adm_headers is not None else server.headers(_t)
+                if transit is None:
+                    gov.on_success(ticket, item.input_tokens, item.output_tokens, headers, now)
+                    res.done += 1
+                else:
+                    push(_t + transit(rng), "deliver", (ticket, item, headers))
+            else:  # an answer reaches the client
+                ticket, item, headers = payload
+                gov.on_success(ticket, item.input_tokens, item.output_tokens, headers, now)
+                res.done += 1
     res.elapsed = clock[0] - t0
     return res
 

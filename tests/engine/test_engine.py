@@ -119,14 +119,13 @@ async def test_tight_rpm_is_learned_and_paced(sim):
         stats = engine.stats
     assert all(o.status == "succeeded" for o in outcomes)
     assert stats.limits["rpm"] == 1200
-    assert engine.governor.requests.capacity <= 12  # learned that the bucket is far below the limit
+    assert engine.governor.requests.capacity <= 10  # learned that the bucket is far below the limit
     # Only the first, blind wave (before any header was seen) should overrun the small
-    # bucket; an unpaced run of 60 calls gets dozens. On a loaded 2-core machine late
-    # responses still let some slip through (seen in CI: one every ~11 calls, the model
-    # drifting up within the server's whole-unit rounding of `remaining`), so this bounds
-    # the share rather than asking for none.
+    # bucket; an unpaced run of 60 calls gets dozens. (The model used to drift up within
+    # the server's whole-unit rounding of `remaining` and, on a loaded machine, let one in
+    # ~11 calls meet a 429: tests/engine/test_bucket_drift.py.)
     late = [seq for seq in limited if seq > 16]
-    assert len(late) <= 6, repr(limited)
+    assert len(late) <= 2, repr(limited)
 
 
 @pytest.mark.asyncio

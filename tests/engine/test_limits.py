@@ -34,12 +34,11 @@ def make_gov(clock: list[float], **kw) -> Governor:
 def sane(g: Governor, now: float) -> None:
     assert 0.25 <= g.input_factor <= 4.0
     for b in (g.requests, g.input_tokens, g.output_tokens):
-        for level in b.levels:
+        for level, cap in zip(b.levels, b.caps, strict=True):  # each model within its own capacity
             assert math.isfinite(level)
             if b.known:
-                assert -(b.capacity + (b.limit or 0)) <= level <= b.capacity + 1e-6
-        if b.known:
-            assert 0 < b.capacity <= (b.limit or 0) + 1e-6
+                assert -(b.capacity + (b.limit or 0)) <= level <= cap + 1e-6
+                assert 0 < cap <= (b.limit or 0) + 1e-6
     assert 1.0 <= g.ceiling <= g.max_concurrency
 
 
