@@ -159,7 +159,7 @@ class AsyncAuthenticationMiddleware(InlineAsyncMixin, AuthenticationMiddleware):
     def process_request(self, request: HttpRequest) -> None:
         super().process_request(request)
         if self.async_mode:
-            request.auser = partial(_auser_in_one_hop, request)  # type: ignore[attr-defined]
+            request.auser = partial(_auser_in_one_hop, request)
 
 
 def _user_for(request: HttpRequest) -> Any:
