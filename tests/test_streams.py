@@ -186,6 +186,7 @@ async def test_a_playground_request_makes_no_middleware_thread_hop(api, settings
         assert names[:2] == ["start", "ttft"]
         await stream.body()
         await asyncio.wait_for(stream.task, 30)
+        print(hops)
         assert hops == []
 
         settings.MIDDLEWARE = [*STOCK_MIDDLEWARE, "axes.middleware.AxesMiddleware"]  # what it was
@@ -194,6 +195,74 @@ async def test_a_playground_request_makes_no_middleware_thread_hop(api, settings
         await stream.body()
         await asyncio.wait_for(stream.task, 30)
         assert len(hops) >= 7  # the measure works: each of Django's own hooks hopped
+    finally:
+        await playground.aclose_client()
+
+
+def counting_hops(monkeypatch) -> list[str]:
+    """Every ``sync_to_async`` call made from now on (asgiref's, whoever wraps it): its function."""
+    hops: list[str] = []
+    real = SyncToAsync.__call__
+
+    async def call(self, *args, **kwargs):
+        func = getattr(self.func, "func", self.func)  # a partial's function
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", call)
+    return hops
+
+
+PLAY_BODY = b"prompt=Hello+owls&model=claude-haiku-4-5&max_tokens=20"
+
+
+async def play(app, cookies: dict[str, str]) -> tuple[int, bytes]:
+    stream = AsgiStream(app, "POST", reverse("llmjobs:playground_stream"), cookies=cookies, body=PLAY_BODY)
+    status = await stream.status()
+    body = await stream.body()
+    await asyncio.wait_for(stream.task, 30)
+    return status, body
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_playground_stream_hops_to_a_thread_once_before_the_call(asgi_app, api, monkeypatch):
+    """Under load every thread hop waits for the GIL behind the loop and the other requests'
+    threads (issue 17). Before the upstream call: Django's request_started signal and ONE hop
+    for the session and the user (Django's aget_user makes one per query, and its async
+    login_required one more for ``user.is_authenticated``); after it: closing the response."""
+    api.configure(tps=400.0)
+    user = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(user)
+    try:
+        await play(asgi_app, cookies)  # warm: the shared client, imports
+        hops = counting_hops(monkeypatch)
+        status, body = await play(asgi_app, cookies)
+        assert status == 200 and b"event: done" in body
+        # Django's request_started, the user (session + user rows), closing the response (request_finished)
+        assert hops == ["Signal.asend.<locals>.sync_send", "_user_for", "EventStreamResponse.close"]
+    finally:
+        await playground.aclose_client()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_playground_stream_still_checks_login_session_and_csrf(asgi_app, api):
+    alice = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(alice)
+    try:
+        status, _ = await play(asgi_app, {"csrftoken": CSRF})  # no session
+        assert status == 302
+        status, _ = await play(asgi_app, {**cookies, "csrftoken": "b" * 32})  # token and cookie differ
+        assert status == 403
+        alice.set_password("a new password")  # the session's auth hash no longer matches
+        await alice.asave()
+        status, _ = await play(asgi_app, cookies)
+        assert status == 302
+        assert api.stats()["requests"] == 0  # none of them reached the API
+        cookies = await login(alice)
+        status, body = await play(asgi_app, cookies)
+        assert status == 200 and b"event: done" in body
     finally:
         await playground.aclose_client()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import io
 import json
 import re
@@ -611,7 +612,7 @@ async def test_playground_reports_api_errors_and_bad_input(api):
 
 
 @pytest.mark.asyncio
-async def test_with_lifespan_closes_the_shared_client_at_shutdown(settings):
+async def test_with_lifespan_warms_up_then_closes_the_shared_client_at_shutdown(settings):
     settings.LLMJOBS_SIMULATOR_URL = "http://127.0.0.1:9"
     settings.ANTHROPIC_API_KEY = ""
 
@@ -628,7 +629,11 @@ async def test_with_lifespan_closes_the_shared_client_at_shutdown(settings):
     async def send(message):
         sent.append(message)
 
-    await playground.with_lifespan(app)({"type": "lifespan"}, receive, send)
+    try:
+        await playground.with_lifespan(app)({"type": "lifespan"}, receive, send)
+        assert gc.get_freeze_count() > 0  # startup froze the loaded app (warm_up): full GCs skip it
+    finally:
+        gc.unfreeze()
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert client.is_closed()
     assert await playground.get_client() is not client  # a fresh one if asked again

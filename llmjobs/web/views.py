@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, user_passes_test
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
@@ -70,6 +71,16 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+async def _is_authenticated(user: object) -> bool:
+    return bool(getattr(user, "is_authenticated", False))
+
+
+# ``login_required`` for async views, minus a thread hop: Django's runs its sync test
+# (``lambda u: u.is_authenticated``) through ``sync_to_async``; a coroutine test is awaited
+# on the loop. Same redirect to the login page, same attributes for LoginRequiredMiddleware.
+alogin_required = user_passes_test(cast(Callable[[Any], bool], _is_authenticated))  # stubs: sync tests only
 
 
 def _job_or_404(request: HttpRequest, pk: int) -> BatchJob:
@@ -264,7 +275,7 @@ def job_throughput_svg(request: HttpRequest, pk: int) -> HttpResponse:
     return response
 
 
-@login_required
+@alogin_required
 async def job_events(request: HttpRequest, pk: int) -> HttpResponseBase:
     """Live progress as Server-Sent Events (async ORM; ends when the job finishes)."""
     if request.method != "GET":
@@ -288,7 +299,7 @@ def playground(request: HttpRequest) -> HttpResponse:
     return render(request, "llmjobs/playground.html", {"form": PlaygroundForm(), "api": api_target().describe()})
 
 
-@login_required
+@alogin_required
 async def playground_stream(request: HttpRequest) -> HttpResponseBase:
     """POST (CSRF-checked) -> one streamed answer, token by token, through the shared client."""
     if request.method != "POST":
