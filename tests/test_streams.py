@@ -17,14 +17,16 @@ import pytest
 from asgiref.sync import SyncToAsync, iscoroutinefunction, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.handlers.asgi import ASGIHandler
+from django.db import OperationalError
 from django.test import AsyncClient
 from django.urls import reverse
 from django.utils import timezone
 
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob
-from llmjobs.web import playground, poller, progress, sse
+from llmjobs.web import playground, poller, progress, sse, userload
 from llmjobs.web.poller import JobPoller
+from llmjobs.web.userload import UserLoader, user_loader
 
 CSRF = "a" * 32  # a valid cookie secret; sent back as the X-CSRFToken header
 
@@ -100,6 +102,14 @@ class AsgiStream:
     async def disconnect(self) -> None:
         self.inbox.put_nowait({"type": "http.disconnect"})
         await asyncio.wait_for(self.task, 30)
+
+
+@pytest.fixture(autouse=True)
+def close_user_loader():
+    """The user-loading thread keeps a connection open: close it, so that PostgreSQL can drop
+    the test database at the end."""
+    yield
+    user_loader.close()
 
 
 @pytest.fixture
@@ -226,21 +236,57 @@ async def play(app, cookies: dict[str, str]) -> tuple[int, bytes]:
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_a_playground_stream_hops_to_a_thread_once_before_the_call(asgi_app, api, monkeypatch):
+async def test_a_playground_stream_makes_no_thread_hop_of_its_own_and_opens_no_connection(asgi_app, api, monkeypatch):
     """Under load every thread hop waits for the GIL behind the loop and the other requests'
-    threads (issue 17). Before the upstream call: Django's request_started signal and ONE hop
-    for the session and the user (Django's aget_user makes one per query, and its async
-    login_required one more for ``user.is_authenticated``); after it: closing the response."""
+    threads, and every fresh SQLite connection re-parses the schema (issue 17). Django's
+    async auth made two hops (session, user) on the request's fresh thread and connection,
+    its async login_required one more (``user.is_authenticated``). Left: Django's own
+    request_started and closing the response; the user comes from the user-loading thread,
+    over a connection kept open between streams."""
     api.configure(tps=400.0)
     user = await get_user_model().objects.acreate(username="alice")
     cookies = await login(user)
     try:
-        await play(asgi_app, cookies)  # warm: the shared client, imports
+        await play(asgi_app, cookies)  # warm: the shared client, the loader's connection
         hops = counting_hops(monkeypatch)
-        status, body = await play(asgi_app, cookies)
-        assert status == 200 and b"event: done" in body
-        # Django's request_started, the user (session + user rows), closing the response (request_finished)
-        assert hops == ["Signal.asend.<locals>.sync_send", "_user_for", "EventStreamResponse.close"]
+        lookups, connects = user_loader.lookups, user_loader.connects
+        for _ in range(3):
+            status, body = await play(asgi_app, cookies)
+            assert status == 200 and b"event: done" in body
+        assert hops == ["Signal.asend.<locals>.sync_send", "EventStreamResponse.close"] * 3
+        assert user_loader.lookups == lookups + 3  # each stream still checks its session and user...
+        assert user_loader.connects == connects  # ...over the connection the first one opened
+    finally:
+        await playground.aclose_client()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_user_loader_reopens_a_connection_that_went_bad(asgi_app, api, monkeypatch):
+    user = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(user)
+    try:
+        status, _ = await play(asgi_app, cookies)
+        assert status == 200
+        connects = user_loader.connects
+        monkeypatch.setattr(UserLoader, "MAX_AGE", 0.0)  # as if the connection were a minute old
+        status, _ = await play(asgi_app, cookies)
+        assert status == 200 and user_loader.connects == connects + 1
+        monkeypatch.setattr(UserLoader, "MAX_AGE", 60.0)
+        real = userload._user_for
+        calls = 0
+
+        def stale_once(request):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OperationalError("server closed the connection unexpectedly")
+            return real(request)
+
+        monkeypatch.setattr(userload, "_user_for", stale_once)
+        status, _ = await play(asgi_app, cookies)
+        assert status == 200 and calls == 2  # retried once, on a fresh connection
+        assert user_loader.connects == connects + 2
     finally:
         await playground.aclose_client()
 

@@ -26,6 +26,7 @@ from django.utils import timezone
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
 from llmjobs.web import playground, progress
+from llmjobs.web.userload import user_loader
 
 XSS = '<script>alert("pwned")</script>'
 
@@ -36,6 +37,14 @@ XSS = '<script>alert("pwned")</script>'
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def close_user_loader():
+    """The async views' user-loading thread keeps a connection open: close it, so that
+    PostgreSQL can drop the test database at the end."""
+    yield
+    user_loader.close()
 
 
 @pytest.fixture

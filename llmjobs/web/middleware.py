@@ -31,7 +31,6 @@ from typing import Any, cast
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
-from django.contrib.auth.middleware import get_user as _sync_get_user
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
 from django.core.checks import CheckMessage, Tags, Warning, register
@@ -45,6 +44,8 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.test.utils import override_settings
 from django.utils.module_loading import import_string
+
+from .userload import user_loader
 
 __all__ = [
     "AsyncAuthenticationMiddleware",
@@ -148,31 +149,16 @@ class AsyncCsrfViewMiddleware(InlineAsyncMixin, CsrfViewMiddleware):
 class AsyncAuthenticationMiddleware(InlineAsyncMixin, AuthenticationMiddleware):
     """Sets the lazy ``request.user`` and ``request.auser``: no I/O until a view asks.
 
-    Under ASGI, ``request.auser()`` is Django's own sync ``get_user`` (session row, user row,
-    session-hash check, flush on mismatch) in ONE thread hop, where Django's ``aget_user``
-    makes one hop per query (the async ORM is ``sync_to_async`` underneath). Under load each
-    hop waits for the GIL behind the loop and every other request's thread, so hops were a
-    large part of the playground's time to first token (issue 17). The answer is cached for
-    both ``request.user`` and ``request.auser()``, as Django caches each.
+    Under ASGI, ``request.auser()`` is ``userload.user_loader.load``: Django's own sync
+    ``get_user`` (the same checks) in one hop to one long-lived thread with a kept-open
+    connection, instead of Django's hop per query on the request's fresh thread and fresh
+    connection (issue 17; see llmjobs/web/userload.py).
     """
 
     def process_request(self, request: HttpRequest) -> None:
         super().process_request(request)
         if self.async_mode:
-            request.auser = partial(_auser_in_one_hop, request)
-
-
-def _user_for(request: HttpRequest) -> Any:
-    user = _sync_get_user(request)  # django.contrib.auth.middleware.get_user: caches _cached_user
-    request._acached_user = user  # type: ignore[attr-defined]  # what Django's auser caches
-    return user
-
-
-async def _auser_in_one_hop(request: HttpRequest) -> Any:
-    for cached in ("_acached_user", "_cached_user"):
-        if hasattr(request, cached):
-            return getattr(request, cached)
-    return await sync_to_async(_user_for, thread_sensitive=True)(request)
+            request.auser = partial(user_loader.load, request)
 
 
 class AsyncMessageMiddleware(InlineAsyncMixin, MessageMiddleware):
