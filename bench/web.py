@@ -24,6 +24,11 @@ user may open every stream), logs in over HTTP, then:
 Headline numbers go to ``bench.results.record`` (the summary table of ``make bench``).
 
     .venv/bin/python bench/web.py [--streams 1,10,100] [--seconds 10] [--sse 200] [--hold 10]
+
+Where the app's time goes: ``--profile FILE`` records the app during the largest steady
+level, with py-spy (``--gil``: the thread holding the GIL; collapsed stacks), or with
+``perf`` if FILE ends in ``.data`` (``PYTHONPERFSUPPORT=1`` for Python frames).
+``BENCH_ITEMS`` (default 100000) sizes the watched job.
 """
 
 from __future__ import annotations
