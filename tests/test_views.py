@@ -16,9 +16,10 @@ import json
 import re
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connections
 from django.test import AsyncClient, Client
 from django.urls import reverse
 from django.utils import timezone
@@ -41,10 +42,12 @@ def fast_passwords(settings):
 
 @pytest.fixture(autouse=True)
 def close_user_loader():
-    """The async views' user-loading thread keeps a connection open: close it, so that
-    PostgreSQL can drop the test database at the end."""
+    """Close what async views and tests left open: the user-loading thread's kept-open
+    connection, and the one of asgiref's shared sync thread (``sync_to_async`` outside a
+    request), so that PostgreSQL can drop the test database at the end."""
     yield
     user_loader.close()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
 
 @pytest.fixture
