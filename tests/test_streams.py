@@ -236,14 +236,25 @@ async def play(app, cookies: dict[str, str]) -> tuple[int, bytes]:
     return status, body
 
 
+@pytest.fixture
+def one_thread_loader(monkeypatch):
+    """A user loader with one thread: which thread takes a lookup is then known."""
+    loader = UserLoader(threads=1)
+    monkeypatch.setattr(userload, "user_loader", loader)
+    yield loader
+    loader.close()
+
+
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_a_playground_stream_makes_no_thread_hop_of_its_own_and_opens_no_connection(asgi_app, api, monkeypatch):
+async def test_a_playground_stream_makes_no_thread_hop_of_its_own_and_opens_no_connection(
+    asgi_app, api, monkeypatch, one_thread_loader
+):
     """Under load every thread hop waits for the GIL behind the loop and the other requests'
     threads, and every fresh SQLite connection re-parses the schema (issue 17). Django's
     async auth made two hops (session, user) on the request's fresh thread and connection,
     its async login_required one more (``user.is_authenticated``). Left: Django's own
-    request_started and closing the response; the user comes from the user-loading thread,
+    request_started and closing the response; the user comes from a user-loading thread,
     over a connection kept open between streams."""
     api.configure(tps=400.0)
     user = await get_user_model().objects.acreate(username="alice")
@@ -251,29 +262,27 @@ async def test_a_playground_stream_makes_no_thread_hop_of_its_own_and_opens_no_c
     try:
         await play(asgi_app, cookies)  # warm: the shared client, the loader's connection
         hops = counting_hops(monkeypatch)
-        lookups, connects = user_loader.lookups, user_loader.connects
         for _ in range(3):
             status, body = await play(asgi_app, cookies)
             assert status == 200 and b"event: done" in body
         assert hops == ["Signal.asend.<locals>.sync_send", "EventStreamResponse.close"] * 3
-        assert user_loader.lookups == lookups + 3  # each stream still checks its session and user...
-        assert user_loader.connects == connects  # ...over the connection the first one opened
+        assert one_thread_loader.lookups == 4  # each stream still checks its session and user...
+        assert one_thread_loader.connects == 1  # ...over the connection the first one opened
     finally:
         await playground.aclose_client()
 
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_the_user_loader_reopens_a_connection_that_went_bad(asgi_app, api, monkeypatch):
+async def test_the_user_loader_reopens_a_connection_that_went_bad(asgi_app, api, monkeypatch, one_thread_loader):
     user = await get_user_model().objects.acreate(username="alice")
     cookies = await login(user)
     try:
         status, _ = await play(asgi_app, cookies)
-        assert status == 200
-        connects = user_loader.connects
+        assert status == 200 and one_thread_loader.connects == 1
         monkeypatch.setattr(UserLoader, "MAX_AGE", 0.0)  # as if the connection were a minute old
         status, _ = await play(asgi_app, cookies)
-        assert status == 200 and user_loader.connects == connects + 1
+        assert status == 200 and one_thread_loader.connects == 2
         monkeypatch.setattr(UserLoader, "MAX_AGE", 60.0)
         real = userload._user_for
         calls = 0
@@ -288,7 +297,25 @@ async def test_the_user_loader_reopens_a_connection_that_went_bad(asgi_app, api,
         monkeypatch.setattr(userload, "_user_for", stale_once)
         status, _ = await play(asgi_app, cookies)
         assert status == 200 and calls == 2  # retried once, on a fresh connection
-        assert user_loader.connects == connects + 2
+        assert one_thread_loader.connects == 3
+        one_thread_loader.close()
+        assert one_thread_loader.connects == 3 and one_thread_loader._open == 0  # closed on demand
+    finally:
+        await playground.aclose_client()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_streams_share_a_few_kept_open_connections(asgi_app, api, settings):
+    settings.LLMJOBS_STREAMS_PER_USER = 0
+    api.configure(tps=400.0)
+    user = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(user)
+    connects = user_loader.connects
+    try:
+        results = await asyncio.gather(*(play(asgi_app, cookies) for _ in range(3 * UserLoader.THREADS)))
+        assert {status for status, _ in results} == {200}
+        assert user_loader.connects - connects <= UserLoader.THREADS  # at most one per loader thread
     finally:
         await playground.aclose_client()
 

@@ -45,7 +45,7 @@ from django.middleware.security import SecurityMiddleware
 from django.test.utils import override_settings
 from django.utils.module_loading import import_string
 
-from .userload import user_loader
+from . import userload
 
 __all__ = [
     "AsyncAuthenticationMiddleware",
@@ -150,7 +150,7 @@ class AsyncAuthenticationMiddleware(InlineAsyncMixin, AuthenticationMiddleware):
     """Sets the lazy ``request.user`` and ``request.auser``: no I/O until a view asks.
 
     Under ASGI, ``request.auser()`` is ``userload.user_loader.load``: Django's own sync
-    ``get_user`` (the same checks) in one hop to one long-lived thread with a kept-open
+    ``get_user`` (the same checks) in one hop to a long-lived thread with a kept-open
     connection, instead of Django's hop per query on the request's fresh thread and fresh
     connection (issue 17; see llmjobs/web/userload.py).
     """
@@ -158,7 +158,11 @@ class AsyncAuthenticationMiddleware(InlineAsyncMixin, AuthenticationMiddleware):
     def process_request(self, request: HttpRequest) -> None:
         super().process_request(request)
         if self.async_mode:
-            request.auser = partial(user_loader.load, request)
+            request.auser = partial(_auser, request)
+
+
+async def _auser(request: HttpRequest) -> Any:
+    return await userload.user_loader.load(request)
 
 
 class AsyncMessageMiddleware(InlineAsyncMixin, MessageMiddleware):
