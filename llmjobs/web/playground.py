@@ -27,7 +27,7 @@ import anthropic
 
 from ..conf import ApiTarget, api_target, llmjobs_settings
 from ..engine import AttemptTimeout, StreamError, TextStream, make_client
-from . import sse
+from . import sse, userload
 
 __all__ = [
     "aclose_client",
@@ -99,7 +99,7 @@ def warm_up() -> None:
 
 def with_lifespan(app: ASGIApp) -> ASGIApp:
     """Wrap an ASGI app so that server startup runs ``warm_up()`` and shutdown closes the
-    shared client.
+    shared client and the user loader's connections.
 
     Django has no ASGI lifespan support of its own; this answers the
     ``lifespan`` scope (startup/shutdown) and passes everything else through.
@@ -123,6 +123,7 @@ def with_lifespan(app: ASGIApp) -> ASGIApp:
             elif message["type"] == "lifespan.shutdown":
                 try:
                     await aclose_client()
+                    await asyncio.to_thread(userload.user_loader.close, 5.0)  # its kept-open connections
                 except Exception:  # shutting down: log, never hang
                     log.exception("closing the playground client failed")
                 await send({"type": "lifespan.shutdown.complete"})
