@@ -342,6 +342,83 @@ async def test_the_playground_stream_still_checks_login_session_and_csrf(asgi_ap
         await playground.aclose_client()
 
 
+# --- fewer writes per stream -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_coalesced_sends_the_first_events_at_once_then_what_gathered_in_one_write():
+    more, last = asyncio.Event(), asyncio.Event()
+    closed = []
+
+    async def source():
+        try:
+            yield b"start;"
+            yield b"ttft;"
+            yield b"t1;"
+            await more.wait()
+            for k in range(2, 7):  # five tokens, all there before the writer looks again
+                yield f"t{k};".encode()
+            await last.wait()
+            yield b"done;"
+        finally:
+            closed.append(True)
+
+    chunks = sse.coalesced(source(), direct=3, interval=0.001)
+    assert [await anext(chunks) for _ in range(3)] == [b"start;", b"ttft;", b"t1;"]  # one by one
+    more.set()
+    assert await anext(chunks) == b"t2;t3;t4;t5;t6;"  # one write for the five
+    last.set()
+    assert [c async for c in chunks] == [b"done;"]
+    assert closed == [True]
+
+
+@pytest.mark.asyncio
+async def test_coalesced_groups_events_and_keeps_every_one_in_order():
+    async def source():
+        yield b"a;"
+        for k in range(50):
+            yield f"{k};".encode()
+            if k % 10 == 9:
+                await asyncio.sleep(0)  # the events come in bursts of ten
+
+    chunks = [c async for c in sse.coalesced(source(), direct=1, interval=0.001)]
+    assert chunks[0] == b"a;"
+    assert b"".join(chunks) == b"a;" + b"".join(f"{k};".encode() for k in range(50))  # all, in order
+    assert len(chunks) <= 6  # a write per burst at most, not one per event
+
+
+@pytest.mark.asyncio
+async def test_closing_coalesced_closes_its_source_and_errors_come_through():
+    closed = []
+    forever = asyncio.Event()
+
+    async def source():
+        try:
+            yield b"start;"
+            yield b"t1;"
+            await forever.wait()
+        finally:
+            closed.append(True)
+
+    chunks = sse.coalesced(source(), direct=1, interval=0.001)
+    assert await anext(chunks) == b"start;"
+    assert await anext(chunks) == b"t1;"
+    await chunks.aclose()  # the client went away
+    assert closed == [True]  # the source (the upstream call under it) was closed
+
+    async def failing():
+        yield b"start;"
+        yield b"t1;"
+        raise RuntimeError("upstream broke")
+
+    chunks = sse.coalesced(failing(), direct=1, interval=0.001)
+    received = []
+    with pytest.raises(RuntimeError, match="upstream broke"):
+        async for chunk in chunks:
+            received.append(chunk)
+    assert received == [b"start;", b"t1;"]  # what came before the error was sent first
+
+
 # --- one poller per job ---------------------------------------------------------------------
 
 

@@ -51,6 +51,10 @@ from .progress import progress_events, throughput, throughput_svg_context
 log = logging.getLogger(__name__)
 
 JOBS_PER_PAGE = 25
+# The playground's events: start, ttft and the first token as they come, then the tokens
+# that arrived in each PLAYGROUND_FLUSH seconds in one write (sse.coalesced).
+PLAYGROUND_DIRECT = 3
+PLAYGROUND_FLUSH = 0.04
 ITEMS_PER_PAGE = 50
 
 
@@ -309,7 +313,10 @@ async def playground_stream(request: HttpRequest) -> HttpResponseBase:
         return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
     client = await get_client()
     params = form.params()
-    return _stream(await request.auser(), lambda: playground_events(client, params))
+    events = lambda: sse.coalesced(  # noqa: E731
+        playground_events(client, params), direct=PLAYGROUND_DIRECT, interval=PLAYGROUND_FLUSH
+    )
+    return _stream(await request.auser(), events)
 
 
 def _stream(user: object, events: Callable[[], AsyncIterator[bytes]]) -> HttpResponseBase:
