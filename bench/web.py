@@ -24,6 +24,11 @@ user may open every stream), logs in over HTTP, then:
 Headline numbers go to ``bench.results.record`` (the summary table of ``make bench``).
 
     .venv/bin/python bench/web.py [--streams 1,10,100] [--seconds 10] [--sse 200] [--hold 10]
+
+Where the app's time goes: ``--profile FILE`` records the app during the largest steady
+level, with py-spy (``--gil``: the thread holding the GIL; collapsed stacks), or with
+``perf`` if FILE ends in ``.data`` (``PYTHONPERFSUPPORT=1`` for Python frames).
+``BENCH_ITEMS`` (default 100000) sizes the watched job.
 """
 
 from __future__ import annotations
@@ -135,6 +140,30 @@ class App:
                     self.log.seek(0)
                     raise RuntimeError("serve did not start:\n" + self.log.read()) from None
                 time.sleep(0.05)
+
+    profile: str = ""  # --profile: py-spy's collapsed stacks of the app during the top steady level
+
+    def profile_start(self, key: object) -> subprocess.Popen | None:
+        if not self.profile:
+            return None
+        assert self.proc is not None
+        if self.profile.endswith(".data"):  # perf (run the bench with PYTHONPERFSUPPORT=1 for Python frames)
+            command = ["perf", "record", "-F", "499", "-g", "-p", str(self.proc.pid), "-o", self.profile]
+        else:
+            spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+            command = [spy, "record", "--pid", str(self.proc.pid), "--rate", "200", "--gil", "--format", "raw"]
+            command += ["-o", self.profile]
+        return subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def profile_stop(self, spy: subprocess.Popen | None) -> None:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+            print(f"profile: {self.profile}", file=sys.stderr)
 
     def rss_mb(self) -> float:
         """The app process's resident set size (uvicorn runs inside ``manage.py serve``)."""
@@ -284,9 +313,11 @@ async def measure_ttft(app: App, sim_url: str, levels: list[int], seconds: float
         cpu: dict[tuple[str, int], float] = {}
 
         async def measured(key: tuple[str, int], run) -> list[float]:
+            spy = app_proc.profile_start(key) if key == ("steady", max(levels)) else None
             before = app_proc.cpu_s()
             values = await run
             cpu[key] = (app_proc.cpu_s() - before) / max(len(values), 1)
+            app_proc.profile_stop(spy)
             return values
 
         for n in levels:
@@ -391,11 +422,17 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=100)
     parser.add_argument("--sse", type=int, default=200, help="concurrent progress streams")
     parser.add_argument("--hold", type=float, default=10.0, help="seconds to hold the progress streams")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="profile the app during the top steady level: py-spy collapsed stacks, or perf if it ends in .data",
+    )
     args = parser.parse_args()
 
     with SimulatorProcess("--ttft", str(args.ttft), "--tps", str(args.tps)) as sim:
         sim.configure(rpm=0, itpm=0, otpm=0, capacity=0, fail_500=0.0, fail_529=0.0, hang=0.0, drop_stream=0.0)
         app = App(sim.base_url)
+        app.profile = args.profile
         try:
             app.start()
             levels = [int(n) for n in args.streams.split(",")]

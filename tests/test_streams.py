@@ -17,14 +17,16 @@ import pytest
 from asgiref.sync import SyncToAsync, iscoroutinefunction, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.handlers.asgi import ASGIHandler
+from django.db import OperationalError, connections
 from django.test import AsyncClient
 from django.urls import reverse
 from django.utils import timezone
 
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob
-from llmjobs.web import playground, poller, progress, sse
+from llmjobs.web import playground, poller, progress, sse, userload
 from llmjobs.web.poller import JobPoller
+from llmjobs.web.userload import UserLoader, user_loader
 
 CSRF = "a" * 32  # a valid cookie secret; sent back as the X-CSRFToken header
 
@@ -100,6 +102,16 @@ class AsgiStream:
     async def disconnect(self) -> None:
         self.inbox.put_nowait({"type": "http.disconnect"})
         await asyncio.wait_for(self.task, 30)
+
+
+@pytest.fixture(autouse=True)
+def close_user_loader():
+    """Close what async views and tests left open: the user-loading thread's kept-open
+    connection, and the one of asgiref's shared sync thread (``sync_to_async`` outside a
+    request), so that PostgreSQL can drop the test database at the end."""
+    yield
+    user_loader.close()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
 
 @pytest.fixture
@@ -186,6 +198,7 @@ async def test_a_playground_request_makes_no_middleware_thread_hop(api, settings
         assert names[:2] == ["start", "ttft"]
         await stream.body()
         await asyncio.wait_for(stream.task, 30)
+        print(hops)
         assert hops == []
 
         settings.MIDDLEWARE = [*STOCK_MIDDLEWARE, "axes.middleware.AxesMiddleware"]  # what it was
@@ -196,6 +209,214 @@ async def test_a_playground_request_makes_no_middleware_thread_hop(api, settings
         assert len(hops) >= 7  # the measure works: each of Django's own hooks hopped
     finally:
         await playground.aclose_client()
+
+
+def counting_hops(monkeypatch) -> list[str]:
+    """Every ``sync_to_async`` call made from now on (asgiref's, whoever wraps it): its function."""
+    hops: list[str] = []
+    real = SyncToAsync.__call__
+
+    async def call(self, *args, **kwargs):
+        func = getattr(self.func, "func", self.func)  # a partial's function
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", call)
+    return hops
+
+
+PLAY_BODY = b"prompt=Hello+owls&model=claude-haiku-4-5&max_tokens=20"
+
+
+async def play(app, cookies: dict[str, str]) -> tuple[int, bytes]:
+    stream = AsgiStream(app, "POST", reverse("llmjobs:playground_stream"), cookies=cookies, body=PLAY_BODY)
+    status = await stream.status()
+    body = await stream.body()
+    await asyncio.wait_for(stream.task, 30)
+    return status, body
+
+
+@pytest.fixture
+def one_thread_loader(monkeypatch):
+    """A user loader with one thread: which thread takes a lookup is then known."""
+    loader = UserLoader(threads=1)
+    monkeypatch.setattr(userload, "user_loader", loader)
+    yield loader
+    loader.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_playground_stream_makes_no_thread_hop_of_its_own_and_opens_no_connection(
+    asgi_app, api, monkeypatch, one_thread_loader
+):
+    """Under load every thread hop waits for the GIL behind the loop and the other requests'
+    threads, and every fresh SQLite connection re-parses the schema (issue 17). Django's
+    async auth made two hops (session, user) on the request's fresh thread and connection,
+    its async login_required one more (``user.is_authenticated``). Left: Django's own
+    request_started and closing the response; the user comes from a user-loading thread,
+    over a connection kept open between streams."""
+    api.configure(tps=400.0)
+    user = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(user)
+    try:
+        await play(asgi_app, cookies)  # warm: the shared client, the loader's connection
+        hops = counting_hops(monkeypatch)
+        for _ in range(3):
+            status, body = await play(asgi_app, cookies)
+            assert status == 200 and b"event: done" in body
+        assert hops == ["Signal.asend.<locals>.sync_send", "EventStreamResponse.close"] * 3
+        assert one_thread_loader.lookups == 4  # each stream still checks its session and user...
+        assert one_thread_loader.connects == 1  # ...over the connection the first one opened
+    finally:
+        await playground.aclose_client()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_user_loader_reopens_a_connection_that_went_bad(asgi_app, api, monkeypatch, one_thread_loader):
+    user = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(user)
+    try:
+        status, _ = await play(asgi_app, cookies)
+        assert status == 200 and one_thread_loader.connects == 1
+        monkeypatch.setattr(UserLoader, "MAX_AGE", 0.0)  # as if the connection were a minute old
+        status, _ = await play(asgi_app, cookies)
+        assert status == 200 and one_thread_loader.connects == 2
+        monkeypatch.setattr(UserLoader, "MAX_AGE", 60.0)
+        real = userload._user_for
+        calls = 0
+
+        def stale_once(request):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OperationalError("server closed the connection unexpectedly")
+            return real(request)
+
+        monkeypatch.setattr(userload, "_user_for", stale_once)
+        status, _ = await play(asgi_app, cookies)
+        assert status == 200 and calls == 2  # retried once, on a fresh connection
+        assert one_thread_loader.connects == 3
+        one_thread_loader.close()
+        assert one_thread_loader.connects == 3 and one_thread_loader._open == 0  # closed on demand
+    finally:
+        await playground.aclose_client()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_streams_share_a_few_kept_open_connections(asgi_app, api, settings):
+    settings.LLMJOBS_STREAMS_PER_USER = 0
+    api.configure(tps=400.0)
+    user = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(user)
+    connects = user_loader.connects
+    try:
+        results = await asyncio.gather(*(play(asgi_app, cookies) for _ in range(3 * UserLoader.THREADS)))
+        assert {status for status, _ in results} == {200}
+        assert user_loader.connects - connects <= UserLoader.THREADS  # at most one per loader thread
+    finally:
+        await playground.aclose_client()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_playground_stream_still_checks_login_session_and_csrf(asgi_app, api):
+    alice = await get_user_model().objects.acreate(username="alice")
+    cookies = await login(alice)
+    try:
+        status, _ = await play(asgi_app, {"csrftoken": CSRF})  # no session
+        assert status == 302
+        status, _ = await play(asgi_app, {**cookies, "csrftoken": "b" * 32})  # token and cookie differ
+        assert status == 403
+        alice.set_password("a new password")  # the session's auth hash no longer matches
+        await alice.asave()
+        status, _ = await play(asgi_app, cookies)
+        assert status == 302
+        assert api.stats()["requests"] == 0  # none of them reached the API
+        cookies = await login(alice)
+        status, body = await play(asgi_app, cookies)
+        assert status == 200 and b"event: done" in body
+    finally:
+        await playground.aclose_client()
+
+
+# --- fewer writes per stream -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_coalesced_sends_the_first_events_at_once_then_what_gathered_in_one_write():
+    more, last = asyncio.Event(), asyncio.Event()
+    closed = []
+
+    async def source():
+        try:
+            yield b"start;"
+            yield b"ttft;"
+            yield b"t1;"
+            await more.wait()
+            for k in range(2, 7):  # five tokens, all there before the writer looks again
+                yield f"t{k};".encode()
+            await last.wait()
+            yield b"done;"
+        finally:
+            closed.append(True)
+
+    chunks = sse.coalesced(source(), direct=3, interval=0.001)
+    assert [await anext(chunks) for _ in range(3)] == [b"start;", b"ttft;", b"t1;"]  # one by one
+    more.set()
+    assert await anext(chunks) == b"t2;t3;t4;t5;t6;"  # one write for the five
+    last.set()
+    assert [c async for c in chunks] == [b"done;"]
+    assert closed == [True]
+
+
+@pytest.mark.asyncio
+async def test_coalesced_groups_events_and_keeps_every_one_in_order():
+    async def source():
+        yield b"a;"
+        for k in range(50):
+            yield f"{k};".encode()
+            if k % 10 == 9:
+                await asyncio.sleep(0)  # the events come in bursts of ten
+
+    chunks = [c async for c in sse.coalesced(source(), direct=1, interval=0.001)]
+    assert chunks[0] == b"a;"
+    assert b"".join(chunks) == b"a;" + b"".join(f"{k};".encode() for k in range(50))  # all, in order
+    assert len(chunks) <= 6  # a write per burst at most, not one per event
+
+
+@pytest.mark.asyncio
+async def test_closing_coalesced_closes_its_source_and_errors_come_through():
+    closed = []
+    forever = asyncio.Event()
+
+    async def source():
+        try:
+            yield b"start;"
+            yield b"t1;"
+            await forever.wait()
+        finally:
+            closed.append(True)
+
+    chunks = sse.coalesced(source(), direct=1, interval=0.001)
+    assert await anext(chunks) == b"start;"
+    assert await anext(chunks) == b"t1;"
+    await chunks.aclose()  # the client went away
+    assert closed == [True]  # the source (the upstream call under it) was closed
+
+    async def failing():
+        yield b"start;"
+        yield b"t1;"
+        raise RuntimeError("upstream broke")
+
+    chunks = sse.coalesced(failing(), direct=1, interval=0.001)
+    received = []
+    with pytest.raises(RuntimeError, match="upstream broke"):
+        async for chunk in chunks:
+            received.append(chunk)
+    assert received == [b"start;", b"t1;"]  # what came before the error was sent first
 
 
 # --- one poller per job ---------------------------------------------------------------------

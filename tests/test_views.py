@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import io
 import json
 import re
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connections
 from django.test import AsyncClient, Client
 from django.urls import reverse
 from django.utils import timezone
@@ -25,6 +27,7 @@ from django.utils import timezone
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
 from llmjobs.web import playground, progress
+from llmjobs.web.userload import user_loader
 
 XSS = '<script>alert("pwned")</script>'
 
@@ -35,6 +38,16 @@ XSS = '<script>alert("pwned")</script>'
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def close_user_loader():
+    """Close what async views and tests left open: the user-loading thread's kept-open
+    connection, and the one of asgiref's shared sync thread (``sync_to_async`` outside a
+    request), so that PostgreSQL can drop the test database at the end."""
+    yield
+    user_loader.close()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
 
 @pytest.fixture
@@ -611,7 +624,7 @@ async def test_playground_reports_api_errors_and_bad_input(api):
 
 
 @pytest.mark.asyncio
-async def test_with_lifespan_closes_the_shared_client_at_shutdown(settings):
+async def test_with_lifespan_warms_up_then_closes_the_shared_client_at_shutdown(settings):
     settings.LLMJOBS_SIMULATOR_URL = "http://127.0.0.1:9"
     settings.ANTHROPIC_API_KEY = ""
 
@@ -628,7 +641,11 @@ async def test_with_lifespan_closes_the_shared_client_at_shutdown(settings):
     async def send(message):
         sent.append(message)
 
-    await playground.with_lifespan(app)({"type": "lifespan"}, receive, send)
+    try:
+        await playground.with_lifespan(app)({"type": "lifespan"}, receive, send)
+        assert gc.get_freeze_count() > 0  # startup froze the loaded app (warm_up): full GCs skip it
+    finally:
+        gc.unfreeze()
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert client.is_closed()
     assert await playground.get_client() is not client  # a fresh one if asked again

@@ -25,6 +25,7 @@ server) they are Django's classes unchanged.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
@@ -43,6 +44,8 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.middleware.security import SecurityMiddleware
 from django.test.utils import override_settings
 from django.utils.module_loading import import_string
+
+from . import userload
 
 __all__ = [
     "AsyncAuthenticationMiddleware",
@@ -144,7 +147,22 @@ class AsyncCsrfViewMiddleware(InlineAsyncMixin, CsrfViewMiddleware):
 
 
 class AsyncAuthenticationMiddleware(InlineAsyncMixin, AuthenticationMiddleware):
-    """Sets the lazy ``request.user`` and ``request.auser``: no I/O until a view asks."""
+    """Sets the lazy ``request.user`` and ``request.auser``: no I/O until a view asks.
+
+    Under ASGI, ``request.auser()`` is ``userload.user_loader.load``: Django's own sync
+    ``get_user`` (the same checks) in one hop to a long-lived thread with a kept-open
+    connection, instead of Django's hop per query on the request's fresh thread and fresh
+    connection (issue 17; see llmjobs/web/userload.py).
+    """
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        if self.async_mode:
+            request.auser = partial(_auser, request)
+
+
+async def _auser(request: HttpRequest) -> Any:
+    return await userload.user_loader.load(request)
 
 
 class AsyncMessageMiddleware(InlineAsyncMixin, MessageMiddleware):

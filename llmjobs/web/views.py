@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
 
 from asgiref.sync import sync_to_async
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, user_passes_test
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
@@ -50,6 +51,10 @@ from .progress import progress_events, throughput, throughput_svg_context
 log = logging.getLogger(__name__)
 
 JOBS_PER_PAGE = 25
+# The playground's events: start, ttft and the first token as they come, then the tokens
+# that arrived in each PLAYGROUND_FLUSH seconds in one write (sse.coalesced).
+PLAYGROUND_DIRECT = 3
+PLAYGROUND_FLUSH = 0.04
 ITEMS_PER_PAGE = 50
 
 
@@ -70,6 +75,16 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 
 # --- helpers ---------------------------------------------------------------------------
+
+
+async def _is_authenticated(user: object) -> bool:
+    return bool(getattr(user, "is_authenticated", False))
+
+
+# ``login_required`` for async views, minus a thread hop: Django's runs its sync test
+# (``lambda u: u.is_authenticated``) through ``sync_to_async``; a coroutine test is awaited
+# on the loop. Same redirect to the login page, same attributes for LoginRequiredMiddleware.
+alogin_required = user_passes_test(cast(Callable[[Any], bool], _is_authenticated))  # stubs: sync tests only
 
 
 def _job_or_404(request: HttpRequest, pk: int) -> BatchJob:
@@ -264,7 +279,7 @@ def job_throughput_svg(request: HttpRequest, pk: int) -> HttpResponse:
     return response
 
 
-@login_required
+@alogin_required
 async def job_events(request: HttpRequest, pk: int) -> HttpResponseBase:
     """Live progress as Server-Sent Events (async ORM; ends when the job finishes)."""
     if request.method != "GET":
@@ -288,7 +303,7 @@ def playground(request: HttpRequest) -> HttpResponse:
     return render(request, "llmjobs/playground.html", {"form": PlaygroundForm(), "api": api_target().describe()})
 
 
-@login_required
+@alogin_required
 async def playground_stream(request: HttpRequest) -> HttpResponseBase:
     """POST (CSRF-checked) -> one streamed answer, token by token, through the shared client."""
     if request.method != "POST":
@@ -298,7 +313,10 @@ async def playground_stream(request: HttpRequest) -> HttpResponseBase:
         return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
     client = await get_client()
     params = form.params()
-    return _stream(await request.auser(), lambda: playground_events(client, params))
+    events = lambda: sse.coalesced(  # noqa: E731
+        playground_events(client, params), direct=PLAYGROUND_DIRECT, interval=PLAYGROUND_FLUSH
+    )
+    return _stream(await request.auser(), events)
 
 
 def _stream(user: object, events: Callable[[], AsyncIterator[bytes]]) -> HttpResponseBase:

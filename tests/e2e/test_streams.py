@@ -31,7 +31,7 @@ def test_closing_the_connection_cancels_the_upstream_request(live_app, sim):
         assert response.status == 200
         assert response.getheader("Content-Type").startswith("text/event-stream")
         names = []
-        while "token" not in names:
+        while names.count("token") < 5:  # past the first events: the coalesced part of the stream
             names.append(read_event(response)[0])
         assert names[:2] == ["start", "ttft"]
         assert sim.stats(brief=True)["in_flight"] == 1  # the upstream call is streaming
