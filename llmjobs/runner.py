@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import gc
 import logging
 import threading
 from collections.abc import AsyncGenerator, Callable
@@ -176,11 +175,6 @@ class JobRunner:
 
     # -- the run ---------------------------------------------------------------------
     async def run(self) -> RunReport:
-        # Everything alive now (Django, the SDK, pydantic schemas: a large heap)
-        # lives as long as the process. Freezing it keeps the cyclic GC from
-        # scanning it again on every full collection, which otherwise stalls
-        # the event loop for 100-200 ms at a time.
-        gc.freeze()
         self._loop = asyncio.get_running_loop()
         self._buffer_event = asyncio.Event()
         self._space = asyncio.Event()
