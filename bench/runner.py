@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -132,6 +133,30 @@ async def run_plain(n: int, sim_url: str, k: int) -> int:
     return sum(1 for ok in oks if not ok)
 
 
+class GcPauses:
+    """The cyclic GC's collections while the block runs: how many, and the longest (ms)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._t0 = 0.0
+
+    def _cb(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.pauses.append(time.perf_counter() - self._t0)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._cb)
+
+    def __str__(self) -> str:
+        return f"{len(self.pauses)} / {1000 * max(self.pauses, default=0.0):.0f}"
+
+
 async def with_lag(coro) -> tuple[list[float], object]:
     """Run ``coro`` while sampling event-loop lag (how late a 10 ms sleep wakes up)."""
     lags: list[float] = []
@@ -198,7 +223,8 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         sim_reset(sim.base_url)
         # bare engine
         c0, t0 = cpu(), time.perf_counter()
-        engine_lags, _ = asyncio.run(with_lag(run_bare_engine(n, sim.base_url)))
+        with GcPauses() as engine_gc:
+            engine_lags, _ = asyncio.run(with_lag(run_bare_engine(n, sim.base_url)))
         engine_wall, engine_cpu = time.perf_counter() - t0, cpu() - c0
         time.sleep(6 if "rpm" in profile else 0.5)  # let the simulator's buckets refill
         sim_reset(sim.base_url)
@@ -213,7 +239,8 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         # the runner, on SQLite, same items
         job_id = make_job(n)
         c0, t0 = cpu(), time.perf_counter()
-        lags, _report = async_to_sync(run_with_lag)(job_id)
+        with GcPauses() as runner_gc:
+            lags, _report = async_to_sync(run_with_lag)(job_id)
         runner_wall, runner_cpu = time.perf_counter() - t0, cpu() - c0
         job = BatchJob.objects.get(pk=job_id)
         assert job.succeeded_count == n, f"runner: {job.succeeded_count}/{n} succeeded ({job.status})"
@@ -234,6 +261,7 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         "engine_lag_p99": pct(engine_lags, 0.99),
         "engine_lag_max": pct(engine_lags, 1.0),
         "paid_twice": stats["prompts"]["paid_more_than_once"],
+        "gc": f"{engine_gc} | {runner_gc}",
     }
 
 
@@ -314,7 +342,18 @@ def main() -> None:
     parser.add_argument("--skip-rss", action="store_true", help="skip the RSS runs (3)")
     parser.add_argument("--profiles", default=",".join(k.split()[0] for k in PROFILES), help="a,b,t")
     parser.add_argument("--profile", action="store_true", help="only print a py-spy top-10 of a runner run")
+    parser.add_argument(
+        "--gil-interval",
+        type=float,
+        default=None,
+        help="the GIL switch interval (s) for the whole run instead of the runner's own (gil.py): isolates its effect",
+    )
     opts = parser.parse_args()
+    if opts.gil_interval is not None:
+        sys.setswitchinterval(opts.gil_interval)
+        import llmjobs.gil
+
+        llmjobs.gil.SWITCH_INTERVAL = opts.gil_interval
     if opts.profile:
         with tempfile.TemporaryDirectory() as tmp:
             setup_django(os.path.join(tmp, "bench.sqlite3"), "http://127.0.0.1:1")
@@ -347,6 +386,7 @@ def main() -> None:
             "runner lag p50/p99/max ms",
             "bare engine lag p99/max ms",
             "paid twice",
+            "GC collections / longest ms: engine | runner",
         )
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -359,7 +399,7 @@ def main() -> None:
                 f"{r['runner_wall'] / r['engine_wall']:.3f} | {r['engine_cpu_ms']:.2f} | {plain_s} | "
                 f"{r['runner_cpu_ms']:.2f} | {r['runner_cpu_ms'] / r['engine_cpu_ms']:.2f} | {vs_plain} | "
                 f"{r['lag_p50']:.1f} / {r['lag_p99']:.1f} / {r['lag_max']:.1f} | "
-                f"{r['engine_lag_p99']:.1f} / {r['engine_lag_max']:.1f} | {r['paid_twice']} |"
+                f"{r['engine_lag_p99']:.1f} / {r['engine_lag_max']:.1f} | {r['paid_twice']} | {r['gc']} |"
             )
             name = r["profile"].split(" ", 1)[1]
             ratio = r["runner_cpu_ms"] / r["engine_cpu_ms"]

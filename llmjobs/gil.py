@@ -24,10 +24,13 @@ _saved: float | None = None
 
 
 @contextmanager
-def short_gil_slices(interval: float = SWITCH_INTERVAL) -> Iterator[None]:
+def short_gil_slices(interval: float | None = None) -> Iterator[None]:
     """While in the block (nested or from several threads), the switch interval is at most
-    ``interval``; the one found before is restored when the last block ends."""
+    ``interval`` (default ``SWITCH_INTERVAL``, read at each call); the one found before is
+    restored when the last block ends."""
     global _users, _saved
+    if interval is None:
+        interval = SWITCH_INTERVAL
     with _lock:
         if _users == 0:
             _saved = sys.getswitchinterval()
