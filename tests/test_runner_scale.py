@@ -159,3 +159,30 @@ def test_short_gil_slices_nest_and_restore_the_interval():
             assert sys.getswitchinterval() == pytest.approx(0.0005)
         assert sys.getswitchinterval() == pytest.approx(0.0005)  # the outer block still runs
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_a_write_updates_only_the_job_counters_that_moved(api):
+    """Issue 17 (idle CPU): each ``F()`` term of the counters UPDATE is ORM time; a write of
+    a few answers touches only the counters those answers moved, and the totals stay exact."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    job = make_job(3, max_tokens=16)
+    a, b, c = job.items.order_by("position").values_list("pk", flat=True)
+    runner = JobRunner(job.pk)
+    runner.job = job
+    usage = {"input_tokens": 10, "output_tokens": 3}
+    with CaptureQueriesContext(connection) as queries:
+        runner._write([Outcome(key=a, status="succeeded", text="ok", usage=usage)])
+    (update,) = [q["sql"] for q in queries if "UPDATE" in q["sql"] and "llmjobs_batchjob" in q["sql"]]
+    assert "succeeded_count" in update and "output_tokens" in update
+    for untouched in ("failed_count", "cancelled_count", "retries_count", "rate_limited_count", "cache_read"):
+        assert untouched not in update
+    runner._write([Outcome(key=b, status="failed", error_type="x", error_message="bad")], rate_limited=2, retries=1)
+    with CaptureQueriesContext(connection) as queries:
+        runner._write([], 0, 0)  # nothing moved: no counters UPDATE at all
+    assert not [q for q in queries if "llmjobs_batchjob" in q["sql"]]
+    job.refresh_from_db()
+    assert (job.succeeded_count, job.failed_count, job.cancelled_count) == (1, 1, 0)
+    assert (job.rate_limited_count, job.retries_count, job.input_tokens, job.output_tokens) == (2, 1, 10, 3)
+    assert c  # the third item was never written
