@@ -372,6 +372,58 @@ def rss(n: int, tmp: str) -> tuple[float, float]:
     return int(maxrss_kb) / 1024, wall
 
 
+def gil_check() -> None:
+    """gil.py's mechanism, isolated: a loop pass of 20 socket send/recv pairs while another thread
+    runs pure Python (the writer's ORM), at CPython's 5 ms switch interval and at gil.py's 1 ms.
+    Each syscall lets the other thread take the GIL; getting it back waits up to the interval."""
+    import socket
+    import statistics
+    import threading
+
+    def busy(stop: threading.Event) -> None:
+        x = 0
+        while not stop.is_set():
+            for i in range(1000):
+                x += i * i
+
+    saved = sys.getswitchinterval()
+    print("| other thread | switch interval | pass median ms | p90 ms | max ms |")
+    print("|---|---|---|---|---|")
+    try:
+        for busy_on in (False, True):
+            for interval in (0.005, 0.001):
+                sys.setswitchinterval(interval)
+                a, b = socket.socketpair()
+                b.setblocking(False)
+                stop = threading.Event()
+                thread = threading.Thread(target=busy, args=(stop,), daemon=True)
+                if busy_on:
+                    thread.start()
+                walls = []
+                for _ in range(100):
+                    t0 = time.perf_counter()
+                    for _ in range(20):
+                        a.send(b"x" * 100)
+                        try:
+                            b.recv(4096)
+                        except BlockingIOError:
+                            pass
+                    walls.append(time.perf_counter() - t0)
+                    time.sleep(0.005)
+                stop.set()
+                if busy_on:
+                    thread.join()
+                a.close()
+                b.close()
+                walls.sort()
+                print(
+                    f"| {'busy' if busy_on else 'idle'} | {1000 * interval:.0f} ms | "
+                    f"{1000 * statistics.median(walls):.1f} | {pct(walls, 0.9):.1f} | {pct(walls, 1.0):.1f} |"
+                )
+    finally:
+        sys.setswitchinterval(saved)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="items per comparison run (default 2000)")
@@ -385,7 +437,11 @@ def main() -> None:
         default=None,
         help="the GIL switch interval (s) for the whole run instead of the runner's own (gil.py): isolates its effect",
     )
+    parser.add_argument("--gil-check", action="store_true", help="only print gil.py's mechanism, isolated")
     opts = parser.parse_args()
+    if opts.gil_check:
+        gil_check()
+        return
     if opts.gil_interval is not None:
         sys.setswitchinterval(opts.gil_interval)
         import llmjobs.gil
