@@ -43,7 +43,16 @@ from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
 from .structured import make_validator
 from .workers import others_hold_leases
-from .writer import FINAL_DB_BUDGET, DatabaseUnavailable, DbRetry, fail_items, outcome_rows, update_items
+from .writer import (
+    FINAL_DB_BUDGET,
+    DatabaseUnavailable,
+    DbRetry,
+    add_job_counters,
+    fail_items,
+    job_status,
+    outcome_rows,
+    update_items,
+)
 
 __all__ = [
     "DatabaseUnavailable",  # re-exported from .writer
@@ -409,7 +418,7 @@ class JobRunner:
                 return
 
     async def _watch_cancel(self) -> None:
-        status_of = self._db(lambda: BatchJob.objects.status_of(self.job_id))
+        status_of = self._db(lambda: job_status(self.job_id))
         while True:
             await asyncio.sleep(CANCEL_POLL)
             try:
@@ -491,8 +500,7 @@ class JobRunner:
         with transaction.atomic():
             if rows.values:
                 update_items(rows.values)
-            if deltas:
-                BatchJob.objects.filter(pk=self.job_id).add_to_counters(**deltas)
+            add_job_counters(self.job_id, deltas)
             if rows.released:
                 self.leases.release(rows.released)
         self.leases.written(o.key for o in batch)
