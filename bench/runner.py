@@ -5,7 +5,9 @@ Prints tables with
       the bare engine and the plain SDK pattern (one client, a Semaphore, gather)
       on the same items and the same simulator profile (latency-bound, RPM-bound,
       tier 4);
-  (2) event-loop lag (p50/p99) during each runner job on SQLite;
+  (2) event-loop lag (p50/p99) during each runner job on SQLite, the GC's collections, and
+      the CPU time of the loop's passes (p99/p99.9/max: what a loaded machine does not
+      stretch; a 10 ms sleep waits out the pass running when it is due);
   (3) peak RSS of a process that runs a 1,000-item and a 100,000-item job.
 
 Goals (issues 4 and 17): (1) <= 1.10x the wall time and <= 1.5x the CPU of the bare
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -29,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -132,6 +136,63 @@ async def run_plain(n: int, sim_url: str, k: int) -> int:
     return sum(1 for ok in oks if not ok)
 
 
+class GcPauses:
+    """The cyclic GC's collections while the block runs: how many, and the longest (ms of CPU)."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+        self._t0 = 0.0
+
+    def _cb(self, phase: str, _info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.thread_time()
+        else:
+            self.pauses.append(time.thread_time() - self._t0)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._cb)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._cb)
+
+    def __str__(self) -> str:
+        return f"{len(self.pauses)} / {1000 * max(self.pauses, default=0.0):.0f}"
+
+
+class LoopMeter:
+    """CPU time (``thread_time``) of every event-loop iteration while the block runs: the loop's
+    long passes as they cost, not as a loaded machine stretches them (lag, wall) — the
+    noise-robust view of the same thing (a 10 ms sleep waits out the pass running when it is due)."""
+
+    def __init__(self) -> None:
+        self.iterations: list[float] = []
+        self._saved: Any = None
+
+    def __enter__(self) -> LoopMeter:
+        import asyncio.base_events as base_events
+
+        self._saved = run_once = base_events.BaseEventLoop._run_once
+        iterations = self.iterations
+
+        def metered(loop: Any) -> None:
+            t0 = time.thread_time()
+            run_once(loop)
+            iterations.append(time.thread_time() - t0)
+
+        base_events.BaseEventLoop._run_once = metered  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import asyncio.base_events as base_events
+
+        base_events.BaseEventLoop._run_once = self._saved  # type: ignore[method-assign]
+
+    def __str__(self) -> str:
+        it = sorted(self.iterations)
+        return f"{pct(it, 0.99):.1f} / {pct(it, 0.999):.1f} / {pct(it, 1.0):.1f}"
+
+
 async def with_lag(coro) -> tuple[list[float], object]:
     """Run ``coro`` while sampling event-loop lag (how late a 10 ms sleep wakes up)."""
     lags: list[float] = []
@@ -198,7 +259,8 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         sim_reset(sim.base_url)
         # bare engine
         c0, t0 = cpu(), time.perf_counter()
-        engine_lags, _ = asyncio.run(with_lag(run_bare_engine(n, sim.base_url)))
+        with GcPauses() as engine_gc, LoopMeter() as engine_loop:
+            engine_lags, _ = asyncio.run(with_lag(run_bare_engine(n, sim.base_url)))
         engine_wall, engine_cpu = time.perf_counter() - t0, cpu() - c0
         time.sleep(6 if "rpm" in profile else 0.5)  # let the simulator's buckets refill
         sim_reset(sim.base_url)
@@ -213,7 +275,8 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         # the runner, on SQLite, same items
         job_id = make_job(n)
         c0, t0 = cpu(), time.perf_counter()
-        lags, _report = async_to_sync(run_with_lag)(job_id)
+        with GcPauses() as runner_gc, LoopMeter() as runner_loop:
+            lags, _report = async_to_sync(run_with_lag)(job_id)
         runner_wall, runner_cpu = time.perf_counter() - t0, cpu() - c0
         job = BatchJob.objects.get(pk=job_id)
         assert job.succeeded_count == n, f"runner: {job.succeeded_count}/{n} succeeded ({job.status})"
@@ -234,6 +297,8 @@ def compare(n: int, profile: str, args: list[str]) -> dict:
         "engine_lag_p99": pct(engine_lags, 0.99),
         "engine_lag_max": pct(engine_lags, 1.0),
         "paid_twice": stats["prompts"]["paid_more_than_once"],
+        "gc": f"{engine_gc} | {runner_gc}",
+        "loop": f"{engine_loop} | {runner_loop}",
     }
 
 
@@ -307,6 +372,58 @@ def rss(n: int, tmp: str) -> tuple[float, float]:
     return int(maxrss_kb) / 1024, wall
 
 
+def gil_check() -> None:
+    """gil.py's mechanism, isolated: a loop pass of 20 socket send/recv pairs while another thread
+    runs pure Python (the writer's ORM), at CPython's 5 ms switch interval and at gil.py's 1 ms.
+    Each syscall lets the other thread take the GIL; getting it back waits up to the interval."""
+    import socket
+    import statistics
+    import threading
+
+    def busy(stop: threading.Event) -> None:
+        x = 0
+        while not stop.is_set():
+            for i in range(1000):
+                x += i * i
+
+    saved = sys.getswitchinterval()
+    print("| other thread | switch interval | pass median ms | p90 ms | max ms |")
+    print("|---|---|---|---|---|")
+    try:
+        for busy_on in (False, True):
+            for interval in (0.005, 0.001):
+                sys.setswitchinterval(interval)
+                a, b = socket.socketpair()
+                b.setblocking(False)
+                stop = threading.Event()
+                thread = threading.Thread(target=busy, args=(stop,), daemon=True)
+                if busy_on:
+                    thread.start()
+                walls = []
+                for _ in range(100):
+                    t0 = time.perf_counter()
+                    for _ in range(20):
+                        a.send(b"x" * 100)
+                        try:
+                            b.recv(4096)
+                        except BlockingIOError:
+                            pass
+                    walls.append(time.perf_counter() - t0)
+                    time.sleep(0.005)
+                stop.set()
+                if busy_on:
+                    thread.join()
+                a.close()
+                b.close()
+                walls.sort()
+                print(
+                    f"| {'busy' if busy_on else 'idle'} | {1000 * interval:.0f} ms | "
+                    f"{1000 * statistics.median(walls):.1f} | {pct(walls, 0.9):.1f} | {pct(walls, 1.0):.1f} |"
+                )
+    finally:
+        sys.setswitchinterval(saved)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=2000, help="items per comparison run (default 2000)")
@@ -314,7 +431,22 @@ def main() -> None:
     parser.add_argument("--skip-rss", action="store_true", help="skip the RSS runs (3)")
     parser.add_argument("--profiles", default=",".join(k.split()[0] for k in PROFILES), help="a,b,t")
     parser.add_argument("--profile", action="store_true", help="only print a py-spy top-10 of a runner run")
+    parser.add_argument(
+        "--gil-interval",
+        type=float,
+        default=None,
+        help="the GIL switch interval (s) for the whole run instead of the runner's own (gil.py): isolates its effect",
+    )
+    parser.add_argument("--gil-check", action="store_true", help="only print gil.py's mechanism, isolated")
     opts = parser.parse_args()
+    if opts.gil_check:
+        gil_check()
+        return
+    if opts.gil_interval is not None:
+        sys.setswitchinterval(opts.gil_interval)
+        import llmjobs.gil
+
+        llmjobs.gil.SWITCH_INTERVAL = opts.gil_interval
     if opts.profile:
         with tempfile.TemporaryDirectory() as tmp:
             setup_django(os.path.join(tmp, "bench.sqlite3"), "http://127.0.0.1:1")
@@ -347,6 +479,8 @@ def main() -> None:
             "runner lag p50/p99/max ms",
             "bare engine lag p99/max ms",
             "paid twice",
+            "GC collections / longest ms CPU: engine | runner",
+            "loop pass CPU p99/p99.9/max ms: engine | runner",
         )
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
@@ -359,7 +493,7 @@ def main() -> None:
                 f"{r['runner_wall'] / r['engine_wall']:.3f} | {r['engine_cpu_ms']:.2f} | {plain_s} | "
                 f"{r['runner_cpu_ms']:.2f} | {r['runner_cpu_ms'] / r['engine_cpu_ms']:.2f} | {vs_plain} | "
                 f"{r['lag_p50']:.1f} / {r['lag_p99']:.1f} / {r['lag_max']:.1f} | "
-                f"{r['engine_lag_p99']:.1f} / {r['engine_lag_max']:.1f} | {r['paid_twice']} |"
+                f"{r['engine_lag_p99']:.1f} / {r['engine_lag_max']:.1f} | {r['paid_twice']} | {r['gc']} | {r['loop']} |"
             )
             name = r["profile"].split(" ", 1)[1]
             ratio = r["runner_cpu_ms"] / r["engine_cpu_ms"]

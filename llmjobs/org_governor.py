@@ -4,11 +4,11 @@ A row per (keyed hash of base URL + API key, model family) in the database the w
 already share (``OrgGovernor``), and a row per engine run drawing from it
 (``OrgGovernorMember``). :func:`share_limits` runs beside a job's engine (one task in
 the runner): :class:`llmjobs.engine.shared.SharedLimits` calls :class:`OrgExchange`
-on a thread of its own every ~0.3 s and at once after a 429. One exchange is one short
-transaction: lock the row, refresh this member, merge the learned limits and the pause,
+on a thread of its own every ~0.3 s (every second while it is alone on the row) and
+at once after a 429. One exchange is one short transaction: lock the row, refresh this member, merge the learned limits and the pause,
 count the live members (seen within ``LIVE_SECONDS``) and their calls in flight. Each
 live member gets 1/N of the limits. Alone on the row (one process, SQLite) the share
-is 1: the run paces exactly as it would alone, for one small transaction every 0.3 s.
+is 1: the run paces exactly as it would alone, for one small transaction a second.
 
 The API key is never stored: ``key_hash`` is HMAC-SHA256 of (base URL + key) keyed
 with ``SECRET_KEY``.
@@ -100,7 +100,7 @@ class OrgExchange:
                     in_flight=state.in_flight,
                     seen_at=now,
                 )
-            fields = ["updated_at"]
+            fields = []
             for name in ("rpm", "itpm", "otpm"):
                 value = getattr(state, name)
                 if value and value != getattr(row, name):
@@ -109,8 +109,9 @@ class OrgExchange:
             if state.paused_until > _ts(row.paused_until):
                 row.paused_until = dt.datetime.fromtimestamp(state.paused_until, dt.UTC)
                 fields.append("paused_until")
-            row.updated_at = now
-            row.save(update_fields=fields)
+            if fields:  # (nothing learned: no write; ``updated_at`` is when the row last changed)
+                row.updated_at = now
+                row.save(update_fields=[*fields, "updated_at"])
             live = members.filter(seen_at__gte=now - dt.timedelta(seconds=LIVE_SECONDS)).aggregate(
                 n=Count("id"), flying=Sum("in_flight")
             )

@@ -159,3 +159,48 @@ def test_short_gil_slices_nest_and_restore_the_interval():
             assert sys.getswitchinterval() == pytest.approx(0.0005)
         assert sys.getswitchinterval() == pytest.approx(0.0005)  # the outer block still runs
     assert sys.getswitchinterval() == pytest.approx(before)
+
+
+def test_a_write_updates_only_the_job_counters_that_moved(api):
+    """Issue 17 (idle CPU): each ``F()`` term of the counters UPDATE is ORM time; a write of
+    a few answers touches only the counters those answers moved, and the totals stay exact."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    job = make_job(3, max_tokens=16)
+    a, b, c = job.items.order_by("position").values_list("pk", flat=True)
+    runner = JobRunner(job.pk)
+    runner.job = job
+    usage = {"input_tokens": 10, "output_tokens": 3}
+    with CaptureQueriesContext(connection) as queries:
+        runner._write([Outcome(key=a, status="succeeded", text="ok", usage=usage)])
+    (update,) = [q["sql"] for q in queries if "UPDATE" in q["sql"] and "llmjobs_batchjob" in q["sql"]]
+    assert "succeeded_count" in update and "output_tokens" in update
+    for untouched in ("failed_count", "cancelled_count", "retries_count", "rate_limited_count", "cache_read"):
+        assert untouched not in update
+    runner._write([Outcome(key=b, status="failed", error_type="x", error_message="bad")], rate_limited=2, retries=1)
+    with CaptureQueriesContext(connection) as queries:
+        runner._write([], 0, 0)  # nothing moved: no counters UPDATE at all
+    assert not [q for q in queries if "llmjobs_batchjob" in q["sql"]]
+    job.refresh_from_db()
+    assert (job.succeeded_count, job.failed_count, job.cancelled_count) == (1, 1, 0)
+    assert (job.rate_limited_count, job.retries_count, job.input_tokens, job.output_tokens) == (2, 1, 10, 3)
+    assert c  # the third item was never written
+
+
+def test_the_plain_counters_update_and_status_read_match_the_orm(api):
+    from llmjobs.writer import add_job_counters, job_status
+
+    a, b = make_job(1), make_job(1)
+    deltas = {"succeeded": 2, "input_tokens": 120, "cost_usd": Decimal("0.001234"), "retries": 1}
+    for _ in range(3):
+        BatchJob.objects.filter(pk=a.pk).add_to_counters(**deltas)
+        add_job_counters(b.pk, deltas)
+    add_job_counters(b.pk, {})  # nothing to add: no query
+    a.refresh_from_db()
+    b.refresh_from_db()
+    for name in ("succeeded_count", "input_tokens", "cost_usd", "retries_count", "failed_count"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert b.cost_usd == Decimal("0.003702") and b.succeeded_count == 6
+    assert job_status(b.pk) == BatchJob.objects.status_of(b.pk) == b.status
+    assert job_status(10**9) is None

@@ -16,6 +16,7 @@ from .attempts import plain_attempt, stream_attempt
 from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
+from .heap import settle_heap
 from .repair import add_usage, invalid_outcome, repair_params
 from .retry import (
     ABORT,
@@ -265,6 +266,7 @@ class _Run:
 
     async def outcomes(self) -> AsyncGenerator[tuple[int, Outcome]]:
         self.loop = asyncio.get_running_loop()
+        settle_heap()  # once per process: no full GC scans of the start-up heap on the loop
         self.stats = st = self.engine.stats = EngineStats(self.gov)
         st.started_at = self.gov.now()
         self.engine._runs.add(self)

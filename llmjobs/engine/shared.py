@@ -2,7 +2,8 @@
 
 The org's limits (RPM, ITPM, OTPM) and its ``retry-after`` pause belong to the API
 key and model family, not to one process. :class:`SharedLimits` runs beside one
-engine run: every ``interval`` seconds (and at once after a local 429) it sends
+engine run: every ``interval`` seconds (``alone_interval``, 1 s, while the last grant
+said no other member shares the row), and at once after a local 429, it sends
 the run's :class:`LocalState` to an injected ``exchange(state) -> Grant`` callable
 (the Django side, ``llmjobs.org_governor``, keeps the state in the database the
 workers share) on a thread of its own, and applies the :class:`Grant` it gets:
@@ -39,7 +40,9 @@ __all__ = ["Grant", "LocalState", "SharedLimits", "apply_grant"]
 
 log = logging.getLogger("llmjobs.engine.shared")
 
-INTERVAL = 0.3  # seconds between exchanges
+INTERVAL = 0.3  # seconds between exchanges while other members share the row
+ALONE_INTERVAL = 1.0  # ... while the last grant said this run is alone on it (well within a member's
+# liveness window): an idle or lone process pays for one small transaction a second, not three
 POLL = 0.05  # how often a new local pause (a 429) is looked for, to exchange at once
 MAX_FAILURES = 3
 LEAVE_TIMEOUT = 5.0  # the run's end waits at most this long to leave the row
@@ -100,6 +103,7 @@ class SharedLimits:
         exchange: Callable[[LocalState], Grant],
         *,
         interval: float = INTERVAL,
+        alone_interval: float | None = None,
         poll: float = POLL,
         max_failures: int = MAX_FAILURES,
         wall: Callable[[], float] = time.time,
@@ -107,6 +111,7 @@ class SharedLimits:
         self.gov = governor
         self.exchange = exchange
         self.interval = interval
+        self.alone_interval = max(interval, ALONE_INTERVAL) if alone_interval is None else alone_interval
         self.poll = poll
         self.max_failures = max_failures
         self.wall = wall
@@ -145,7 +150,7 @@ class SharedLimits:
         self.last = grant
         self.gov.apply_grant(grant.share, grant.paused_until - self.wall())
         self._granted_pause = self.gov.paused_until
-        self._next_at = now + self.interval
+        self._next_at = now + (self.interval if grant.members > 1 else self.alone_interval)
 
     def failed(self, exc: BaseException, now: float) -> None:
         self.failures += 1

@@ -116,16 +116,36 @@ def test_two_members_share_one_limit_and_one_pause():
     assert a.gov.share == 1.0 and a.gov.requests.limit == 600.0
 
 
-def test_exchanges_are_paced_by_the_interval():
+def test_exchanges_are_paced_by_the_interval_and_slower_while_alone():
     clock = Clock()
     row = Row()
-    shared = SharedLimits(governor(clock), row.exchange_for(1), interval=0.3)
+    shared = SharedLimits(governor(clock), row.exchange_for(1), interval=0.3, alone_interval=1.0)
     assert shared.due(clock.t)
+    shared.applied(shared.exchange(shared.local_state()), clock.t)  # alone on the row
+    assert shared.last is not None and shared.last.members == 1
+    clock.t += 0.99
+    assert not shared.due(clock.t)  # alone: one exchange a second (idle cost, issue 17)
+    clock.t += 0.02
+    assert shared.due(clock.t)
+    other = SharedLimits(governor(clock), row.exchange_for(2))
+    other.applied(other.exchange(other.local_state()), clock.t)  # a second member joins
     shared.applied(shared.exchange(shared.local_state()), clock.t)
+    assert shared.last.members == 2
     clock.t += 0.29
     assert not shared.due(clock.t)
     clock.t += 0.02
+    assert shared.due(clock.t)  # shared: every 0.3 s again
+    # a 429 is news at once, whatever the interval
+    ticket = shared.gov.acquire(1.0, 0.0)
+    shared.applied(shared.exchange(shared.local_state()), clock.t)
+    shared.gov.on_rate_limited(ticket, retry_after=1.0)
     assert shared.due(clock.t)
+
+
+def test_the_alone_interval_defaults_to_a_second_and_never_below_the_interval():
+    clock = Clock()
+    assert SharedLimits(governor(clock), Row().exchange_for(1)).alone_interval == 1.0
+    assert SharedLimits(governor(clock), Row().exchange_for(1), interval=2.0).alone_interval == 2.0
 
 
 def test_three_failed_exchanges_fall_back_to_pacing_alone(caplog):
