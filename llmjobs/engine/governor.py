@@ -119,6 +119,7 @@ class Governor:
         pause_max: float = 30.0,
         learn: bool = True,
         warmup: float = 0.0,
+        first_wave: int | None = None,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
@@ -136,7 +137,9 @@ class Governor:
             max_concurrency=max_concurrency,
             initial_concurrency=initial_concurrency,
             warmup=warmup,
-            first_wave=initial_concurrency if self.requests.known else int(FIRST_WAVE[0]),
+            first_wave=initial_concurrency
+            if self.requests.known
+            else int(FIRST_WAVE[0] if first_wave is None else min(first_wave, FIRST_WAVE[0])),
         )
         self._wave_in = 0.0  # input and output tokens the first wave holds so far
         self._wave_out = 0.0

@@ -141,6 +141,14 @@ def test_known_limits_are_paced_by_their_buckets_not_by_the_first_wave():
     assert g.delay(40, 1024) > 0
 
 
+def test_a_first_wave_of_one_where_others_may_be_spending_the_limits():
+    clock = FakeClock()
+    g = make(clock, warmup=1.0, first_wave=1)  # the runner's choice when the org governor shows live runs
+    assert g.free_slots() == 1
+    g.on_success(g.acquire(40, 128))
+    assert g.ceiling == 256 and not g.warming
+
+
 def test_the_warm_up_gain_respects_max_concurrency():
     clock = FakeClock()
     g = make(clock, initial_concurrency=32, max_concurrency=50, warmup=1.0)
