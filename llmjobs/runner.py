@@ -37,7 +37,7 @@ from .fairness import FairSlice
 from .gil import short_gil_slices
 from .leases import Leases
 from .models import BatchJob, Item
-from .org_governor import share_limits
+from .org_governor import org_state, share_limits
 from .prompts import render_chunk
 from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
@@ -220,6 +220,8 @@ class JobRunner:
             config.initial_concurrency = min(config.initial_concurrency, job.concurrency)
         if job.rate_limit_rpm:
             config.rpm = float(job.rate_limit_rpm)
+        if llmjobs_settings().shared_governor and await self._db(_key_in_use)(job.model):
+            config.first_wave = 1  # other runs may be spending the limits now: one call learns them
         target = api_target()
         self.engine = Engine(
             client=self._client,
@@ -561,6 +563,12 @@ class JobRunner:
         elif self.report.interrupted and not others_hold_leases(self.job_id):
             job.mark_interrupted()  # (while other workers still hold leases the job stays running)
         return job
+
+
+def _key_in_use(model: str) -> bool:
+    """Whether the org governor shows live runs on this key + model family now."""
+    state = org_state(model)
+    return state is not None and state.members > 0
 
 
 async def run_job(job_id: int, **options: Any) -> RunReport:

@@ -97,9 +97,13 @@ class EngineConfig:
     pause_max: float = 30.0
     #: learn limits from response headers
     learn_limits: bool = True
-    #: seconds of warm-up at most: one call in flight until the first answer, to learn the
-    #: account's limits before the first wave (0 = off)
+    #: seconds of warm-up at most: a small first wave in flight until the first answer (12
+    #: calls at most, within what any account allows at once: see governor.FIRST_WAVE), to
+    #: learn the account's limits before the full wave (0 = off: the initial ceiling at once)
     warmup: float = 1.0
+    #: calls in the warm-up's first wave at most; 1 where other processes may be using the
+    #: same account's limits right now (the runner does so when the org governor shows them)
+    first_wave: int = 12
 
     def __post_init__(self) -> None:
         if self.max_concurrency < 1:

@@ -6,9 +6,11 @@ the answers say (the caller passes the clock's readings in):
 
 * **slow start**: the ceiling grows by ``_SLOW_START_GAIN`` per success while in
   use (x4 per round trip: a capacity 529 comes back at once, so overshoot is
-  cheap) until the first signal. A warm-up (one call in flight until the first
-  answer, at most ``warmup`` seconds) learns the account's limits before the
-  first wave; its answer gives back the round trip it cost and one more (x8);
+  cheap) until the first signal. A warm-up (a small first wave, at most
+  ``first_wave`` calls and what any account surely allows at once, see the
+  governor, in flight until the first answer, at most ``warmup`` seconds) learns
+  the account's limits before the full wave; its first answer gives back the
+  round trip it cost and one more (x8);
 * **capacity wall**: each 529 carries the in-flight level it was sent at. Three
   529s above every level that worked lately, either dense (most levels between
   the lowest and the highest of them refused) or with nothing left in flight
@@ -67,6 +69,7 @@ class ConcurrencyController:
         "_win",
         "_win_529s",
         "ceiling",
+        "first_wave",
         "in_flight",
         "max_concurrency",
         "peak_in_flight",
@@ -75,7 +78,14 @@ class ConcurrencyController:
         "warming",
     )
 
-    def __init__(self, *, max_concurrency: int = 512, initial_concurrency: int = 32, warmup: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 512,
+        initial_concurrency: int = 32,
+        warmup: float = 0.0,
+        first_wave: int = 1,
+    ) -> None:
         self.max_concurrency = max_concurrency
         self.ceiling = float(max(1, min(initial_concurrency, max_concurrency)))
         self.ssthresh = float(max_concurrency)  # slow start below it, gentle probing above
@@ -93,15 +103,18 @@ class ConcurrencyController:
         self.warming = warmup > 0
         self._warmup = warmup
         self._warm_until: float | None = None
+        self.first_wave = max(1, first_wave)  # calls in flight at most while warming
 
     # -- dispatch --------------------------------------------------------
     def free_slots(self, now: float) -> int:
         if self.warming and self.warmup_left(now) > 0:
-            return 1 - self.in_flight
+            wave = self.first_wave
+            ceiling = int(self.ceiling)
+            return (wave if wave < ceiling else ceiling) - self.in_flight
         return int(self.ceiling) - self.in_flight
 
     def warmup_left(self, now: float) -> float:
-        """Seconds the warm-up (one call in flight until the first answer) may still last."""
+        """Seconds the warm-up (the first wave in flight until the first answer) may still last."""
         if not self.warming:
             return 0.0
         if self._warm_until is None:

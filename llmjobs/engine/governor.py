@@ -33,6 +33,12 @@ __all__ = ["Governor", "Ticket"]
 _FACTOR_MIN, _FACTOR_MAX = 0.25, 4.0  # the input estimate's correction factor stays in this range
 _OUT_WINDOW = 512  # completed outputs remembered for the output-length prediction
 _OUT_PERCENTILE = 0.9
+# The first wave, sent before any answer has told the account's limits: what any account
+# surely allows at once. A quarter of the lowest published tier's per-minute limits (tier 1:
+# 50 RPM, 30,000 ITPM, 8,000 OTPM): a bucket may hold less than a minute of refill, and the
+# wave must meet no 429 anywhere. Requests, input tokens (estimated), output tokens (reserved
+# at max_tokens, as the API does). Each applies only while that limit is unknown.
+FIRST_WAVE = (12, 7_500.0, 2_000.0)
 
 
 class Ticket:
@@ -88,6 +94,8 @@ class Governor:
         "_seq",
         "_streak",
         "_wall",
+        "_wave_in",
+        "_wave_out",
         "concurrency",
         "input_factor",
         "input_tokens",
@@ -111,6 +119,7 @@ class Governor:
         pause_max: float = 30.0,
         learn: bool = True,
         warmup: float = 0.0,
+        first_wave: int | None = None,
         clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         wall: Callable[[], float] = time.time,
@@ -121,11 +130,19 @@ class Governor:
         self.requests = Bucket(rpm, now=now)
         self.input_tokens = Bucket(itpm, now=now)
         self.output_tokens = Bucket(otpm, now=now)
-        # one call in flight until the first answer (at most `warmup` seconds), while the
-        # limits are unknown: a first wave at the initial ceiling could only meet them with 429s
+        # a small first wave (FIRST_WAVE) in flight until the first answer (at most `warmup`
+        # seconds), while the limits are unknown: a wave at the initial ceiling could meet them
+        # with 429s; the first answer's headers tell them
         self.concurrency = ConcurrencyController(
-            max_concurrency=max_concurrency, initial_concurrency=initial_concurrency, warmup=warmup
+            max_concurrency=max_concurrency,
+            initial_concurrency=initial_concurrency,
+            warmup=warmup,
+            first_wave=initial_concurrency
+            if self.requests.known
+            else int(FIRST_WAVE[0] if first_wave is None else min(first_wave, FIRST_WAVE[0])),
         )
+        self._wave_in = 0.0  # input and output tokens the first wave holds so far
+        self._wave_out = 0.0
         self.paused_until = 0.0
         self.input_factor = 1.0
         self._outputs: list[float] = []  # a ring of the latest completed output lengths
@@ -200,7 +217,7 @@ class Governor:
         return c.free_slots(self.now()) if c.warming else int(c.ceiling) - c.in_flight
 
     def warmup_left(self, now: float | None = None) -> float:
-        """Seconds the warm-up (one call in flight until the first answer) may still last."""
+        """Seconds the warm-up (the first wave in flight until the first answer) may still last."""
         c = self.concurrency
         return c.warmup_left(self.now() if now is None else now) if c.warming else 0.0
 
@@ -224,9 +241,20 @@ class Governor:
             w = self.output_tokens.wait_time(out_cost, now)
             if w > wait:
                 wait, which = w, 2
+        c = self.concurrency
+        if c.warming and c.in_flight and not self._in_first_wave(in_cost, out_cost):
+            w = c.warmup_left(now)  # the first answer (it wakes the dispatcher) or the warm-up's end
+            if w > wait:
+                wait, which = w, -1
         if which >= 0:
             self.waited[which] += wait
         return wait if wait > 0 else 0.0
+
+    def _in_first_wave(self, in_cost: float, out_cost: float) -> bool:
+        """Whether a call of this cost still fits the first wave's token budget (unknown limits only)."""
+        if in_cost and not self.input_tokens.known and self._wave_in + in_cost > FIRST_WAVE[1]:
+            return False
+        return not out_cost or self.output_tokens.known or self._wave_out + out_cost <= FIRST_WAVE[2]
 
     def acquire(self, in_cost: float, out_cost: float, now: float | None = None, in_raw: float | None = None) -> Ticket:
         """Record a dispatch now: debit the budgets and count it in flight.
@@ -246,7 +274,11 @@ class Governor:
             self.input_tokens.debit(in_cost, now),
             self.output_tokens.debit(out_cost, now),
         )
-        level, epoch = self.concurrency.send(now)
+        c = self.concurrency
+        if c.warming:
+            self._wave_in += in_cost
+            self._wave_out += out_cost
+        level, epoch = c.send(now)
         self._seq += 1
         return Ticket(self._seq, now, level, epoch, in_cost, out_cost, marks, in_raw)
 

@@ -75,6 +75,7 @@ class Engine:
             pause_max=config.pause_max,
             learn=config.learn_limits,
             warmup=config.warmup,
+            first_wave=config.first_wave,
         )
         self.policy = RetryPolicy(
             max_attempts=config.max_attempts,

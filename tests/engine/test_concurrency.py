@@ -84,15 +84,69 @@ def test_slow_start_grows_x4_per_round_trip_until_the_first_signal():
 def test_the_warm_up_round_trip_is_given_back_when_it_ends():
     clock = FakeClock()
     g = make(clock, initial_concurrency=32, max_concurrency=512, warmup=1.0)
-    assert g.free_slots() == 1
-    t = g.acquire(0, 0)
-    clock.advance(0.5)
-    g.on_success(t)
+    assert g.free_slots() == 12  # the first wave: what any account surely allows at once
+    ts = [g.acquire(0, 0) for _ in range(12)]
+    assert g.free_slots() == 0
+    clock.advance(0.3)
+    g.on_success(ts[0])
     assert g.ceiling == 256  # x8: the slow-start round trip the warm-up cost, and one more
-    assert g.free_slots() == 256
-    t = g.acquire(0, 0)
-    g.on_success(t)  # only the warm-up's answer does that
+    assert g.free_slots() == 256 - 11
+    for t in ts[1:]:
+        g.on_success(t)  # only the warm-up's (first) answer does that
     assert g.ceiling == 256
+
+
+def test_the_first_wave_reserves_tokens_against_what_any_account_allows_at_once():
+    clock = FakeClock()
+    g = make(clock, warmup=1.0)
+    # max_tokens 1,024: the first call always goes, the next would hold 2,048 output tokens
+    # reserved (over the first wave's 2,000): it waits for the first answer
+    g.acquire(40, 1024)
+    assert g.free_slots() > 0 and g.delay(40, 1024) == pytest.approx(1.0)
+    assert g.delay(40, 900) == 0.0  # a smaller call still fits
+    # long documents: the estimated input (7,500 tokens at most) holds the wave to three
+    g = make(clock, warmup=1.0)
+    for _ in range(3):
+        assert g.delay(2000, 256) == 0.0
+        g.acquire(2000, 256)
+    assert g.delay(2000, 256) == pytest.approx(1.0)
+
+
+def test_the_first_wave_waits_for_the_first_answer_or_the_warm_ups_end():
+    clock = FakeClock()
+    g = make(clock, warmup=1.0)
+    t = g.acquire(40, 1024)
+    clock.advance(0.4)
+    assert g.delay(40, 1024) == pytest.approx(0.6)  # the rest of the warm-up at most
+    g.on_success(t, 40, 30)  # the first answer ends the wave (its headers would tell the limits)
+    assert not g.warming and g.delay(40, 1024) == 0.0
+    g = make(clock, warmup=1.0)
+    g.acquire(40, 1024)
+    clock.advance(1.0)  # no answer within the warm-up: slow start as without one
+    assert g.delay(40, 1024) == 0.0 and g.free_slots() == 31
+
+
+def test_known_limits_are_paced_by_their_buckets_not_by_the_first_wave():
+    clock = FakeClock()
+    # configured limits (a known tier): the first wave is as wide as their buckets allow
+    g = make(clock, warmup=1.0, rpm=4000, itpm=2_000_000, otpm=400_000)
+    assert g.free_slots() == 32
+    for _ in range(32):
+        assert g.delay(40, 1024) == 0.0
+        g.acquire(40, 1024)
+    # an unknown output limit still holds the wave to what any account allows
+    g = make(clock, warmup=1.0, rpm=4000)
+    assert g.free_slots() == 32
+    g.acquire(40, 1024)
+    assert g.delay(40, 1024) > 0
+
+
+def test_a_first_wave_of_one_where_others_may_be_spending_the_limits():
+    clock = FakeClock()
+    g = make(clock, warmup=1.0, first_wave=1)  # the runner's choice when the org governor shows live runs
+    assert g.free_slots() == 1
+    g.on_success(g.acquire(40, 128))
+    assert g.ceiling == 256 and not g.warming
 
 
 def test_the_warm_up_gain_respects_max_concurrency():
@@ -276,3 +330,47 @@ async def test_a_capacity_wall_is_learned_from_the_529_levels_and_no_item_is_los
     # the ceiling sits just under the wall the 529s showed, not a multiplicative fraction of it
     assert gov.w_max >= 21
     assert 0.7 * 20 <= gov.ceiling <= gov.w_max + 2
+
+
+@pytest.mark.asyncio
+async def test_with_no_limits_the_first_wave_goes_at_once_then_the_ceiling_jumps(sim):
+    sim.configure(ttft=0.3)  # no limit headers: nothing to learn, a first wave to lose nothing
+    seen: list[tuple[int, int, bool]] = []  # (in flight, answers, warming) at each pull
+    async with Engine(base_url=sim.base_url) as engine:
+        gov = engine.governor
+
+        def calls():
+            for i in range(100):
+                seen.append((gov.in_flight, engine.stats.succeeded, gov.warming))
+                yield call(i)
+
+        outcomes = await engine.run_ordered(calls())
+    assert [o.status for o in outcomes] == ["succeeded"] * 100
+    # twelve calls in flight before any answer (not one), then many more at once after the
+    # first answer (x8), before the first wave is all back
+    assert (11, 0, True) in seen and not any(n >= 12 for n, done, _ in seen if done == 0)
+    assert sum(1 for _, done, _ in seen if done < 12) >= 60
+    assert sim.stats()["by_status"].get("429", 0) == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("limits", "max_tokens", "words"),
+    [
+        ({"tier": 1}, 32, 5),  # the lowest published tier: 50 RPM, 30k ITPM, 8k OTPM, 60 s buckets
+        ({"otpm": 30_000, "burst": 5.0}, 1024, 5),  # 2,500 output tokens at once: two calls of 1,024
+        ({"itpm": 240_000, "burst": 5.0}, 256, 1500),  # 20k input tokens at once: ~10 documents
+    ],
+)
+async def test_a_limited_account_meets_no_429s_at_the_start(sim, limits, max_tokens, words):
+    # tier 1, bench/limits.py's output-bound profile, a tight input bucket: the first wave meets no 429
+    sim.configure(ttft=0.2, **limits)
+    text = " ".join(["word"] * words)
+    calls = [
+        Call(i, {"model": MODEL, "max_tokens": max_tokens, "messages": [{"role": "user", "content": f"{i} {text}"}]})
+        for i in range(12)
+    ]
+    async with Engine(base_url=sim.base_url) as engine:
+        outcomes = await engine.run_ordered(calls)
+    assert [o.status for o in outcomes] == ["succeeded"] * 12
+    assert sim.stats()["by_status"].get("429", 0) == 0
