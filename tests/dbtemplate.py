@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 _sqlite_template: Path | None = None
-_pg_templates: dict[str, str] = {}  # server URL (without the database) -> template database name
+_pg_templates: dict[str, tuple[str, str]] = {}  # server URL (no database) -> (admin URL, template name)
 
 
 def _migrate(env: dict[str, str], database_url: str) -> None:
@@ -61,16 +61,29 @@ def postgres_database(base_url: str, name: str, env: dict[str, str]) -> str:
     import psycopg
 
     server = base_url.rsplit("/", 1)[0]
-    template = _pg_templates.get(server)
-    if template is None:
+    if server in _pg_templates:
+        template = _pg_templates[server][1]
+    else:
         template = f"llmjobs_tmpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
         _admin(base_url, f"CREATE DATABASE {template}")
         atexit.register(_admin, base_url, f"DROP DATABASE IF EXISTS {template} WITH (FORCE)")
         _migrate(env, f"{server}/{template}")
-        _pg_templates[server] = template
+        _pg_templates[server] = (base_url, template)
     with psycopg.connect(base_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
     return f"{server}/{name}"
+
+
+def drop_templates() -> None:
+    """Drop this process's template databases now (the end of a pytest session; atexit is
+    the fallback for other callers, such as the benchmarks)."""
+    global _sqlite_template
+    for server, (admin_url, template) in list(_pg_templates.items()):
+        _admin(admin_url, f"DROP DATABASE IF EXISTS {template} WITH (FORCE)")
+        del _pg_templates[server]
+    if _sqlite_template is not None:
+        shutil.rmtree(_sqlite_template.parent, ignore_errors=True)
+        _sqlite_template = None
 
 
 def _admin(base_url: str, sql: str) -> None:
