@@ -20,7 +20,7 @@ PYTHON_FOR_VENV := $(shell for c in $(PYTHON_CANDIDATES); do \
 
 help:
 	@echo "make run    - install into .venv, migrate, start the app (and the simulator when no ANTHROPIC_API_KEY)"
-	@echo "make test   - run the whole test suite"
+	@echo "make test   - run the whole test suite (2 pytest-xdist workers; PYTEST_WORKERS=0: one process)"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
 	@echo "make bench  - run the benchmarks (prints tables)"
 	@echo "make sim    - run the Anthropic API simulator alone on :8765"
