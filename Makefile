@@ -20,7 +20,7 @@ PYTHON_FOR_VENV := $(shell for c in $(PYTHON_CANDIDATES); do \
 
 help:
 	@echo "make run    - install into .venv, migrate, start the app (and the simulator when no ANTHROPIC_API_KEY)"
-	@echo "make test   - run the whole test suite"
+	@echo "make test   - run the whole test suite (2 pytest-xdist workers; PYTEST_WORKERS=0: one process)"
 	@echo "make lint   - ruff check, ruff format --check, mypy"
 	@echo "make bench  - run the benchmarks (prints tables)"
 	@echo "make sim    - run the Anthropic API simulator alone on :8765"
@@ -46,8 +46,14 @@ run: install
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
 	DEBUG=$${DEBUG:-1} LLMJOBS_WEBHOOK_ALLOW_PRIVATE=$${LLMJOBS_WEBHOOK_ALLOW_PRIVATE:-1} exec $(PY) manage.py serve --host $(HOST) --port $(PORT)
 
+# Two pytest-xdist workers: most of the suite waits on subprocesses, servers and the
+# simulator, so two workers share the 2 cores well. Each worker has its own simulator,
+# live app, test database and tmp dirs. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?= --durations=15
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),-p no:xdist,-n $(PYTEST_WORKERS) --dist worksteal)
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST) $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -55,9 +61,13 @@ lint: install
 	$(VENV)/bin/mypy llmjobs project
 
 # The database-facing tests again on PostgreSQL (what a multi-machine team runs).
+# The files with real worker processes come first, so the two workers do not end on one of them.
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+PG_TESTS := tests/test_fairness.py tests/test_scale.py tests/test_org_governor.py tests/test_durability.py \
+	tests/test_commands.py tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_security.py \
+	tests/test_api.py tests/test_quotas.py tests/test_cost.py
 test-postgres: install
-	DATABASE_URL=$(PG_URL) $(PY) -m pytest tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_commands.py tests/test_durability.py tests/test_security.py tests/test_api.py tests/test_scale.py tests/test_quotas.py tests/test_cost.py tests/test_org_governor.py tests/test_fairness.py
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS) $(PG_TESTS)
 
 BENCH_RESULTS ?= $(CURDIR)/.bench-results.jsonl
 # bench/scale.py creates a fresh database per row from this one (it says so and skips without PostgreSQL).

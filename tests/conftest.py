@@ -46,6 +46,15 @@ SIM_DEFAULTS: dict = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _drop_database_templates():
+    """The migrated templates tests/dbtemplate.py made in this process go at the session's end."""
+    yield
+    from tests import dbtemplate
+
+    dbtemplate.drop_templates()
+
+
 @pytest.fixture(scope="session")
 def simulator():
     with SimulatorProcess() as server:

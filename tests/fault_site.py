@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests import dbtemplate
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -69,7 +71,6 @@ class FaultSite:
         if base:
             self.db_name: str | None = f"llmjobs_fault_{uuid.uuid4().hex[:8]}"
             self.pg_base = base
-            self._pg_admin(f"CREATE DATABASE {self.db_name}")
             self.db_url = base.rsplit("/", 1)[0] + "/" + self.db_name
             self.sqlite_path: Path | None = None
         else:
@@ -85,7 +86,12 @@ class FaultSite:
         )
         self.env.setdefault("SECRET_KEY", "fault-tests-only-secret")
         self.env.update(env)
-        self.manage("migrate", "--noinput", "-v0")
+        # A copy of a database migrated once per process (tests/dbtemplate.py), not a migrate per site.
+        if self.sqlite_path is None:
+            assert base and self.db_name
+            dbtemplate.postgres_database(base, self.db_name, self.env)
+        else:
+            dbtemplate.sqlite_database(self.sqlite_path, self.env)
         self._logs = 0
 
     # -- plumbing ------------------------------------------------------------------

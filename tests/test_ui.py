@@ -369,6 +369,16 @@ def test_another_sessions_stash_token_is_ignored(client, users):
     assert response.status_code == 400 and not BatchJob.objects.exists()
 
 
+def _write_late_answer(job_id: int) -> None:
+    from django.db import transaction
+
+    with transaction.atomic():
+        Item.objects.filter(job_id=job_id, position=0).update(
+            status=Item.Status.SUCCEEDED, lease_expires_at=None, output="late answer"
+        )
+        BatchJob.objects.get(pk=job_id).refresh_counters()
+
+
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_the_stream_keeps_counting_a_cancelled_job_until_its_runner_settles():
@@ -391,11 +401,9 @@ async def test_the_stream_keeps_counting_a_cancelled_job_until_its_runner_settle
             if not updated:
                 updated = True
                 assert names == ["progress"]  # not done while the answer is on its way
-                # the runner writes its in-flight answer, then recounts
-                await Item.objects.filter(job=job, position=0).aupdate(
-                    status=Item.Status.SUCCEEDED, lease_expires_at=None, output="late answer"
-                )
-                await sync_to_async(lambda: BatchJob.objects.get(pk=job.pk).refresh_counters())()
+                # the runner writes its in-flight answer and the counters in one transaction
+                # (as JobRunner._write does): the poller never sees the one without the other
+                await sync_to_async(_write_late_answer)(job.pk)
             if names[-1] == "done":
                 payload = json.loads(raw.split(b"data: ", 1)[1])
                 break
