@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._types import Call
+from ._types import Call, EngineConfig
 from .retry import Verdict
 from .tokens import estimate_input_tokens
 
-__all__ = ["Job", "Latency", "needs_streaming"]
+__all__ = ["Job", "Latency", "attempt_timeout", "needs_streaming"]
 
 # The SDK refuses non-streaming requests that may run past 10 minutes (it
 # estimates an hour per 128k output tokens) or past a model's non-streaming
@@ -97,3 +97,19 @@ class Latency:
         """Mean of the latencies in the window (None before any)."""
         n = min(self.count, len(self.window))
         return sum(self.window[:n]) / n if n else None
+
+
+def attempt_timeout(cfg: EngineConfig, job: Job, latency: Latency) -> float:
+    """One attempt's timeout: the configured one, else 4x the recent p99 latency (at most a
+    prior from ``max_tokens``, at least ``min_attempt_timeout``), doubled per timeout so far."""
+    if cfg.attempt_timeout is not None:
+        t = cfg.attempt_timeout
+    else:
+        prior = 30.0 + job.out_cost / 20.0
+        p99 = latency.p99
+        t = prior if p99 is None else min(prior, 4.0 * p99)
+        if t < cfg.min_attempt_timeout:
+            t = cfg.min_attempt_timeout
+    if job.timeouts:
+        t *= 2**job.timeouts
+    return t if t < cfg.max_attempt_timeout else cfg.max_attempt_timeout

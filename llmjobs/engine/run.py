@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Hashable, Iterable
 from typing import Any
 
-from ._job import Job, Latency
+from ._job import Job, Latency, attempt_timeout
 from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
 from .advice import max_tokens_advice
 from .attempts import plain_attempt, stream_attempt
@@ -30,6 +31,8 @@ from .retry import (
 )
 from .stats import EngineStats
 from .tokens import estimate_input_tokens
+
+_log = logging.getLogger("llmjobs.engine")
 
 __all__ = ["Engine"]
 
@@ -161,21 +164,6 @@ class Engine:
             yield
         finally:
             await self.aclose()
-
-    # -- timeouts ------------------------------------------------------------
-    def _attempt_timeout(self, job: Job) -> float:
-        cfg = self.config
-        if cfg.attempt_timeout is not None:
-            t = cfg.attempt_timeout
-        else:
-            prior = 30.0 + job.out_cost / 20.0
-            p99 = self._latency.p99
-            t = prior if p99 is None else min(prior, 4.0 * p99)
-            if t < cfg.min_attempt_timeout:
-                t = cfg.min_attempt_timeout
-        if job.timeouts:
-            t *= 2**job.timeouts
-        return t if t < cfg.max_attempt_timeout else cfg.max_attempt_timeout
 
 
 class _Run:
@@ -451,12 +439,30 @@ class _Run:
 
     def _task_done(self, task: asyncio.Task[None], job: Job, ticket: Ticket) -> None:
         self._tasks.discard(task)
-        if task.cancelled() and ticket.open:
-            # cancelled before its first step: the attempt never ran its own cleanup
-            self.gov.release(ticket)
-            if self._state == _CANCELLING:
-                self._emit_cancelled(job)
+        if task.cancelled():
+            if ticket.open:
+                # cancelled before its first step: the attempt never ran its own cleanup
+                self.gov.release(ticket)
+                if self._state == _CANCELLING:
+                    self._emit_cancelled(job)
+        elif (exc := task.exception()) is not None:
+            self._internal_error(exc, ticket)
         self._wake()
+
+    def _internal_error(self, exc: BaseException, ticket: Ticket) -> None:
+        """A bug in the engine's own bookkeeping around an attempt (never an API error:
+        those are classified in ``_attempt``). The run stops at once, loudly: its unfinished
+        items are the ``RunAborted``'s undone keys (a runner puts them back to pending),
+        instead of an item that silently never ends and a run that never finishes."""
+        _log.error("engine: internal error after an attempt; stopping the run", exc_info=exc)
+        if ticket.open:
+            with contextlib.suppress(Exception):
+                self.gov.release(ticket)
+        if self._state == _RUNNING:
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            self._abort = Verdict(ABORT, "internal", "internal_error", f"llmjobs engine error: {message}")
+            self._state = _ABORTING
+            self._stop_everything()
 
     # -- one attempt -----------------------------------------------------------
     async def _attempt(self, job: Job, ticket: Ticket, probe: bool = False) -> None:
@@ -465,7 +471,7 @@ class _Run:
             if job.stream:
                 outcome, headers = await stream_attempt(self.client, job, self.cfg)
             else:
-                timeout = self.engine._attempt_timeout(job)
+                timeout = attempt_timeout(self.cfg, job, self.engine._latency)
                 outcome, headers = await plain_attempt(self.client, job, timeout, self.engine._latency)
         except asyncio.CancelledError:
             gov.release(ticket)

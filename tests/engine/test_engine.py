@@ -149,6 +149,38 @@ async def test_401_aborts_the_run_and_leaves_items_undone(sim):
 
 
 @pytest.mark.asyncio
+async def test_a_bug_in_the_engines_bookkeeping_stops_the_run_loudly_and_loses_no_item(sim, monkeypatch):
+    """An exception after an answer (here: the governor's ``on_success`` on the 5th answer)
+    used to kill the attempt's task silently: its item never ended and the run hung. Now
+    the run stops with one line, and every item is reported or listed as undone."""
+    from llmjobs.engine.governor import Governor
+
+    engine = Engine(base_url=sim.base_url)
+    real = Governor.on_success
+    answers = 0
+
+    def broken(self, *args, **kwargs):
+        nonlocal answers
+        answers += 1
+        if answers == 5:
+            raise ZeroDivisionError("a bug")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Governor, "on_success", broken)
+    got = []
+    async with engine:
+        with pytest.raises(RunAborted) as info:
+            async for o in engine.run(call(i) for i in range(40)):
+                got.append(o)
+    err = info.value
+    assert err.error_type == "internal_error" and "ZeroDivisionError: a bug" in err.message
+    reported = {o.key for o in got}
+    assert len(reported) + len(err.undone_keys) >= 5 and not reported & set(err.undone_keys)
+    assert {o.status for o in got} <= {"succeeded"}
+    assert await wait_idle(sim)
+
+
+@pytest.mark.asyncio
 async def test_400_fails_at_once_with_type_and_message(sim):
     bad = Call(
         "bad", {"model": MODEL, "max_tokens": 10, "temperature": 0.5, "messages": [{"role": "user", "content": "hi"}]}
