@@ -35,6 +35,7 @@ from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .estimate import request_key
 from .fairness import FairSlice
+from .filling import fill_open
 from .gil import short_gil_slices
 from .leases import Leases
 from .models import BatchJob, Item
@@ -65,6 +66,7 @@ FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
 STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
+FILL_POLL = 0.1  # seconds between claims while the job's items are still being inserted (``filling``)
 
 
 class JobRunner:
@@ -133,6 +135,7 @@ class JobRunner:
         self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
         self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
         self.fair: FairSlice | None = None  # a job task's slice on shared workers (``fairness``)
+        self._filling = False  # the job's items are still being inserted: never finish it (``filling``)
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -353,6 +356,9 @@ class JobRunner:
                 if not batch:
                     if self.limit is not None or (self.fair is not None and self.fair.yielded):
                         return  # a preview, or our slice is over: the items we hold finish, no more
+                    if self._filling:  # more items are on their way (``filling``)
+                        await asyncio.sleep(FILL_POLL)
+                        continue
                     # Items still leased by a runner that may have died: wait for the
                     # lease to expire, then take them (a live runner renews its own).
                     expiry = await wait_for_leases()
@@ -394,6 +400,8 @@ class JobRunner:
         assert job is not None
         if self.fair is not None and self.fair.should_yield():
             return []  # fair shares: another user's (or job's) turn
+        if self._filling:  # read before the claim: once closed, the claim sees every item
+            self._filling = fill_open(self.job_id)
         rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
         calls, broken = render_chunk(job, rows, self._cache.mark)
         if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
@@ -519,7 +527,13 @@ class JobRunner:
                 job.refresh_counters()
             return None
         items = Item.objects.filter(job_id=job.pk)
-        if not items.claimable().exists() and not items.running().exists():
+        if job.filling_until is not None:  # items still being inserted (``filling``); or cut short now
+            self._filling = fill_open(job.pk)
+            job.refresh_from_db()
+            if job.status == BatchJob.Status.CANCELLED:
+                self.report.status = job.status
+                return None
+        if not self._filling and not items.claimable().exists() and not items.running().exists():
             job.mark_finished()
             self.report.status = job.status
             return None
