@@ -31,6 +31,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 from django.db import connection as default_connection
@@ -139,24 +140,38 @@ def fill(create: Callable[..., BatchJob], rows: Sequence[Row], start: Callable[[
     return job
 
 
+def _insert_batch(job_id: int, batch: Sequence[Row], done: int, total: int) -> None:
+    last = done + len(batch) >= total
+    with transaction.atomic():
+        insert_items(job_id, batch, done)
+        # The job row is locked from here to the commit: a cancel waits for us, or we see it.
+        still_open = (
+            BatchJob.objects.filter(pk=job_id, filling_until__isnull=False)
+            .exclude(status=BatchJob.Status.CANCELLED)
+            .update(total=total, filling_until=None if last else timezone.now() + _lease())
+        )
+        if not still_open:
+            raise _Closed
+
+
 def _fill_rest(job_id: int, rows: Sequence[Row], errors: list[BaseException]) -> None:
-    """The filler thread: the items after the first batch, one transaction per ``FILL_BATCH``."""
+    """The filler thread: the items after the first batch, one transaction per ``FILL_BATCH``,
+    each retried over a fresh connection while the database is briefly unavailable or locked
+    (``writer.DbRetry``; a batch is all or nothing)."""
+    from .writer import DbRetry  # the writer pulls in the engine: import on use
+
+    retry = DbRetry(
+        label=f"job {job_id} (inserting items)",
+        outage_seconds=llmjobs_settings().db_outage_seconds,
+        stop=threading.Event(),
+        report=SimpleNamespace(db_retries=0),
+    )
     done = FIRST_BATCH
     try:
         while done < len(rows):
             batch = rows[done : done + FILL_BATCH]
-            last = done + len(batch) >= len(rows)
             try:
-                with transaction.atomic():
-                    insert_items(job_id, batch, done)
-                    # The job row is locked from here to the commit: a cancel waits for us, or we see it.
-                    still_open = (
-                        BatchJob.objects.filter(pk=job_id, filling_until__isnull=False)
-                        .exclude(status=BatchJob.Status.CANCELLED)
-                        .update(total=len(rows), filling_until=None if last else timezone.now() + _lease())
-                    )
-                    if not still_open:
-                        raise _Closed
+                retry.call(_insert_batch, job_id, batch, done, len(rows))
             except _Closed:
                 log.warning(
                     "job %s: cancelled after %d of %d item(s) were inserted; inserting no more", job_id, done, len(rows)
