@@ -154,6 +154,7 @@ def job_create(
     (``filling``: the job's item set stays open until the last batch, so no runner
     finishes it early; a cancel stops both; a submitter killed mid-insert leaves a job
     that is cancelled with the reason). ``job_create`` returns once both are done.
+    Inside a transaction (the API's), all items are inserted first, then ``start`` is called.
 
     ``schema`` (a JSON Schema object, or its JSON text) makes it an extraction job:
     every answer must be JSON matching it (``structured``). ``webhook_url`` gets a
@@ -241,11 +242,13 @@ def job_create(
         input_fields=list(input_fields),
         webhook_url=webhook_url,
     )
-    if start is not None:
+    if start is not None and not transaction.get_connection().in_atomic_block:
         return fill(create, rows, start)
     with transaction.atomic():
         job = create(total=len(rows))
         insert_items(job.pk, rows)
+    if start is not None:  # inside the caller's transaction nobody sees a first batch early: all, then start
+        start(job)
     return job
 
 

@@ -184,6 +184,15 @@ def test_a_failed_batch_cuts_the_job_short_and_raises(api, small_batches, monkey
     assert _statuses(job.pk) == {"cancelled": 300}
 
 
+def test_inside_a_transaction_all_items_come_first(db, small_batches):
+    seen = []
+    with transaction.atomic():
+        job = _create(500, start=lambda job: seen.append(Item.objects.filter(job_id=job.pk).count()))
+    assert seen == [500]
+    job.refresh_from_db()
+    assert job.filling_until is None and job.total == 500
+
+
 SUBMITTER = """
 import sys, django
 django.setup()
