@@ -52,9 +52,9 @@ FIRST_BATCH = 1000  # items committed with the job: a runner can start on them a
 FILL_BATCH = 10_000  # items per transaction after the first batch
 
 
-def insert_items(job_id: int, rows: Sequence[Row], start: int = 0) -> None:
-    """Insert new pending items at positions ``start``, ``start + 1``...: COPY on PostgreSQL,
-    else ``executemany`` in batches.
+def insert_items(job_id: int, rows: Sequence[Row], start: int = 0, *, copy: bool = True) -> None:
+    """Insert new pending items at positions ``start``, ``start + 1``...: COPY on PostgreSQL
+    (unless ``copy`` is false: for ``bench/submit.py``'s comparison), else ``executemany`` in batches.
 
     These are the rows ``Item.objects.bulk_create`` would write, several times
     faster (100,000 items of ~1 KB: ~2.5 s instead of ~11 s on SQLite, ~2 s
@@ -90,10 +90,10 @@ def insert_items(job_id: int, rows: Sequence[Row], start: int = 0) -> None:
         return row
 
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql" and hasattr(cursor.cursor, "copy"):  # psycopg 3
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+        if copy and connection.vendor == "postgresql" and hasattr(cursor.cursor, "copy"):  # psycopg 3
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as out:
                 for position, (item_fields, custom_id) in enumerate(rows, start):
-                    copy.write_row(row_params(position, item_fields, custom_id))
+                    out.write_row(row_params(position, item_fields, custom_id))
             return
         sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
         for offset in range(0, len(rows), BULK_BATCH_SIZE):
