@@ -29,13 +29,14 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
+from django.db import OperationalError, transaction
 from django.db import connection as default_connection
-from django.db import transaction
 from django.utils import timezone
 
 from .conf import llmjobs_settings
@@ -50,6 +51,7 @@ Row = tuple[dict[str, Any], str]  # (the item's fields, its custom id)
 BULK_BATCH_SIZE = 2000  # rows per executemany (SQLite and others)
 FIRST_BATCH = 1000  # items committed with the job: a runner can start on them at once
 FILL_BATCH = 10_000  # items per transaction after the first batch
+HEAD_START = 10.0  # seconds the filler waits at most for an in-process runner's first claim (``head_start``)
 
 
 def insert_items(job_id: int, rows: Sequence[Row], start: int = 0, *, copy: bool = True) -> None:
@@ -116,10 +118,17 @@ class _Closed(Exception):
     """The job was cancelled (or cut short) while its items were inserted: roll this batch back."""
 
 
-def fill(create: Callable[..., BatchJob], rows: Sequence[Row], start: Callable[[BatchJob], Any]) -> BatchJob:
+def fill(
+    create: Callable[..., BatchJob], rows: Sequence[Row], start: Callable[[BatchJob], Any], *, head_start: bool = False
+) -> BatchJob:
     """Create the job (``create(total=..., filling_until=...)``) with its first batch of items,
     call ``start(job)`` as soon as they are committed, and insert the rest meanwhile on a
-    thread of its own. Returns when both are done; the thread's error, if any, is raised."""
+    thread of its own. Returns when both are done; the thread's error, if any, is raised.
+
+    ``head_start``: ``start`` runs the job in this process. The filler then waits (at most
+    ``HEAD_START`` s) until the runner has claimed its first items: both are Python and
+    would share the GIL, and the runner's start (importing the SDK, opening the client)
+    goes first; the rest is inserted while the first calls are in flight."""
     with transaction.atomic():
         job = create(total=len(rows), filling_until=timezone.now() + _lease() if len(rows) > FIRST_BATCH else None)
         insert_items(job.pk, rows[:FIRST_BATCH])
@@ -128,7 +137,7 @@ def fill(create: Callable[..., BatchJob], rows: Sequence[Row], start: Callable[[
         return job
     errors: list[BaseException] = []
     thread = threading.Thread(
-        target=_fill_rest, args=(job.pk, rows, errors), name=f"llmjobs-fill-{job.pk}", daemon=True
+        target=_fill_rest, args=(job.pk, rows, errors, head_start), name=f"llmjobs-fill-{job.pk}", daemon=True
     )
     thread.start()
     try:
@@ -154,7 +163,19 @@ def _insert_batch(job_id: int, batch: Sequence[Row], done: int, total: int) -> N
             raise _Closed
 
 
-def _fill_rest(job_id: int, rows: Sequence[Row], errors: list[BaseException]) -> None:
+def _first_claim(job_id: int) -> None:
+    """Wait (at most ``HEAD_START`` s) until an item of ``job_id`` is no longer pending."""
+    deadline = time.monotonic() + HEAD_START
+    while time.monotonic() < deadline:
+        try:
+            if Item.objects.filter(job_id=job_id).exclude(status=Item.Status.PENDING).exists():
+                return
+        except OperationalError:  # a busy database: the batches that follow retry
+            default_connection.close()
+        time.sleep(0.02)
+
+
+def _fill_rest(job_id: int, rows: Sequence[Row], errors: list[BaseException], head_start: bool = False) -> None:
     """The filler thread: the items after the first batch, one transaction per ``FILL_BATCH``,
     each retried over a fresh connection while the database is briefly unavailable or locked
     (``writer.DbRetry``; a batch is all or nothing)."""
@@ -168,6 +189,8 @@ def _fill_rest(job_id: int, rows: Sequence[Row], errors: list[BaseException]) ->
     )
     done = FIRST_BATCH
     try:
+        if head_start:
+            _first_claim(job_id)
         while done < len(rows):
             batch = rows[done : done + FILL_BATCH]
             try:

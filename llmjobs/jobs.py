@@ -146,6 +146,7 @@ def job_create(
     schema: Mapping[str, Any] | str | None = None,
     webhook_url: str = "",
     start: Callable[[BatchJob], Any] | None = None,
+    head_start: bool = False,
 ) -> BatchJob:
     """Create a draft job and its items from exactly one source.
 
@@ -155,6 +156,8 @@ def job_create(
     finishes it early; a cancel stops both; a submitter killed mid-insert leaves a job
     that is cancelled with the reason). ``job_create`` returns once both are done.
     Inside a transaction (the API's), all items are inserted first, then ``start`` is called.
+    ``head_start``: ``start`` runs the job in this process; the rest is inserted once it has
+    claimed its first items (``filling.fill``).
 
     ``schema`` (a JSON Schema object, or its JSON text) makes it an extraction job:
     every answer must be JSON matching it (``structured``). ``webhook_url`` gets a
@@ -243,7 +246,7 @@ def job_create(
         webhook_url=webhook_url,
     )
     if start is not None and not transaction.get_connection().in_atomic_block:
-        return fill(create, rows, start)
+        return fill(create, rows, start, head_start=head_start)
     with transaction.atomic():
         job = create(total=len(rows))
         insert_items(job.pk, rows)

@@ -40,7 +40,9 @@ def small_batches(monkeypatch):
 
 
 def _create(n: int, start=None, **kw) -> BatchJob:
-    return job_create(name="fill", template="Summarize: {text}", model="claude-haiku-4-5", texts=TEXTS[:n], start=start)
+    return job_create(
+        name="fill", template="Summarize: {text}", model="claude-haiku-4-5", texts=TEXTS[:n], start=start, **kw
+    )
 
 
 def _statuses(job_id: int) -> dict[str, int]:
@@ -63,7 +65,7 @@ def test_items_inserted_while_the_runner_runs_all_succeed_once(api, small_batche
         seen["total"] = job.total
         seen["report"] = job_run(job=job)
 
-    job = _create(2000, start=start)
+    job = _create(2000, start=start, head_start=True)  # the rest is inserted once the runner has claimed
     job.refresh_from_db()
     assert seen["open"] is True  # the runner started before the last rows were in
     assert seen["total"] == 2000  # the whole input's count from the start: progress is right

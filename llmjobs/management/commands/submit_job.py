@@ -103,6 +103,7 @@ class Command(BaseCommand):
                 schema=schema,
                 webhook_url=opts["webhook_url"],
                 start=partial(self._created, opts=opts) if early else None,
+                head_start=True,  # the run is in this process
             )
         except JobInputError as exc:
             raise CommandError(f"{name}: {exc}") from None
