@@ -66,7 +66,6 @@ FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
 STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
-FILL_POLL = 0.1  # seconds between claims while the job's items are still being inserted (``filling``)
 
 
 class JobRunner:
@@ -356,8 +355,8 @@ class JobRunner:
                 if not batch:
                     if self.limit is not None or (self.fair is not None and self.fair.yielded):
                         return  # a preview, or our slice is over: the items we hold finish, no more
-                    if self._filling:  # more items are on their way (``filling``)
-                        await asyncio.sleep(FILL_POLL)
+                    if self._filling:  # more items are on their way (``filling``): claim again soon
+                        await asyncio.sleep(0.1)
                         continue
                     # Items still leased by a runner that may have died: wait for the
                     # lease to expire, then take them (a live runner renews its own).
@@ -521,18 +520,15 @@ class JobRunner:
         job = BatchJob.objects.filter(pk=self.job_id).first()
         if job is None:
             raise BatchJob.DoesNotExist(f"job {self.job_id} does not exist")
+        self._filling = job.filling_until is not None and fill_open(job.pk)  # items still being inserted
+        if job.filling_until is not None and not self._filling:
+            job.refresh_from_db()  # ... not any more: all in, or cut short (cancelled)
         self.report.status = job.status
         if job.status == BatchJob.Status.CANCELLED:
             if Item.objects.filter(job_id=job.pk).cancel_pending():  # what a dead runner left behind
                 job.refresh_counters()
             return None
         items = Item.objects.filter(job_id=job.pk)
-        if job.filling_until is not None:  # items still being inserted (``filling``); or cut short now
-            self._filling = fill_open(job.pk)
-            job.refresh_from_db()
-            if job.status == BatchJob.Status.CANCELLED:
-                self.report.status = job.status
-                return None
         if not self._filling and not items.claimable().exists() and not items.running().exists():
             job.mark_finished()
             self.report.status = job.status

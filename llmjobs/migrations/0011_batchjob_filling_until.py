@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('llmjobs', '0008_org_governor'),
+        ('llmjobs', '0010_item_finished_index'),
     ]
 
     operations = [
