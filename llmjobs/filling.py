@@ -32,10 +32,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from types import SimpleNamespace
 from typing import Any
 
-from django.db import OperationalError, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db import connection as default_connection
 from django.utils import timezone
 
@@ -175,18 +174,27 @@ def _first_claim(job_id: int) -> None:
         time.sleep(0.02)
 
 
+def _retried(fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)``, retried over a fresh connection while the database is unavailable or locked,
+    for up to ``LLMJOBS_DB_OUTAGE_SECONDS`` (as ``writer.DbRetry``, which would import the SDK)."""
+    deadline = time.monotonic() + llmjobs_settings().db_outage_seconds
+    delay = 0.05
+    while True:
+        try:
+            return fn(*args)
+        except (OperationalError, InterfaceError):
+            default_connection.close()
+            if time.monotonic() > deadline:
+                raise
+            log.warning("job %s: database error while inserting items, retrying", args[0], exc_info=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def _fill_rest(job_id: int, rows: Sequence[Row], errors: list[BaseException], head_start: bool = False) -> None:
     """The filler thread: the items after the first batch, one transaction per ``FILL_BATCH``,
     each retried over a fresh connection while the database is briefly unavailable or locked
-    (``writer.DbRetry``; a batch is all or nothing)."""
-    from .writer import DbRetry  # the writer pulls in the engine: import on use
-
-    retry = DbRetry(
-        label=f"job {job_id} (inserting items)",
-        outage_seconds=llmjobs_settings().db_outage_seconds,
-        stop=threading.Event(),
-        report=SimpleNamespace(db_retries=0),
-    )
+    (a batch is all or nothing)."""
     done = FIRST_BATCH
     try:
         if head_start:
@@ -194,7 +202,7 @@ def _fill_rest(job_id: int, rows: Sequence[Row], errors: list[BaseException], he
         while done < len(rows):
             batch = rows[done : done + FILL_BATCH]
             try:
-                retry.call(_insert_batch, job_id, batch, done, len(rows))
+                _retried(_insert_batch, job_id, batch, done, len(rows))
             except _Closed:
                 log.warning(
                     "job %s: cancelled after %d of %d item(s) were inserted; inserting no more", job_id, done, len(rows)
