@@ -14,7 +14,8 @@ change jobs or items on their own.
 - ``job_preview``: run the first ``PREVIEW_COUNT`` pending items now.
 - ``job_export`` / ``job_export_lines`` / ``job_export_response``: results in
   input order, streamed, as CSV or JSONL (built in ``exports``, re-exported here).
-- ``recover_stalled_jobs``: re-enqueue running jobs whose runner died.
+- ``recover_stalled_jobs``: re-enqueue running jobs whose runner died (and cancel, with
+  the reason, jobs whose submitter died while inserting their items).
 
 Errors are ``JobInputError`` (bad input) and ``JobStateError`` (not now), from
 ``llmjobs.exceptions``.
@@ -50,6 +51,7 @@ from .exports import (
     job_results_lines,
     job_summary,
 )
+from .filling import cut_short, fill, insert_items
 from .models import BatchJob, Item
 from .parsing import iter_file, iter_records, iter_texts
 from .prompts import compile_template
@@ -88,7 +90,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BULK_BATCH_SIZE = 2000
 PREVIEW_COUNT = 5  # items a preview runs now, on every surface
 CUSTOM_ID_FIELDS = ("custom_id", "id")
 CUSTOM_ID_MAX_LENGTH = 255
@@ -144,8 +145,19 @@ def job_create(
     fmt: str | None = None,
     schema: Mapping[str, Any] | str | None = None,
     webhook_url: str = "",
+    start: Callable[[BatchJob], Any] | None = None,
+    head_start: bool = False,
 ) -> BatchJob:
     """Create a draft job and its items from exactly one source.
+
+    ``start`` (e.g. run the job, or ``job_enqueue`` it) is called with the job as soon
+    as its first batch of items is committed, while the rest is inserted on a thread
+    (``filling``: the job's item set stays open until the last batch, so no runner
+    finishes it early; a cancel stops both; a submitter killed mid-insert leaves a job
+    that is cancelled with the reason). ``job_create`` returns once both are done.
+    Inside a transaction (the API's), all items are inserted first, then ``start`` is called.
+    ``head_start``: ``start`` runs the job in this process; the rest is inserted once it has
+    claimed its first items (``filling.fill``).
 
     ``schema`` (a JSON Schema object, or its JSON text) makes it an extraction job:
     every answer must be JSON matching it (``structured``). ``webhook_url`` gets a
@@ -160,8 +172,8 @@ def job_create(
     Everything is validated before anything is written: the settings, the
     template's syntax, and every item (size, fields the template needs,
     custom id). Then the job and its items are written in one transaction
-    (``_insert_items``: COPY on PostgreSQL, batched INSERTs elsewhere). Any problem raises ``JobInputError`` and
-    creates nothing. A ``custom_id`` (else ``id``) field becomes the item's
+    (``filling.insert_items``: COPY on PostgreSQL, batched INSERTs elsewhere), or with
+    ``start`` one per batch. Any problem raises ``JobInputError`` and creates nothing. A ``custom_id`` (else ``id``) field becomes the item's
     custom id.
     """
     # The job's own settings first: cheap, and nothing is read yet.
@@ -218,77 +230,29 @@ def job_create(
         raise JobInputError(f"no items: {what} no data, only blank lines")
     check_quota(owner, items=len(rows))  # per-user quotas (issue 12)
 
+    create = partial(
+        BatchJob.objects.create,
+        owner=owner,
+        name=name,
+        model=model,
+        system_prompt=system or "",
+        prompt_template=template,
+        max_tokens=max_tokens,
+        stop_sequences=stops,
+        concurrency=concurrency,
+        rate_limit_rpm=rate_limit_rpm,
+        output_schema_json=json.dumps(output_schema, ensure_ascii=False) if output_schema else "",
+        input_fields=list(input_fields),
+        webhook_url=webhook_url,
+    )
+    if start is not None and not transaction.get_connection().in_atomic_block:
+        return fill(create, rows, start, head_start=head_start)
     with transaction.atomic():
-        job = BatchJob.objects.create(
-            owner=owner,
-            name=name,
-            model=model,
-            system_prompt=system or "",
-            prompt_template=template,
-            max_tokens=max_tokens,
-            stop_sequences=stops,
-            concurrency=concurrency,
-            rate_limit_rpm=rate_limit_rpm,
-            total=len(rows),
-            output_schema_json=json.dumps(output_schema, ensure_ascii=False) if output_schema else "",
-            input_fields=list(input_fields),
-            webhook_url=webhook_url,
-        )
-        _insert_items(job, rows)
+        job = create(total=len(rows))
+        insert_items(job.pk, rows)
+    if start is not None:  # inside the caller's transaction nobody sees a first batch early: all, then start
+        start(job)
     return job
-
-
-def _insert_items(job: BatchJob, rows: Sequence[tuple[dict[str, Any], str]]) -> None:
-    """Insert new pending items: COPY on PostgreSQL, else ``executemany`` in batches.
-
-    These are the rows ``Item.objects.bulk_create`` would write, several times
-    faster (100,000 items of ~1 KB: ~2.5 s instead of ~11 s on SQLite, ~2 s
-    instead of ~8.5 s on PostgreSQL): bulk_create spends its time compiling
-    SQL per value, not in the database. Columns and defaults come from the
-    model's own fields, so a field added later with a default keeps working;
-    values go through each field's ``get_db_prep_save`` (JSON for ``input``).
-    """
-    connection = transaction.get_connection(Item.objects.db)
-    fields = [f for f in Item._meta.concrete_fields if not f.primary_key]
-    varying = {"job", "position", "input", "custom_id"}
-    constant = {f.name: f.get_db_prep_save(f.get_default(), connection) for f in fields if f.name not in varying}
-    input_field = Item._meta.get_field("input")
-    quote = connection.ops.quote_name
-    table = quote(Item._meta.db_table)
-    columns = ", ".join(quote(f.column) for f in fields)
-    names = [f.name for f in fields]
-    template = [constant.get(name) for name in names]  # a row of defaults; four slots vary
-    at_job, at_position, at_input, at_custom_id = (names.index(n) for n in ("job", "position", "input", "custom_id"))
-    if input_field.encoder is None and connection.vendor in ("sqlite", "postgresql"):
-        # What the field would store (json.dumps with the default encoder), without its
-        # per-value layers; PostgreSQL's COPY parses the text into jsonb.
-        encode: Callable[[Any], Any] = json.dumps
-    else:
-        encode = partial(input_field.get_db_prep_save, connection=connection)
-
-    def row_params(position: int, item_fields: dict[str, Any], custom_id: str) -> list[Any]:
-        row = template.copy()
-        row[at_job] = job.pk
-        row[at_position] = position
-        row[at_input] = encode(item_fields)
-        row[at_custom_id] = custom_id
-        return row
-
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql" and hasattr(cursor.cursor, "copy"):  # psycopg 3
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
-                for position, (item_fields, custom_id) in enumerate(rows):
-                    copy.write_row(row_params(position, item_fields, custom_id))
-            return
-        sql = f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(fields))})"
-        for start in range(0, len(rows), BULK_BATCH_SIZE):
-            cursor.executemany(
-                sql,
-                [
-                    row_params(position, item_fields, custom_id)
-                    for position, (item_fields, custom_id) in enumerate(rows[start : start + BULK_BATCH_SIZE], start)
-                ],
-            )
 
 
 # --- enqueue / cancel / retry ------------------------------------------------------------
@@ -370,6 +334,9 @@ def job_cancel(*, job: BatchJob) -> BatchJob:
             return job
         if current.is_finished:
             raise JobStateError(f"job {job.pk} has already finished ({current.get_status_display().lower()})")
+        if current.filling_until is not None:  # items still being inserted: their submitter stops (``filling``)
+            current.filling_until = None
+            current.save(update_fields=["filling_until"])
         current.items.cancel_pending()
         current.mark_cancelled()
         current.refresh_counters()
@@ -419,6 +386,9 @@ def recover_stalled_jobs(*, now: datetime.datetime | None = None) -> list[BatchJ
     in ``job_enqueue`` serializes concurrent recoveries).
     """
     now = now or timezone.now()
+    # A job whose submitter died while inserting its items: cancelled, with the reason (``filling``).
+    for job_id, until in BatchJob.objects.filter(filling_until__lt=now).values_list("pk", "filling_until"):
+        cut_short(job_id, expired=until)
     live = Item.objects.live(now)
     # A cancelled job whose runner died with items in flight: cancel them once their lease expired.
     for job in BatchJob.objects.filter(status=BatchJob.Status.CANCELLED, items__status=Item.Status.RUNNING).distinct():

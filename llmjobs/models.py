@@ -165,6 +165,9 @@ class BatchJob(JobCostFields):
         default=list, blank=True, help_text="The input's column names in their original order (for exports)."
     )
     webhook_url = models.URLField(max_length=2000, blank=True, help_text="POSTed a signed job.finished event.")
+    filling_until = models.DateTimeField(  # issue 17: a job runs while its items are inserted (``filling``)
+        null=True, blank=True, help_text="Items are still being inserted (renewed by the submitter); empty: all in."
+    )
 
     objects = BatchJobQuerySet.as_manager()
 

@@ -34,6 +34,7 @@ from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .estimate import request_key
 from .fairness import FairSlice
+from .filling import fill_open
 from .gil import short_gil_slices
 from .leases import Leases
 from .models import BatchJob, Item
@@ -142,6 +143,7 @@ class JobRunner:
         self._budget: BudgetGuard | None = None  # the job's budget cap (issue 14), see budget.py
         self._cache = CacheMarker(None)  # automatic prompt caching (issue 14), see caching.py
         self.fair: FairSlice | None = None  # a job task's slice on shared workers (``fairness``)
+        self._filling = False  # the job's items are still being inserted: never finish it (``filling``)
 
     # -- the writer ------------------------------------------------------------------
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
@@ -360,6 +362,9 @@ class JobRunner:
                 if not batch:
                     if self.limit is not None or (self.fair is not None and self.fair.yielded):
                         return  # a preview, or our slice is over: the items we hold finish, no more
+                    if self._filling:  # more items are on their way (``filling``): claim again soon
+                        await asyncio.sleep(0.1)
+                        continue
                     # Items still leased by a runner that may have died: wait for the
                     # lease to expire, then take them (a live runner renews its own).
                     expiry = await wait_for_leases()
@@ -401,6 +406,8 @@ class JobRunner:
         assert job is not None
         if self.fair is not None and self.fair.should_yield():
             return []  # fair shares: another user's (or job's) turn
+        if self._filling:  # read before the claim: once closed, the claim sees every item
+            self._filling = fill_open(self.job_id)
         rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
         calls, broken = render_chunk(job, rows, self._cache.mark)
         if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
@@ -519,13 +526,16 @@ class JobRunner:
         job = BatchJob.objects.filter(pk=self.job_id).first()
         if job is None:
             raise BatchJob.DoesNotExist(f"job {self.job_id} does not exist")
+        self._filling = job.filling_until is not None and fill_open(job.pk)  # items still being inserted
+        if job.filling_until is not None and not self._filling:
+            job.refresh_from_db()  # ... not any more: all in, or cut short (cancelled)
         self.report.status = job.status
         if job.status == BatchJob.Status.CANCELLED:
             if Item.objects.filter(job_id=job.pk).cancel_pending():  # what a dead runner left behind
                 job.refresh_counters()
             return None
         items = Item.objects.filter(job_id=job.pk)
-        if not items.claimable().exists() and not items.running().exists():
+        if not self._filling and not items.claimable().exists() and not items.running().exists():
             job.mark_finished()
             self.report.status = job.status
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from llmjobs.costs import apply_cost_options
 from llmjobs.estimate import job_estimate
 from llmjobs.exceptions import JobInputError
 from llmjobs.jobs import job_create
+from llmjobs.models import BatchJob
 
 from ._common import positive_int
 
@@ -21,7 +23,7 @@ from ._common import positive_int
 class Command(BaseCommand):
     help = (
         "Create a job from a CSV, JSONL or TXT file (one item per line; '-' reads stdin as TXT) "
-        "and print its id. With --run, also process it now."
+        "and print its id. With --run, also process it now (starting while the items are inserted)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -77,6 +79,12 @@ class Command(BaseCommand):
                 schema = schema_path.read_text(encoding="utf-8")
             except UnicodeDecodeError:
                 raise CommandError(f"{opts['schema']}: not UTF-8 text") from None
+        budget = opts["budget_usd"]
+        if budget is not None and not budget > 0:  # checked before anything is written
+            raise CommandError("--budget-usd: the budget must be more than $0")
+        # --run starts the engine as soon as the first batch of items is committed, while
+        # the rest is inserted (``job_create(start=...)``); batch mode sends all items at once.
+        early = opts["run"] and opts["mode"] != "batch"
         try:
             job = job_create(
                 name=opts["name"] or name,
@@ -94,13 +102,20 @@ class Command(BaseCommand):
                 fmt=fmt,
                 schema=schema,
                 webhook_url=opts["webhook_url"],
+                start=partial(self._created, opts=opts) if early else None,
+                head_start=True,  # the run is in this process
             )
         except JobInputError as exc:
             raise CommandError(f"{name}: {exc}") from None
+        if not early:
+            self._created(job, opts=opts)
+
+    def _created(self, job: BatchJob, *, opts: dict[str, Any]) -> None:
+        """The job exists (with at least its first batch of items): set its cost options,
+        print its id and the estimate, and with --run process it."""
         try:
             apply_cost_options(job, budget_usd=opts["budget_usd"], dedup=not opts["no_dedup"], mode=opts["mode"])
-        except ValueError as exc:
-            job.delete()
+        except ValueError as exc:  # not reached: the budget was checked before
             raise CommandError(f"--budget-usd: {exc}") from None
         self.stdout.write(str(job.pk))
         if not opts["no_estimate"]:  # on stderr: stdout stays the job's id, for scripts
