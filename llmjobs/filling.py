@@ -41,7 +41,7 @@ from django.utils import timezone
 from .conf import llmjobs_settings
 from .models import BatchJob, Item
 
-__all__ = ["FILL_BATCH", "FIRST_BATCH", "cut_short", "fill", "fill_open", "insert_items"]
+__all__ = ["FILL_BATCH", "FIRST_BATCH", "cut_short", "fill", "fill_open", "insert_items", "still_filling"]
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,17 @@ def fill_open(job_id: int) -> bool:
     if until >= timezone.now():
         return True
     cut_short(job_id, expired=until)
+    return False
+
+
+def still_filling(job: BatchJob) -> bool:
+    """``fill_open`` for a job just read; when its set has closed since (all in, or cut
+    short and cancelled), ``job`` is read again."""
+    if job.filling_until is None:
+        return False
+    if fill_open(job.pk):
+        return True
+    job.refresh_from_db()
     return False
 
 

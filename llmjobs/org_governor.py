@@ -34,7 +34,7 @@ from .engine.shared import Grant, LocalState, SharedLimits
 from .org_models import OrgGovernor, OrgGovernorMember
 from .workers import worker_identity
 
-__all__ = ["OrgExchange", "OrgState", "key_hash", "model_family", "org_state", "share_limits"]
+__all__ = ["OrgExchange", "OrgState", "key_hash", "key_in_use", "model_family", "org_state", "share_limits"]
 
 LIVE_SECONDS = 3.0  # a member not seen for this long no longer takes a share
 STALE_SECONDS = 60.0  # ... and is deleted after this long
@@ -160,6 +160,12 @@ class OrgState:
             f"{self.family}: {fmt(self.rpm, 'RPM')}, {fmt(self.itpm, 'ITPM')}, {fmt(self.otpm, 'OTPM')} learned; "
             f"{pause}; {self.in_flight} in flight across {self.members} run(s)"
         )
+
+
+def key_in_use(model: str) -> bool:
+    """Whether the org governor shows live runs on this key + model family now."""
+    state = org_state(model)
+    return state is not None and state.members > 0
 
 
 def org_state(model: str) -> OrgState | None:

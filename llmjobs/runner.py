@@ -34,11 +34,11 @@ from .dedup import Dedup
 from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .estimate import request_key
 from .fairness import FairSlice
-from .filling import fill_open
+from .filling import fill_open, still_filling
 from .gil import short_gil_slices
 from .leases import Leases
 from .models import BatchJob, Item
-from .org_governor import org_state, share_limits
+from .org_governor import key_in_use, share_limits
 from .prompts import render_chunk
 from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
@@ -222,7 +222,7 @@ class JobRunner:
             config.initial_concurrency = min(config.initial_concurrency, job.concurrency)
         if job.rate_limit_rpm:
             config.rpm = float(job.rate_limit_rpm)
-        if llmjobs_settings().shared_governor and await self._db(_key_in_use)(job.model):
+        if llmjobs_settings().shared_governor and await self._db(key_in_use)(job.model):
             config.first_wave = 1  # other runs may be spending the limits now: one call learns them
         target = api_target()
         self.engine = Engine(
@@ -406,8 +406,7 @@ class JobRunner:
         assert job is not None
         if self.fair is not None and self.fair.should_yield():
             return []  # fair shares: another user's (or job's) turn
-        if self._filling:  # read before the claim: once closed, the claim sees every item
-            self._filling = fill_open(self.job_id)
+        self._filling = self._filling and fill_open(self.job_id)  # before the claim: once closed, it sees all
         rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
         calls, broken = render_chunk(job, rows, self._cache.mark)
         if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
@@ -526,9 +525,7 @@ class JobRunner:
         job = BatchJob.objects.filter(pk=self.job_id).first()
         if job is None:
             raise BatchJob.DoesNotExist(f"job {self.job_id} does not exist")
-        self._filling = job.filling_until is not None and fill_open(job.pk)  # items still being inserted
-        if job.filling_until is not None and not self._filling:
-            job.refresh_from_db()  # ... not any more: all in, or cut short (cancelled)
+        self._filling = still_filling(job)  # its items are still being inserted
         self.report.status = job.status
         if job.status == BatchJob.Status.CANCELLED:
             if Item.objects.filter(job_id=job.pk).cancel_pending():  # what a dead runner left behind
@@ -573,12 +570,6 @@ class JobRunner:
         elif self.report.interrupted and not others_hold_leases(self.job_id):
             job.mark_interrupted()  # (while other workers still hold leases the job stays running)
         return job
-
-
-def _key_in_use(model: str) -> bool:
-    """Whether the org governor shows live runs on this key + model family now."""
-    state = org_state(model)
-    return state is not None and state.members > 0
 
 
 async def run_job(job_id: int, **options: Any) -> RunReport:
