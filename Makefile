@@ -65,7 +65,7 @@ lint: install
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 PG_TESTS := tests/test_fairness.py tests/test_scale.py tests/test_org_governor.py tests/test_durability.py \
 	tests/test_commands.py tests/test_models.py tests/test_jobs.py tests/test_runner.py tests/test_security.py \
-	tests/test_api.py tests/test_quotas.py tests/test_cost.py
+	tests/test_api.py tests/test_quotas.py tests/test_cost.py tests/test_filling.py
 test-postgres: install
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(XDIST) $(PYTEST_ARGS) $(PG_TESTS)
 

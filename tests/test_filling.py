@@ -52,6 +52,24 @@ def _statuses(job_id: int) -> dict[str, int]:
     return counts
 
 
+def _retry_locked(fn):
+    """``fn()``, retried while SQLite's in-memory test database (shared cache) answers
+    "table is locked" at once (it has no busy timeout) because the runner's thread holds it."""
+    for _ in range(1200):  # bounded: ~60 s
+        try:
+            return fn()
+        except OperationalError:
+            connection.close()
+            time.sleep(0.05)
+    return fn()
+
+
+def _close_the_set(job_id: int) -> None:
+    with transaction.atomic():  # what the submitter's last batch does
+        filling.insert_items(job_id, [({"text": t}, "") for t in TEXTS[10:30]], 10)
+        BatchJob.objects.filter(pk=job_id).update(filling_until=None)
+
+
 def _paid_once(sim, n: int) -> None:
     paid = [entry["paid"] for entry in sim.stats()["prompt_counts"].values()]
     assert len(paid) == n and set(paid) == {1}  # every item's request paid for exactly once
@@ -87,18 +105,17 @@ def test_a_runner_does_not_finish_an_open_job_early(api):
     thread = threading.Thread(target=lambda: result.update(report=job_run(job=job, runner=runner)))
     thread.start()
     try:
+        succeeded = job.items.filter(status=Item.Status.SUCCEEDED)
         for _ in range(600):  # bounded: ~60 s
-            if job.items.filter(status=Item.Status.SUCCEEDED).count() == 10:
+            if _retry_locked(succeeded.count) == 10:
                 break
             time.sleep(0.1)
         else:
             raise AssertionError("the first items never succeeded")
         time.sleep(3 * 0.1 + 0.5)  # a few claims find nothing; an early finish would happen now
         assert thread.is_alive()
-        assert BatchJob.objects.get(pk=job.pk).status == BatchJob.Status.RUNNING
-        with transaction.atomic():  # what the submitter's last batch does
-            filling.insert_items(job.pk, [({"text": t}, "") for t in TEXTS[10:30]], 10)
-            BatchJob.objects.filter(pk=job.pk).update(filling_until=None)
+        assert _retry_locked(lambda: BatchJob.objects.get(pk=job.pk).status) == BatchJob.Status.RUNNING
+        _retry_locked(lambda: _close_the_set(job.pk))
     finally:
         thread.join(timeout=60)
     connection.close()
@@ -151,7 +168,12 @@ def test_cancel_during_insert_stops_the_submitter_and_the_runner(api, small_batc
     assert job.filling_until is None
     assert 100 <= inserted <= 500  # the insertion stopped with the cancel
     assert set(counts) <= {"succeeded", "cancelled"} and counts.get("succeeded", 0) >= 1
-    assert (job.total, job.succeeded_count, job.cancelled_count) == (inserted, counts["succeeded"], counts["cancelled"])
+    # (on a fast machine every inserted item may have been answered before the cancel landed)
+    assert (job.total, job.succeeded_count, job.cancelled_count) == (
+        inserted,
+        counts["succeeded"],
+        counts.get("cancelled", 0),
+    )
     paid = [entry["paid"] for entry in api.stats()["prompt_counts"].values()]
     assert set(paid) <= {1} and len(paid) >= counts["succeeded"]  # nothing paid twice
 
