@@ -103,10 +103,9 @@ async def run_bare_engine(n: int, sim_url: str) -> None:
 
 
 async def run_plain(n: int, sim_url: str, k: int) -> int:
-    """The plain SDK pattern: one client, ``Semaphore(k)``, gather; the SDK's own retries."""
-    import anthropic
-
-    from llmjobs.engine import make_client
+    """The plain SDK pattern (``bench.limits.run_plain``: one client, ``Semaphore(k)``,
+    gather, the SDK's own retries) on this bench's items; returns the failed count."""
+    from bench.limits import run_plain as plain_gather
     from llmjobs.prompts import build_params
 
     class J:
@@ -118,22 +117,7 @@ async def run_plain(n: int, sim_url: str, k: int) -> int:
             [],
         )
 
-    client = make_client(base_url=sim_url, api_key="bench")
-    sem = asyncio.Semaphore(k)
-
-    async def one(params: dict) -> bool:
-        async with sem:
-            try:
-                await client.messages.create(**params)
-                return True
-            except anthropic.APIError:
-                return False
-
-    try:
-        oks = await asyncio.gather(*(one(build_params(J, {"text": t})) for t in texts(n)))
-    finally:
-        await client.close()
-    return sum(1 for ok in oks if not ok)
+    return await plain_gather(sim_url, [build_params(J, {"text": t}) for t in texts(n)], k)
 
 
 class GcPauses:
