@@ -75,3 +75,18 @@ def api(sim, settings):
     settings.ANTHROPIC_API_KEY = ""
     settings.LLMJOBS_SIMULATOR_URL = sim.base_url
     return sim
+
+
+@pytest.fixture
+def close_async_connections():
+    """Close what async views and tests left open: the user-loading threads' kept-open
+    connections, and the one of asgiref's shared sync thread (``sync_to_async`` outside a
+    request), so that PostgreSQL can drop the test database at the end."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    from llmjobs.web.userload import user_loader
+
+    user_loader.close()
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)

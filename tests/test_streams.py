@@ -17,7 +17,7 @@ import pytest
 from asgiref.sync import SyncToAsync, iscoroutinefunction, sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.handlers.asgi import ASGIHandler
-from django.db import OperationalError, connections
+from django.db import OperationalError
 from django.test import AsyncClient
 from django.urls import reverse
 from django.utils import timezone
@@ -104,14 +104,7 @@ class AsgiStream:
         await asyncio.wait_for(self.task, 30)
 
 
-@pytest.fixture(autouse=True)
-def close_user_loader():
-    """Close what async views and tests left open: the user-loading thread's kept-open
-    connection, and the one of asgiref's shared sync thread (``sync_to_async`` outside a
-    request), so that PostgreSQL can drop the test database at the end."""
-    yield
-    user_loader.close()
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
+pytestmark = pytest.mark.usefixtures("close_async_connections")
 
 
 @pytest.fixture

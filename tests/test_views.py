@@ -16,10 +16,9 @@ import json
 import re
 
 import pytest
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connections
 from django.test import AsyncClient, Client
 from django.urls import reverse
 from django.utils import timezone
@@ -27,7 +26,6 @@ from django.utils import timezone
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
 from llmjobs.web import playground, progress
-from llmjobs.web.userload import user_loader
 
 XSS = '<script>alert("pwned")</script>'
 
@@ -35,19 +33,12 @@ XSS = '<script>alert("pwned")</script>'
 # --- fixtures ---------------------------------------------------------------------------
 
 
+pytestmark = pytest.mark.usefixtures("close_async_connections")
+
+
 @pytest.fixture(autouse=True)
 def fast_passwords(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
-def close_user_loader():
-    """Close what async views and tests left open: the user-loading thread's kept-open
-    connection, and the one of asgiref's shared sync thread (``sync_to_async`` outside a
-    request), so that PostgreSQL can drop the test database at the end."""
-    yield
-    user_loader.close()
-    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
 
 
 @pytest.fixture
