@@ -206,8 +206,8 @@ def run_batch_job(
     db = DbRetry(
         label=f"job {job_id} (batch mode)",
         outage_seconds=llmjobs_settings().db_outage_seconds,
-        stop=stop or threading.Event(),
-        report=report or RunReport(job_id=job_id, status=""),
+        stop=stop,
+        report=report,
     )
     job: BatchJob = db.call(BatchJob.objects.get, pk=job_id)
     state = _state(job)

@@ -34,11 +34,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import OperationalError, transaction
 from django.db import connection as default_connection
 from django.utils import timezone
 
 from .conf import llmjobs_settings
+from .db_retry import DbRetry
 from .models import BatchJob, Item
 
 __all__ = ["FILL_BATCH", "FIRST_BATCH", "cut_short", "fill", "fill_open", "insert_items", "still_filling"]
@@ -174,35 +175,19 @@ def _first_claim(job_id: int) -> None:
         time.sleep(0.02)
 
 
-def _retried(fn: Callable[..., None], *args: Any) -> None:
-    """``fn(*args)``, retried over a fresh connection while the database is unavailable or locked,
-    for up to ``LLMJOBS_DB_OUTAGE_SECONDS`` (as ``writer.DbRetry``, which would import the SDK)."""
-    deadline = time.monotonic() + llmjobs_settings().db_outage_seconds
-    delay = 0.05
-    while True:
-        try:
-            return fn(*args)
-        except (OperationalError, InterfaceError):
-            default_connection.close()
-            if time.monotonic() > deadline:
-                raise
-            log.warning("job %s: database error while inserting items, retrying", args[0], exc_info=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
 def _fill_rest(job_id: int, rows: Sequence[Row], errors: list[BaseException], head_start: bool = False) -> None:
     """The filler thread: the items after the first batch, one transaction per ``FILL_BATCH``,
     each retried over a fresh connection while the database is briefly unavailable or locked
     (a batch is all or nothing)."""
     done = FIRST_BATCH
+    retry = DbRetry(label=f"job {job_id}: inserting items", outage_seconds=llmjobs_settings().db_outage_seconds)
     try:
         if head_start:
             _first_claim(job_id)
         while done < len(rows):
             batch = rows[done : done + FILL_BATCH]
             try:
-                _retried(_insert_batch, job_id, batch, done, len(rows))
+                retry.call(_insert_batch, job_id, batch, done, len(rows))
             except _Closed:
                 log.warning(
                     "job %s: cancelled after %d of %d item(s) were inserted; inserting no more", job_id, done, len(rows)
