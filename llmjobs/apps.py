@@ -9,6 +9,7 @@ class LlmjobsConfig(AppConfig):
     def import_models(self) -> None:
         super().import_models()
         from . import (
+            api_rate,  # noqa: F401  (ApiRateCount: the REST API's shared rate limit)
             heartbeats,  # noqa: F401  (RunnerHeartbeat: a model outside models.py, issue 12)
             org_models,  # noqa: F401  (OrgGovernor: the shared rate limit, issue 12)
         )

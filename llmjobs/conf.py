@@ -98,7 +98,9 @@ class LLMJobsSettings:
     webhook_allow_private: bool = _setting(
         False, "Allow webhook URLs on private, loopback or link-local addresses (tests, `make run`); off in production."
     )
-    api_rate_limit: int = _setting(120, "REST API requests per minute per user (0 = unlimited).")
+    api_rate_limit: int = _setting(
+        120, "REST API requests per minute per user, across all web processes (0 = unlimited)."
+    )
     shared_governor: bool = _setting(
         True,
         "Share the learned rate limits and the 429 pause between every process using the same API key and model "

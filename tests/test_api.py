@@ -6,7 +6,9 @@ simulator, then read back through the API.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 import pytest_asyncio
@@ -15,6 +17,7 @@ from django.contrib.auth import get_user_model
 from django.db import connections
 from django.test import AsyncClient
 
+from llmjobs.api_rate import ApiRateCount, count_request
 from llmjobs.models import ApiToken, BatchJob
 from llmjobs.runner import run_job
 from llmjobs.tokens import token_create, token_hash
@@ -199,14 +202,30 @@ async def test_input_errors_are_422_with_the_field(tokens, api_sim, fields, fiel
 
 async def test_rate_limit_per_user(tokens, api_sim, settings):
     settings.LLMJOBS_API_RATE_LIMIT = 3
-    from django.core.cache import cache
-
-    cache.clear()
     alice, bob = client_for(tokens["alice"][1]), client_for(tokens["bob"][1])
+    if 60 - time.time() % 60 < 5:  # a fixed one-minute window: not across its end
+        await asyncio.sleep(60 - time.time() % 60 + 0.2)
     codes = [(await alice.get("/api/v1/jobs")).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
     assert (await bob.get("/api/v1/jobs")).status_code == 200  # per user
-    cache.clear()
+    # The count is in the database (shared by every web process), one row per user.
+    assert await sync_to_async(lambda: sorted(ApiRateCount.objects.values_list("user__username", "count")))() == [
+        ("alice", 4),
+        ("bob", 1),
+    ]
+
+
+async def test_a_new_window_starts_the_count_again_and_drops_the_old_one(tokens):
+    def hits() -> list:
+        alice = tokens["alice"][0]
+        return [
+            count_request(alice.pk, now=600.0),
+            count_request(alice.pk, now=630.5),
+            count_request(alice.pk, now=660.0),  # the next minute
+            list(ApiRateCount.objects.filter(user=alice).values_list("minute", "count")),
+        ]
+
+    assert await sync_to_async(hits)() == [(1, 60.0), (2, 29.5), (1, 60.0), [(11, 1)]]
 
 
 async def test_openapi_and_docs(api_sim):
