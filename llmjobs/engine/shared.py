@@ -19,8 +19,10 @@ workers share) on a thread of its own, and applies the :class:`Grant` it gets:
 
 The hot path never waits on an exchange: the grant is a share valid until the
 next one. After ``max_failures`` exchanges in a row fail, the run falls back to
-pacing alone (share 1, its own pause) with one log line, and stops exchanging.
-Imports no Django.
+pacing alone (share 1, its own pause) with one log line, and tries again every
+``rejoin_interval`` seconds (30): the first exchange that works brings it back to its
+share (one more log line), so a database that comes back does not leave the run
+pacing as if it were alone for the rest of a long job. Imports no Django.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ ALONE_INTERVAL = 1.0  # ... while the last grant said this run is alone on it (w
 # liveness window): an idle or lone process pays for one small transaction a second, not three
 POLL = 0.05  # how often a new local pause (a 429) is looked for, to exchange at once
 MAX_FAILURES = 3
+REJOIN_INTERVAL = 30.0  # seconds between tries to rejoin the row after falling back
 LEAVE_TIMEOUT = 5.0  # the run's end waits at most this long to leave the row
 
 
@@ -106,6 +109,7 @@ class SharedLimits:
         alone_interval: float | None = None,
         poll: float = POLL,
         max_failures: int = MAX_FAILURES,
+        rejoin_interval: float = REJOIN_INTERVAL,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.gov = governor
@@ -114,6 +118,7 @@ class SharedLimits:
         self.alone_interval = max(interval, ALONE_INTERVAL) if alone_interval is None else alone_interval
         self.poll = poll
         self.max_failures = max_failures
+        self.rejoin_interval = rejoin_interval
         self.wall = wall
         self.failures = 0
         self.fell_back = False
@@ -141,10 +146,16 @@ class SharedLimits:
         )
 
     def due(self, now: float) -> bool:
-        """An exchange is due: the interval passed, or a local pause (a 429) is news to the others."""
-        return not self.fell_back and (now >= self._next_at or self.gov.paused_until > self._granted_pause)
+        """An exchange is due: the interval passed, or a local pause (a 429) is news to the others.
+        Fallen back: only the next try to rejoin."""
+        if self.fell_back:
+            return now >= self._next_at
+        return now >= self._next_at or self.gov.paused_until > self._granted_pause
 
     def applied(self, grant: Grant, now: float) -> None:
+        if self.fell_back:
+            self.fell_back = False
+            log.warning("shared rate limits: the exchange works again; this run takes its share of the org's limits")
         self.failures = 0
         self.exchanges += 1
         self.last = grant
@@ -156,12 +167,16 @@ class SharedLimits:
         self.failures += 1
         log.debug("shared rate limits: exchange failed (%d in a row): %r", self.failures, exc)
         self._granted_pause = self.gov.paused_until
+        if self.fell_back:
+            self._next_at = now + self.rejoin_interval
+            return
         self._next_at = now + self.interval
-        if self.failures >= self.max_failures and not self.fell_back:
+        if self.failures >= self.max_failures:
             self.fell_back = True
+            self._next_at = now + self.rejoin_interval
             self.gov.apply_grant(1.0)
             log.warning(
-                "shared rate limits: %d exchanges failed in a row (%s: %s); this run paces alone from now on",
+                "shared rate limits: %d exchanges failed in a row (%s: %s); this run paces alone until one works",
                 self.failures,
                 type(exc).__name__,
                 str(exc).splitlines()[0] if str(exc) else "",
@@ -169,11 +184,11 @@ class SharedLimits:
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self) -> None:
-        """Exchange until cancelled (the run ended) or fallen back; then leave the row."""
+        """Exchange until cancelled (the run ended), then leave the row."""
         loop = asyncio.get_running_loop()
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmjobs-org-governor")
         try:
-            while not self.fell_back:
+            while True:
                 now = self.gov.now()
                 if self.due(now):
                     state = self.local_state()

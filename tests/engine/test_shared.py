@@ -167,6 +167,57 @@ def test_three_failed_exchanges_fall_back_to_pacing_alone(caplog):
     assert "details" not in record.getMessage()  # one line
 
 
+def test_a_run_that_fell_back_rejoins_its_share_when_the_exchange_works_again(caplog):
+    clock = Clock()
+    shared = SharedLimits(governor(clock, rpm=600), Row().exchange_for(1), rejoin_interval=30.0)
+    boom = RuntimeError("database is locked")
+    for _ in range(3):
+        shared.failed(boom, clock.t)
+    assert shared.fell_back
+    clock.t += 29.9
+    assert not shared.due(clock.t)  # pacing alone; no try before the rejoin interval
+    shared.gov.paused_until = shared.gov.now() + 5  # a local 429 is no reason to try early either
+    assert not shared.due(clock.t)
+    clock.t += 0.2
+    assert shared.due(clock.t)
+    shared.failed(boom, clock.t)  # still down: the next try in 30 s, not in 0.3 s
+    assert shared.fell_back and not shared.due(clock.t + 29)
+    clock.t += 30
+    assert shared.due(clock.t)
+    with caplog.at_level(logging.WARNING, logger="llmjobs.engine.shared"):
+        shared.applied(Grant(share=0.5, members=2), clock.t)
+    assert not shared.fell_back and shared.failures == 0
+    assert shared.gov.share == 0.5 and shared.gov.requests.limit == 300.0
+    assert "works again" in caplog.records[-1].getMessage()
+    assert not shared.due(clock.t + 0.2) and shared.due(clock.t + 0.31)  # the usual interval again
+
+
+def test_run_keeps_trying_after_falling_back_and_leaves_the_row_after_rejoining():
+    row = Row()
+    inner = row.exchange_for(1)
+    calls: list[LocalState] = []
+
+    def exchange(state: LocalState) -> Grant:
+        calls.append(state)
+        if len(calls) <= 3:
+            raise RuntimeError("server closed the connection unexpectedly")
+        return inner(state)
+
+    async def main() -> SharedLimits:
+        shared = SharedLimits(Governor(), exchange, interval=0.0, poll=0.001, rejoin_interval=0.01)
+        task = asyncio.create_task(shared.run())
+        while len(calls) < 6:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return shared
+
+    shared = asyncio.run(main())
+    assert not shared.fell_back and shared.exchanges >= 2
+    assert calls[-1].leaving and row.members == {}  # rejoined, then left the row at the end
+
+
 def test_a_success_resets_the_failure_count():
     clock = Clock()
     shared = SharedLimits(governor(clock), Row().exchange_for(1))
@@ -200,15 +251,23 @@ def test_run_exchanges_then_leaves_when_cancelled():
     assert row.members == {}
 
 
-def test_run_stops_after_falling_back_and_never_raises():
+def test_run_falls_back_keeps_going_and_never_raises():
     calls = []
 
     def exchange(state: LocalState) -> Grant:
         calls.append(state)
         raise ConnectionError("database down")
 
-    async def main() -> None:
-        await SharedLimits(Governor(), exchange, interval=0.0, poll=0.001).run()
+    async def main() -> SharedLimits:
+        shared = SharedLimits(Governor(), exchange, interval=0.0, poll=0.001, rejoin_interval=0.05)
+        task = asyncio.create_task(shared.run())
+        while len(calls) < 4:  # the three failures, then a try to rejoin
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return shared
 
-    asyncio.run(main())
-    assert len(calls) == 3  # no leave after a fall-back: the row goes stale on its own
+    shared = asyncio.run(main())
+    assert shared.fell_back and shared.gov.share in (None, 1.0)
+    assert not any(s.leaving for s in calls)  # no leave after a fall-back: the row goes stale on its own
