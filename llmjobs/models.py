@@ -226,6 +226,11 @@ class BatchJob(JobCostFields):
         return min(self.done_count / self.total, 1.0)
 
     @property
+    def filling(self) -> bool:
+        """Its items are still being inserted (``total`` counts them all already)."""
+        return self.filling_until is not None
+
+    @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED_STATUSES
 
@@ -324,7 +329,8 @@ class BatchJob(JobCostFields):
             output_tokens=Coalesce(Sum("output_tokens", filter=Q(reused=False)), 0),
             **JobCostFields.cost_sums(),
         )
-        self.total = counts["total"]
+        if self.filling_until is None:  # items still arriving: ``total`` is the whole input's (``filling``)
+            self.total = counts["total"]
         self.succeeded_count = counts["succeeded"]
         self.failed_count = counts["failed"]
         self.cancelled_count = counts["cancelled"]

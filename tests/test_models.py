@@ -305,6 +305,16 @@ def test_refresh_counters_recounts_items_and_sums_tokens():
     assert job.cost_estimate == Decimal("0.021030")
 
 
+def test_refresh_counters_keeps_the_whole_inputs_total_while_items_arrive():
+    job = make_job(3, filling_until=timezone.now() + datetime.timedelta(minutes=1))
+    job.total = 10  # the whole input; 3 items are in so far
+    job.refresh_counters()
+    assert BatchJob.objects.get(pk=job.pk).total == 10 and job.filling and job.progress == 0
+    job.filling_until = None  # all in (or cut short): the items are the total
+    job.refresh_counters()
+    assert BatchJob.objects.get(pk=job.pk).total == 3 and not job.filling
+
+
 def test_refresh_counters_with_no_tokens_is_zero():
     job = make_job(2)
     job.refresh_counters()
