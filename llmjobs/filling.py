@@ -147,10 +147,11 @@ def fill(
     hold the one write lock the worker's first claim and answers wait for.
 
     ``wait=False`` (a web request whose ``start`` enqueues the job): return once ``start``
-    has, the rest still being inserted. The thread is not a daemon: a server that stops
-    cleanly finishes the insertion first (``join_fills``); one that is killed leaves a
-    lapsed lease, and the job is cut short with the reason. Its error is logged, and cuts
-    the job short."""
+    has, the rest still being inserted. A server that stops cleanly finishes the insertion
+    first: the ASGI lifespan shutdown calls ``join_fills`` (uvicorn re-raises SIGTERM once
+    shut down, so a thread alone would not be waited for; it is not a daemon either). One
+    that is killed leaves a lapsed lease, and the job is cut short with the reason. The
+    thread's error is logged, and cuts the job short."""
     with transaction.atomic():
         job = create(total=len(rows), filling_until=timezone.now() + _lease() if len(rows) > FIRST_BATCH else None)
         insert_items(job.pk, rows[:FIRST_BATCH])

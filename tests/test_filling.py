@@ -343,3 +343,42 @@ def _inserted(site: Site, job_id: int) -> int:
     finally:
         conn.close()
     return int(n)
+
+
+def test_a_server_shutting_down_finishes_inserting_first(monkeypatch):
+    """``fill(wait=False)`` (the web form, the API): the server's ASGI lifespan shutdown waits
+    for the insertion (uvicorn re-raises SIGTERM once shut down: a thread would not be waited for)."""
+    import asyncio
+
+    from llmjobs.web.playground import with_lifespan
+
+    from .fill_helpers import HeldFill
+
+    held = HeldFill(monkeypatch)
+    job = _create(1000, start=lambda job: None, wait=False)
+    held.wait_until_held()
+    assert _statuses(job.pk) == {"pending": 200}
+
+    async def receive():
+        held.released.set()  # the filler goes on only once the server is shutting down
+        return {"type": "lifespan.shutdown"}
+
+    sent = []
+
+    def count() -> int:
+        try:
+            return _retry_locked(Item.objects.filter(job_id=job.pk).count)
+        finally:
+            connection.close()  # this thread's own
+
+    async def send(message):
+        sent.append((message["type"], await asyncio.to_thread(count)))
+
+    async def inner(scope, receive, send):  # the Django app: not reached for a lifespan scope
+        raise AssertionError
+
+    asyncio.run(with_lifespan(inner)({"type": "lifespan"}, receive, send))
+    assert sent == [("lifespan.shutdown.complete", 1000)]  # every item was in before it said so
+    job.refresh_from_db()
+    assert job.filling_until is None and job.total == 1000
+    assert filling.join_fills(timeout=0)
