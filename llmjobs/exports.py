@@ -66,6 +66,7 @@ def job_summary(job: BatchJob) -> dict[str, Any]:
         "status": job.status,
         "model": job.model,
         "total": job.total,
+        "filling": job.filling_until is not None,  # items still being inserted; ``total`` counts them all
         "counts": {
             "succeeded": job.succeeded_count,
             "failed": job.failed_count,

@@ -42,7 +42,16 @@ from .conf import llmjobs_settings
 from .db_retry import DbRetry
 from .models import BatchJob, Item
 
-__all__ = ["FILL_BATCH", "FIRST_BATCH", "cut_short", "fill", "fill_open", "insert_items", "still_filling"]
+__all__ = [
+    "FILL_BATCH",
+    "FIRST_BATCH",
+    "cut_short",
+    "fill",
+    "fill_open",
+    "insert_items",
+    "join_fills",
+    "still_filling",
+]
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +128,12 @@ class _Closed(Exception):
 
 
 def fill(
-    create: Callable[..., BatchJob], rows: Sequence[Row], start: Callable[[BatchJob], Any], *, head_start: bool = False
+    create: Callable[..., BatchJob],
+    rows: Sequence[Row],
+    start: Callable[[BatchJob], Any],
+    *,
+    head_start: bool = False,
+    wait: bool = True,
 ) -> BatchJob:
     """Create the job (``create(total=..., filling_until=...)``) with its first batch of items,
     call ``start(job)`` as soon as they are committed, and insert the rest meanwhile on a
@@ -128,7 +142,16 @@ def fill(
     ``head_start``: ``start`` runs the job in this process. The filler then waits (at most
     ``HEAD_START`` s) until the runner has claimed its first items: both are Python and
     would share the GIL, and the runner's start (importing the SDK, opening the client)
-    goes first; the rest is inserted while the first calls are in flight."""
+    goes first; the rest is inserted while the first calls are in flight. The same for a
+    job ``start`` queues (the web form, the API): on SQLite the filler's batches would
+    hold the one write lock the worker's first claim and answers wait for.
+
+    ``wait=False`` (a web request whose ``start`` enqueues the job): return once ``start``
+    has, the rest still being inserted. A server that stops cleanly finishes the insertion
+    first: the ASGI lifespan shutdown calls ``join_fills`` (uvicorn re-raises SIGTERM once
+    shut down, so a thread alone would not be waited for; it is not a daemon either). One
+    that is killed leaves a lapsed lease, and the job is cut short with the reason. The
+    thread's error is logged, and cuts the job short."""
     with transaction.atomic():
         job = create(total=len(rows), filling_until=timezone.now() + _lease() if len(rows) > FIRST_BATCH else None)
         insert_items(job.pk, rows[:FIRST_BATCH])
@@ -137,8 +160,19 @@ def fill(
         return job
     errors: list[BaseException] = []
     thread = threading.Thread(
-        target=_fill_rest, args=(job.pk, rows, errors, head_start), name=f"llmjobs-fill-{job.pk}", daemon=True
+        target=_fill_rest if wait else _fill_in_background,
+        args=(job.pk, rows, errors, head_start),
+        name=f"llmjobs-fill-{job.pk}",
+        daemon=wait,
     )
+    if not wait:  # ``start`` first (it writes too), then the rest: SQLite has one writer at a time
+        with _fills_lock:
+            _fills.add(thread)
+        try:
+            start(job)
+        finally:
+            thread.start()
+        return job
     thread.start()
     try:
         start(job)
@@ -147,6 +181,30 @@ def fill(
     if errors:
         raise errors[0]
     return job
+
+
+_fills: set[threading.Thread] = set()  # fills still running after ``fill(wait=False)`` returned
+_fills_lock = threading.Lock()
+
+
+def _fill_in_background(*args: Any) -> None:
+    try:
+        _fill_rest(*args)
+    finally:
+        with _fills_lock:
+            _fills.discard(threading.current_thread())
+
+
+def join_fills(timeout: float | None = None) -> bool:
+    """Wait (at most ``timeout`` s) for the insertions ``fill(wait=False)`` left running in
+    this process; returns whether they are all done."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _fills_lock:
+        threads = list(_fills)
+    for thread in threads:
+        thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    with _fills_lock:
+        return not _fills
 
 
 def _insert_batch(job_id: int, batch: Sequence[Row], done: int, total: int) -> None:
@@ -164,8 +222,9 @@ def _insert_batch(job_id: int, batch: Sequence[Row], done: int, total: int) -> N
 
 
 def _first_claim(job_id: int) -> None:
-    """Wait (at most ``HEAD_START`` s) until an item of ``job_id`` is no longer pending."""
-    deadline = time.monotonic() + HEAD_START
+    """Wait (at most ``HEAD_START`` s, and half the fill lease, which nobody renews meanwhile)
+    until an item of ``job_id`` is no longer pending."""
+    deadline = time.monotonic() + min(HEAD_START, _lease().total_seconds() / 2)
     while time.monotonic() < deadline:
         try:
             if Item.objects.filter(job_id=job_id).exclude(status=Item.Status.PENDING).exists():

@@ -147,6 +147,7 @@ def job_create(
     webhook_url: str = "",
     start: Callable[[BatchJob], Any] | None = None,
     head_start: bool = False,
+    wait: bool = True,
 ) -> BatchJob:
     """Create a draft job and its items from exactly one source.
 
@@ -155,9 +156,12 @@ def job_create(
     (``filling``: the job's item set stays open until the last batch, so no runner
     finishes it early; a cancel stops both; a submitter killed mid-insert leaves a job
     that is cancelled with the reason). ``job_create`` returns once both are done.
-    Inside a transaction (the API's), all items are inserted first, then ``start`` is called.
-    ``head_start``: ``start`` runs the job in this process; the rest is inserted once it has
-    claimed its first items (``filling.fill``).
+    Inside a transaction, all items are inserted first, then ``start`` is called.
+    ``head_start``: the rest is inserted once a runner (this process's, or a worker's for a
+    queued job) has claimed the first items, or a few seconds have passed (``filling.fill``). ``wait=False`` (the web form and the API,
+    whose ``start`` enqueues the job): return as soon as ``start`` has, the rest of the
+    items still being inserted by this process (``filling.join_fills``).
+    Quotas are checked on the whole input's count before anything is written.
 
     ``schema`` (a JSON Schema object, or its JSON text) makes it an extraction job:
     every answer must be JSON matching it (``structured``). ``webhook_url`` gets a
@@ -246,7 +250,7 @@ def job_create(
         webhook_url=webhook_url,
     )
     if start is not None and not transaction.get_connection().in_atomic_block:
-        return fill(create, rows, start, head_start=head_start)
+        return fill(create, rows, start, head_start=head_start, wait=wait)
     with transaction.atomic():
         job = create(total=len(rows))
         insert_items(job.pk, rows)

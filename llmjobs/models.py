@@ -5,7 +5,8 @@ Style follows django-tasks-db: QuerySets carry the verbs (``.pending()``,
 the fields they touch (``save(update_fields=[...])``). Business operations
 that span rows (create, enqueue, cancel, retry, export) live in ``jobs.py``.
 Leases are QuerySet verbs too (``claim``, ``renew``, ``release``,
-``cancel_pending``...), so the runner holds no SQL of its own.
+``cancel_pending``...), so the runner holds no SQL of its own. The REST API's tokens and
+the webhooks' models are in ``api_models`` (imported here).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from . import plain_sql
+from .api_models import ApiToken, WebhookDelivery, WebhookSecret
 from .cost_fields import ItemCostFields, JobCostFields
 from .pricing import TokenUsage, price_totals
 
@@ -57,8 +60,9 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         return self.filter(owner=user)
 
     def status_of(self, pk: int) -> str | None:
-        """The job's current status in the database (``None`` if it is gone); one small query."""
-        return self.filter(pk=pk).values_list("status", flat=True).first()
+        """The job's current status in the database (``None`` if it is gone, or not among
+        these); one plain ``SELECT`` (``plain_sql``: a runner asks twice a second)."""
+        return plain_sql.status_of(self, pk)
 
     def unqueue(self, error: str) -> int:
         """Queued jobs whose task could not be enqueued: back to draft with ``error`` (one UPDATE;
@@ -66,11 +70,12 @@ class BatchJobQuerySet(models.QuerySet["BatchJob"]):
         return self.filter(status=BatchJob.Status.QUEUED).update(status=BatchJob.Status.DRAFT, last_error=error)
 
     def add_to_counters(self, **deltas: int | Decimal) -> int:
-        """Add to the jobs' counters in one UPDATE (``F()`` arithmetic: safe against concurrent
-        writers). Keywords: ``succeeded``, ``failed``, ``cancelled``, ``rate_limited``,
-        ``retries`` (the ``*_count`` fields), ``input_tokens``, ``output_tokens``."""
-        fields = {BatchJob.COUNTER_OF.get(name, name): delta for name, delta in deltas.items()}
-        return self.update(**{field: F(field) + delta for field, delta in fields.items()})
+        """Add to the jobs' counters in one UPDATE (``c = c + delta``: safe against concurrent
+        writers); returns the number of jobs. Keywords: ``succeeded``, ``failed``, ``cancelled``,
+        ``rate_limited``, ``retries`` (the ``*_count`` fields), ``input_tokens``, ``output_tokens``,
+        and the cost counters. Nothing to add: no query. Plain SQL built once (``plain_sql``):
+        a runner calls it a few times a second for the whole run."""
+        return plain_sql.add_to_counters(self, {BatchJob.COUNTER_OF.get(k, k): v for k, v in deltas.items()})
 
 
 class BatchJob(JobCostFields):
@@ -221,6 +226,11 @@ class BatchJob(JobCostFields):
         return min(self.done_count / self.total, 1.0)
 
     @property
+    def filling(self) -> bool:
+        """Its items are still being inserted (``total`` counts them all already)."""
+        return self.filling_until is not None
+
+    @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED_STATUSES
 
@@ -319,7 +329,8 @@ class BatchJob(JobCostFields):
             output_tokens=Coalesce(Sum("output_tokens", filter=Q(reused=False)), 0),
             **JobCostFields.cost_sums(),
         )
-        self.total = counts["total"]
+        if self.filling_until is None:  # items still arriving: ``total`` is the whole input's (``filling``)
+            self.total = counts["total"]
         self.succeeded_count = counts["succeeded"]
         self.failed_count = counts["failed"]
         self.cancelled_count = counts["cancelled"]
@@ -534,64 +545,3 @@ class Item(ItemCostFields):
     def text(self) -> str:
         value = self.input.get("text", "") if isinstance(self.input, dict) else self.input
         return value if isinstance(value, str) else str(value)
-
-
-# --- REST API and webhooks -------------------------------------------------------------
-
-
-class ApiToken(models.Model):
-    """A user's REST API token. Only its SHA-256 is stored; the token is shown once."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_api_tokens")
-    name = models.CharField(max_length=100, blank=True)
-    prefix = models.CharField(max_length=16, help_text="The token's first characters, to recognise it.")
-    token_hash = models.CharField(max_length=64, unique=True, editable=False)
-    created_at = models.DateTimeField(default=timezone.now)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        verbose_name = "API token"
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.prefix}... ({self.user})"
-
-
-class WebhookSecret(models.Model):
-    """The key a user's webhooks are signed with (HMAC-SHA256), one per user."""
-
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="llm_webhook_secret")
-    secret = models.CharField(max_length=128, editable=False)
-    created_at = models.DateTimeField(default=timezone.now)
-
-    def __str__(self) -> str:
-        return f"webhook secret of {self.user}"
-
-
-class WebhookDelivery(models.Model):
-    """One event to deliver to a job's ``webhook_url``, and how its attempts went."""
-
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        DELIVERED = "delivered", "Delivered"
-        FAILED = "failed", "Failed"
-
-    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="webhook_deliveries")
-    event = models.CharField(max_length=40, default="job.finished")
-    url = models.URLField(max_length=2000)
-    body = models.TextField(help_text="The exact JSON body sent (and signed).")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
-    attempts = models.PositiveIntegerField(default=0)
-    last_status_code = models.PositiveIntegerField(null=True, blank=True)
-    last_error = models.TextField(blank=True)
-    log = models.JSONField(default=list, blank=True, help_text="One entry per attempt: when, status code or error.")
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    delivered_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at", "-id"]
-        verbose_name_plural = "webhook deliveries"
-
-    def __str__(self) -> str:
-        return f"{self.event} for job {self.job_id} ({self.status})"

@@ -48,9 +48,7 @@ from .writer import (
     FINAL_DB_BUDGET,
     DatabaseUnavailable,
     DbRetry,
-    add_job_counters,
     fail_items,
-    job_status,
     outcome_rows,
     update_items,
 )
@@ -432,7 +430,7 @@ class JobRunner:
                 return
 
     async def _watch_cancel(self) -> None:
-        status_of = self._db(lambda: job_status(self.job_id))
+        status_of = self._db(lambda: BatchJob.objects.status_of(self.job_id))
         while True:
             await asyncio.sleep(CANCEL_POLL)
             try:
@@ -514,7 +512,7 @@ class JobRunner:
         with transaction.atomic():
             if rows.values:
                 update_items(rows.values)
-            add_job_counters(self.job_id, deltas)
+            BatchJob.objects.filter(pk=self.job_id).add_to_counters(**deltas)
             if rows.released:
                 self.leases.release(rows.released)
         self.leases.written(o.key for o in batch)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
-from functools import lru_cache
 from typing import Any, cast
 
 from django.db import connection, transaction
@@ -27,9 +26,7 @@ __all__ = [
     "DatabaseUnavailable",
     "DbRetry",
     "OutcomeRows",
-    "add_job_counters",
     "fail_items",
-    "job_status",
     "one_line",
     "outcome_rows",
     "update_items",
@@ -161,48 +158,6 @@ def update_items(values: list[tuple[Any, ...]]) -> None:
         params.append(out)
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
-
-
-@lru_cache(maxsize=128)
-def _counters_sql(vendor: str, names: tuple[str, ...]) -> tuple[str, tuple[Any, ...]]:
-    """``UPDATE <job> SET c = c + %s, ... WHERE id = %s`` for the counters ``names`` (keywords of
-    ``BatchJob.objects.add_to_counters``), and their model fields (to adapt the values)."""
-    qn = connection.ops.quote_name
-    fields = tuple(BatchJob._meta.get_field(BatchJob.COUNTER_OF.get(name, name)) for name in names)
-    sets = ", ".join(f"{qn(str(f.column))} = {qn(str(f.column))} + %s" for f in fields)  # type: ignore[union-attr]
-    sql = f"UPDATE {qn(BatchJob._meta.db_table)} SET {sets} WHERE {qn(str(BatchJob._meta.pk.column))} = %s"
-    assert vendor  # (part of the cache key: the quoting is the backend's)
-    return sql, fields
-
-
-def add_job_counters(job_id: int, deltas: dict[str, int | Decimal]) -> None:
-    """``BatchJob.objects.filter(pk=job_id).add_to_counters(**deltas)`` as one prepared-once
-    ``UPDATE`` (the same ``c = c + delta`` arithmetic, safe against concurrent writers): the
-    runner writes its counters a few times a second for the whole run, and the ORM spent
-    half a millisecond building each ``F()`` expression (issue 17, idle CPU)."""
-    if not deltas:
-        return
-    sql, fields = _counters_sql(connection.vendor, tuple(deltas))
-    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, deltas.values(), strict=True)]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, job_id])
-
-
-@lru_cache(maxsize=4)
-def _status_sql(vendor: str) -> str:
-    qn = connection.ops.quote_name
-    table, pk = qn(BatchJob._meta.db_table), qn(str(BatchJob._meta.pk.column))
-    assert vendor
-    return f"SELECT {qn('status')} FROM {table} WHERE {pk} = %s"
-
-
-def job_status(job_id: int) -> str | None:
-    """``BatchJob.objects.status_of(job_id)`` in one plain ``SELECT``: the runner's cancel watch
-    asks twice a second for the whole run (0.02 ms instead of the ORM's 0.4 ms)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_status_sql(connection.vendor), [job_id])
-        row = cursor.fetchone()
-    return row[0] if row else None
 
 
 def fail_items(job_id: int, failures: list[tuple[int, str]], *, error_type: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from decimal import Decimal
 
 import pytest
 import pytest_asyncio
@@ -21,6 +22,8 @@ from llmjobs.api_rate import ApiRateCount, count_request
 from llmjobs.models import ApiToken, BatchJob
 from llmjobs.runner import run_job
 from llmjobs.tokens import token_create, token_hash
+
+from .fill_helpers import HeldFill
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -144,6 +147,53 @@ async def test_create_run_read_results_and_list(tokens, api_sim):
     listed = body(await client.get("/api/v1/jobs"))
     assert [j["id"] for j in listed] == [job.pk]
     assert body(await client.get("/api/v1/jobs?status=failed")) == []
+
+
+@pytest.fixture
+def held_fill(monkeypatch):
+    held = HeldFill(monkeypatch)
+    yield held
+    held.release_and_join()
+
+
+async def test_create_queues_the_job_while_its_items_are_still_inserted(tokens, api_sim, held_fill):
+    """Issue 17: 201 once the first items are committed; the detail says the rest are on their way."""
+    client = client_for(tokens["alice"][1])
+    response = await create(client, items=[f"doc {i}" for i in range(1000)], budget_usd=2.5, dedup=False)
+    assert response.status_code == 201, response.content
+    created = body(response)
+    assert created["status"] == "queued"
+    await asyncio.to_thread(held_fill.wait_until_held)
+    job = await BatchJob.objects.aget(pk=created["id"])
+    assert job.task_id and job.budget_usd == Decimal("2.5") and not job.dedup  # set before it was queued
+    detail = body(await client.get(f"/api/v1/jobs/{job.pk}"))
+    assert detail["filling"] is True and detail["status"] == "queued"
+    assert detail["total"] == 1000 and detail["progress"] == 0  # not finished, and the whole count
+    assert detail["counts"] == {"succeeded": 0, "failed": 0, "cancelled": 0, "remaining": 1000}
+    assert await job.items.acount() == 200
+    await asyncio.to_thread(held_fill.release_and_join)
+    detail = body(await client.get(f"/api/v1/jobs/{job.pk}"))
+    assert detail["filling"] is False and detail["total"] == 1000 and await job.items.acount() == 1000
+
+    await run_job(job.pk)  # what the worker does with the queued task
+    detail = body(await client.get(f"/api/v1/jobs/{job.pk}"))
+    assert detail["status"] == "succeeded" and detail["counts"]["succeeded"] == 1000
+
+
+async def test_batch_mode_creates_every_item_before_it_is_queued(tokens, api_sim, held_fill):
+    client = client_for(tokens["alice"][1])
+    response = await create(client, items=[f"doc {i}" for i in range(1000)], mode="batch")
+    assert response.status_code == 201, response.content
+    job = await BatchJob.objects.aget(pk=body(response)["id"])
+    assert job.status == "queued" and job.mode == "batch" and job.filling_until is None
+    assert not held_fill.reached.is_set() and await job.items.acount() == 1000
+
+
+async def test_a_quota_refuses_the_whole_list_before_anything_is_written(tokens, api_sim, held_fill, settings):
+    settings.LLMJOBS_QUOTA_ITEMS_PER_DAY = 999
+    response = await create(client_for(tokens["alice"][1]), items=[f"doc {i}" for i in range(1000)])
+    assert response.status_code == 422 and "over your limit of 999 items a day" in response.content.decode()
+    assert not await BatchJob.objects.aexists()
 
 
 async def test_another_users_job_is_404_everywhere(tokens, api_sim):

@@ -262,3 +262,123 @@ def test_a_submitter_killed_mid_insert_leaves_a_job_that_ends_with_a_reason(sim,
         assert f"items:     {len(rows)} total" in status
     finally:
         site.close()
+
+
+WEB_SUBMITTER = """
+import sys, time, django
+django.setup()
+from llmjobs import filling
+filling.FIRST_BATCH, filling.FILL_BATCH, filling.HEAD_START = 20, 10, 0.0
+real = filling._insert_batch
+filling._insert_batch = lambda *args: (time.sleep(0.02), real(*args))  # a slow database
+from django.contrib.auth import get_user_model
+from django.test import Client
+client = Client(HTTP_HOST="localhost")
+client.force_login(get_user_model().objects.create_user("web"))
+data = {"source": "paste", "texts": open(sys.argv[1]).read(), "prompt_template": "Summarize: {text}",
+        "model": "claude-haiku-4-5", "max_tokens": "16", "mode": "online", "action": "run"}
+response = client.post("/jobs/new/", data)
+print(response.status_code, response["Location"], flush=True)
+time.sleep(120)  # the filler thread at work, until the process is killed
+"""
+
+
+def test_a_web_process_killed_mid_insert_leaves_a_job_that_ends_with_a_reason(sim, tmp_path):
+    """The form's Run: the job is queued and the response sent with the first items in; the web
+    process is killed (-9) while inserting the rest. A worker runs what is there, sees the lease
+    lapse, and the job ends cancelled with the reason; nothing stays pending."""
+    site = Site(tmp_path, sim)
+    try:
+        docs = Path(tmp_path, "docs.txt")
+        docs.write_text("".join(f"Doc {i:05d} says hello\n" for i in range(3000)))
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WEB_SUBMITTER, str(docs)],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**site.env, "ALLOWED_HOSTS": "localhost"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = proc.stdout.readline() if proc.stdout else ""  # the response: 302 to the job page
+            status, location = line.split()
+            assert status == "302", line
+            job_id = int(location.strip("/").rsplit("/", 1)[-1])
+            for _ in range(600):  # bounded: ~60 s
+                if _inserted(site, job_id) >= 40:  # the filler is at work (no worker runs yet)
+                    break
+                time.sleep(0.1)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate()
+        status = site.status(job_id)
+        assert "status:    queued" in status and " of 3000" in status  # queued with items still arriving
+        result = site.manage("process_job", str(job_id), "--no-progress", check=False)
+        assert result.returncode == 0, result.stderr
+        assert f"job {job_id}: cancelled" in result.stdout
+        status = site.status(job_id)
+        assert "last error: Submission cut short: only " in status and " of 3000 item(s) were inserted" in status
+        assert "the submitting process stopped" in status
+        rows = site.export(job_id)
+        assert 40 <= len(rows) < 3000
+        assert {r["status"] for r in rows} <= {"succeeded", "cancelled"}  # none pending or running
+        assert f"items:     {len(rows)} total" in status
+    finally:
+        site.close()
+
+
+def _inserted(site: Site, job_id: int) -> int:
+    sql = "SELECT COUNT(*) FROM llmjobs_item WHERE job_id = %s"
+    if site.db_name:
+        import psycopg
+
+        with psycopg.connect(site.env["DATABASE_URL"], autocommit=True) as conn:
+            [(n,)] = conn.execute(sql, (job_id,)).fetchall()
+        return int(n)
+    import sqlite3
+
+    conn = sqlite3.connect(site.tmp / "db.sqlite3", timeout=30)
+    try:
+        [(n,)] = conn.execute(sql.replace("%s", "?"), (job_id,)).fetchall()
+    finally:
+        conn.close()
+    return int(n)
+
+
+def test_a_server_shutting_down_finishes_inserting_first(monkeypatch):
+    """``fill(wait=False)`` (the web form, the API): the server's ASGI lifespan shutdown waits
+    for the insertion (uvicorn re-raises SIGTERM once shut down: a thread would not be waited for)."""
+    import asyncio
+
+    from llmjobs.web.playground import with_lifespan
+
+    from .fill_helpers import HeldFill
+
+    held = HeldFill(monkeypatch)
+    job = _create(1000, start=lambda job: None, wait=False)
+    held.wait_until_held()
+    assert _statuses(job.pk) == {"pending": 200}
+
+    async def receive():
+        held.released.set()  # the filler goes on only once the server is shutting down
+        return {"type": "lifespan.shutdown"}
+
+    sent = []
+
+    def count() -> int:
+        try:
+            return _retry_locked(Item.objects.filter(job_id=job.pk).count)
+        finally:
+            connection.close()  # this thread's own
+
+    async def send(message):
+        sent.append((message["type"], await asyncio.to_thread(count)))
+
+    async def inner(scope, receive, send):  # the Django app: not reached for a lifespan scope
+        raise AssertionError
+
+    asyncio.run(with_lifespan(inner)({"type": "lifespan"}, receive, send))
+    assert sent == [("lifespan.shutdown.complete", 1000)]  # every item was in before it said so
+    job.refresh_from_db()
+    assert job.filling_until is None and job.total == 1000
+    assert filling.join_fills(timeout=0)

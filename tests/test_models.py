@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import datetime
+import threading
+import time
 from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import F
+from django.db.utils import ConnectionDoesNotExist
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from llmjobs import prompts
@@ -131,6 +136,110 @@ def test_job_queryset_verbs_and_for_user():
     assert list(BatchJob.objects.for_user(AnonymousUser())) == []
 
 
+def _orm_add(queryset, **deltas) -> int:
+    """What ``add_to_counters`` stands for: the ORM's ``F()`` update."""
+    fields = {BatchJob.COUNTER_OF.get(k, k): v for k, v in deltas.items()}
+    return queryset.update(**{f: F(f) + v for f, v in fields.items()})
+
+
+COUNTERS = ("succeeded_count", "failed_count", "input_tokens", "cost_usd", "retries_count", "cache_read_input_tokens")
+DELTAS = {"succeeded": 2, "input_tokens": 120, "cost_usd": Decimal("0.001234"), "retries": 1}
+
+
+def test_add_to_counters_is_the_orm_update_in_one_plain_statement():
+    a, b, c = make_job(), make_job(), make_job()
+    for _ in range(3):
+        _orm_add(BatchJob.objects.filter(pk=a.pk), **DELTAS)
+        with CaptureQueriesContext(connection) as queries:
+            assert BatchJob.objects.filter(pk=b.pk).add_to_counters(**DELTAS) == 1
+        (sql,) = [q["sql"] for q in queries]
+        assert sql.startswith('UPDATE "llmjobs_batchjob" SET "succeeded_count" = "succeeded_count" + ')
+        assert "CAST" not in sql and "CASE" not in sql  # c = c + delta: safe against concurrent writers
+    for job in (a, b, c):
+        job.refresh_from_db()
+    for name in COUNTERS:
+        assert getattr(a, name) == getattr(b, name), name
+    assert b.cost_usd == Decimal("0.003702") and b.succeeded_count == 6 and c.succeeded_count == 0  # c untouched
+
+
+def test_add_to_counters_on_any_queryset_and_nothing_to_add_is_no_query(django_assert_num_queries):
+    ann = get_user_model().objects.create_user("ann")
+    a, b, c = make_job(owner=ann), make_job(owner=ann), make_job(status=J.RUNNING)
+    with django_assert_num_queries(0):
+        assert BatchJob.objects.filter(pk=a.pk).add_to_counters() == 0  # nothing to add
+        assert BatchJob.objects.filter(pk__in=[]).add_to_counters(failed=1) == 0  # nothing matches
+    assert BatchJob.objects.filter(pk__in=[a.pk, b.pk]).add_to_counters(failed=2, output_tokens=5) == 2
+    assert BatchJob.objects.filter(owner__username="ann").add_to_counters(failed=1) == 2  # a join: the ORM's UPDATE
+    assert BatchJob.objects.active().add_to_counters(cancelled=4) == 1
+    assert BatchJob.objects.exclude(status=J.RUNNING).filter(owner=ann).add_to_counters(rate_limited=1) == 2
+    rows = {j.pk: j for j in BatchJob.objects.all()}
+    assert [(rows[j.pk].failed_count, rows[j.pk].output_tokens, rows[j.pk].rate_limited_count) for j in (a, b)] == [
+        (3, 5, 1),
+        (3, 5, 1),
+    ]
+    assert (rows[c.pk].failed_count, rows[c.pk].cancelled_count) == (0, 4)
+
+
+def test_add_to_counters_and_status_of_use_the_querysets_database():
+    job = make_job()
+    assert BatchJob.objects.using("default").filter(pk=job.pk).add_to_counters(succeeded=1) == 1
+    assert BatchJob.objects.using("default").status_of(job.pk) == J.DRAFT
+    with pytest.raises(ConnectionDoesNotExist):
+        BatchJob.objects.using("elsewhere").filter(pk=job.pk).add_to_counters(succeeded=1)
+    with pytest.raises(ConnectionDoesNotExist):
+        BatchJob.objects.using("elsewhere").status_of(job.pk)
+
+
+def test_status_of_is_one_plain_select_and_respects_filters(django_assert_num_queries):
+    ann = get_user_model().objects.create_user("ann")
+    a, b = make_job(owner=ann, status=J.RUNNING), make_job(status=J.CANCELLED)
+    with CaptureQueriesContext(connection) as queries:
+        assert BatchJob.objects.status_of(a.pk) == J.RUNNING
+    (sql,) = [q["sql"] for q in queries]
+    assert sql.startswith('SELECT "status" FROM "llmjobs_batchjob" WHERE') and "LIMIT" not in sql
+    assert BatchJob.objects.status_of(str(b.pk)) == J.CANCELLED
+    assert BatchJob.objects.status_of(10**9) is None
+    assert BatchJob.objects.status_of(2**70) is None  # more than an id holds: the ORM's answer
+    assert BatchJob.objects.filter(pk=2**70).add_to_counters(failed=1) == 0
+    assert BatchJob.objects.filter(owner=ann).status_of(a.pk) == J.RUNNING
+    assert BatchJob.objects.filter(owner=ann).status_of(b.pk) is None  # not among these
+    assert BatchJob.objects.filter(owner__username="ann").status_of(a.pk) == J.RUNNING  # a join: the ORM
+    assert BatchJob.objects.filter(owner__username="bob").status_of(a.pk) is None
+    with django_assert_num_queries(0):
+        assert BatchJob.objects.none().status_of(a.pk) is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_add_to_counters_from_concurrent_threads_loses_nothing():
+    job = make_job()
+    errors: list[BaseException] = []
+
+    def add() -> None:
+        try:
+            for _ in range(25):
+                for _attempt in range(400):  # SQLite's in-memory test database: "table is locked" at once
+                    try:
+                        BatchJob.objects.filter(pk=job.pk).add_to_counters(succeeded=1, cost_usd=Decimal("0.000001"))
+                        break
+                    except OperationalError:
+                        time.sleep(0.01)
+                else:
+                    raise AssertionError("the database stayed locked")
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=add) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    job.refresh_from_db()
+    assert (job.succeeded_count, job.cost_usd) == (100, Decimal("0.000100"))
+
+
 # --- properties and state methods ------------------------------------------------------
 
 
@@ -194,6 +303,16 @@ def test_refresh_counters_recounts_items_and_sums_tokens():
     assert (job.input_tokens, job.output_tokens) == (2010, 1000)
     # sonnet 4.5: $3 in / $15 out per million tokens
     assert job.cost_estimate == Decimal("0.021030")
+
+
+def test_refresh_counters_keeps_the_whole_inputs_total_while_items_arrive():
+    job = make_job(3, filling_until=timezone.now() + datetime.timedelta(minutes=1))
+    job.total = 10  # the whole input; 3 items are in so far
+    job.refresh_counters()
+    assert BatchJob.objects.get(pk=job.pk).total == 10 and job.filling and job.progress == 0
+    job.filling_until = None  # all in (or cut short): the items are the total
+    job.refresh_counters()
+    assert BatchJob.objects.get(pk=job.pk).total == 3 and not job.filling
 
 
 def test_refresh_counters_with_no_tokens_is_zero():

@@ -186,21 +186,3 @@ def test_a_write_updates_only_the_job_counters_that_moved(api):
     assert (job.succeeded_count, job.failed_count, job.cancelled_count) == (1, 1, 0)
     assert (job.rate_limited_count, job.retries_count, job.input_tokens, job.output_tokens) == (2, 1, 10, 3)
     assert c  # the third item was never written
-
-
-def test_the_plain_counters_update_and_status_read_match_the_orm(api):
-    from llmjobs.writer import add_job_counters, job_status
-
-    a, b = make_job(1), make_job(1)
-    deltas = {"succeeded": 2, "input_tokens": 120, "cost_usd": Decimal("0.001234"), "retries": 1}
-    for _ in range(3):
-        BatchJob.objects.filter(pk=a.pk).add_to_counters(**deltas)
-        add_job_counters(b.pk, deltas)
-    add_job_counters(b.pk, {})  # nothing to add: no query
-    a.refresh_from_db()
-    b.refresh_from_db()
-    for name in ("succeeded_count", "input_tokens", "cost_usd", "retries_count", "failed_count"):
-        assert getattr(a, name) == getattr(b, name), name
-    assert b.cost_usd == Decimal("0.003702") and b.succeeded_count == 6
-    assert job_status(b.pk) == BatchJob.objects.status_of(b.pk) == b.status
-    assert job_status(10**9) is None

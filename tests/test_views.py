@@ -14,6 +14,7 @@ import gc
 import io
 import json
 import re
+from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -26,6 +27,8 @@ from django.utils import timezone
 from llmjobs.jobs import job_create
 from llmjobs.models import BatchJob, Item
 from llmjobs.web import playground, progress
+
+from .fill_helpers import HeldFill
 
 XSS = '<script>alert("pwned")</script>'
 
@@ -258,6 +261,81 @@ def test_save_as_draft_does_not_queue(alice):
     alice.post(reverse("llmjobs:job_new"), form_data(action="draft", concurrency="4", name="d"))
     job = BatchJob.objects.get()
     assert job.status == BatchJob.Status.DRAFT and job.concurrency == 4 and job.name == "d"
+
+
+# --- Run from the form: queued once the first items are in (issue 17) ----------------------
+
+
+@pytest.fixture
+def held_fill(monkeypatch):
+    held = HeldFill(monkeypatch)
+    yield held
+    held.release_and_join()
+
+
+@pytest.fixture
+def alice_tx(transactional_db, client):
+    """Alice logged in, for tests whose filler thread needs committed rows (``transaction=True``)."""
+    client.force_login(get_user_model().objects.create_user("alice", password="pw-alice-123"))
+    return client
+
+
+LINES = "".join(f"line {i}\n" for i in range(1000))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_queues_an_upload_while_its_rows_are_still_inserted(alice_tx, held_fill):
+    upload = SimpleUploadedFile("docs.txt", LINES.encode(), content_type="text/plain")
+    data = form_data(source="file", texts="", file=upload, dedup="on", budget_usd="5", name="big")
+    response = alice_tx.post(reverse("llmjobs:job_new"), data)
+    held_fill.wait_until_held()  # the response came first: the filler is still at work
+    job = BatchJob.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("llmjobs:job_detail", args=[job.pk])
+    assert job.status == BatchJob.Status.QUEUED and job.task_id and job.filling_until is not None
+    assert (job.total, job.items.count()) == (1000, 200)  # the whole input's count from the start
+    assert job.budget_usd == Decimal("5") and job.dedup and job.mode == "online"  # set before it was queued
+    page = alice_tx.get(response["Location"]).content.decode()
+    assert f"Job #{job.pk} is queued: 1,000 item(s)." in page
+    assert "Items are still being added: 200 of 1000 so far." in page
+    assert ">0 / 1000<" in page and ">0%<" in page  # items done / total: nothing looks finished
+    held_fill.release_and_join()
+    job.refresh_from_db()
+    assert job.filling_until is None and job.status == BatchJob.Status.QUEUED
+    assert (job.total, job.items.count()) == (1000, 1000)
+    assert list(job.items.order_by("position").values_list("position", flat=True)) == list(range(1000))
+    assert "still being added" not in alice_tx.get(response["Location"]).content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_while_the_rows_are_inserted_stops_the_insertion(alice_tx, held_fill):
+    alice_tx.post(reverse("llmjobs:job_new"), form_data(texts=LINES))
+    held_fill.wait_until_held()
+    job = BatchJob.objects.get()
+    response = alice_tx.post(reverse("llmjobs:job_cancel", args=[job.pk]), follow=True)
+    assert "is cancelled" in response.content.decode()
+    held_fill.release_and_join()  # its next batch sees the cancel: rolled back, and no more
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.CANCELLED and job.filling_until is None
+    assert (job.total, job.cancelled_count, job.items.count()) == (200, 200, 200)
+    assert not job.items.unfinished().exists()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("data", [{"mode": "batch"}, {"action": "draft"}])
+def test_batch_mode_and_drafts_insert_every_row_first(alice_tx, held_fill, data):
+    alice_tx.post(reverse("llmjobs:job_new"), form_data(texts=LINES, **data))
+    job = BatchJob.objects.get()
+    assert not held_fill.reached.is_set() and job.filling_until is None  # one transaction, no filler
+    assert (job.total, job.items.count()) == (1000, 1000)
+    assert job.status == (BatchJob.Status.QUEUED if data.get("mode") else BatchJob.Status.DRAFT)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_quota_refuses_the_whole_upload_before_anything_is_written(alice_tx, held_fill, settings):
+    settings.LLMJOBS_QUOTA_ITEMS_PER_DAY = 999
+    response = alice_tx.post(reverse("llmjobs:job_new"), form_data(texts=LINES))
+    assert response.status_code == 400 and "over your limit of 999 items a day" in response.content.decode()
+    assert not BatchJob.objects.exists() and not Item.objects.exists()
 
 
 def test_uploading_a_csv_with_a_column(alice):

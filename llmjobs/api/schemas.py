@@ -59,6 +59,7 @@ class JobOut(Schema):
     status: str
     model: str
     total: int
+    filling: bool = Field(False, description="Items are still being inserted (total counts them all already).")
     counts: JobCounts
     progress: float
     usage: JobUsage

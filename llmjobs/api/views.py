@@ -9,6 +9,7 @@ in ``detail[].loc``; a job whose state forbids the action is 409. OpenAPI at
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -110,23 +111,32 @@ def _check(payload: JobIn) -> tuple[str, dict[str, Any] | None]:
 
 def _create(user: Any, payload: JobIn) -> BatchJob:
     model, schema = _check(payload)
+    mode = "batch" if payload.mode == "batch" else "online"
+
+    def start(job: BatchJob) -> None:
+        apply_cost_options(job, budget_usd=payload.budget_usd, dedup=payload.dedup, mode=mode)
+        jobs.job_enqueue(job=job)  # the task is enqueued after commit
+
+    create = partial(
+        jobs.job_create,
+        owner=user,
+        name=payload.name or "API job",
+        template=payload.template,
+        system=payload.system,
+        model=model,
+        max_tokens=payload.max_tokens,
+        concurrency=payload.concurrency,
+        records=payload.items,
+        schema=schema,
+        webhook_url=payload.webhook_url,
+    )
     try:
-        with transaction.atomic():
-            job = jobs.job_create(
-                owner=user,
-                name=payload.name or "API job",
-                template=payload.template,
-                system=payload.system,
-                model=model,
-                max_tokens=payload.max_tokens,
-                concurrency=payload.concurrency,
-                records=payload.items,
-                schema=schema,
-                webhook_url=payload.webhook_url,
-            )
-            mode = "batch" if payload.mode == "batch" else "online"
-            apply_cost_options(job, budget_usd=payload.budget_usd, dedup=payload.dedup, mode=mode)
-            jobs.job_enqueue(job=job)  # the task is enqueued after commit
+        if mode == "batch":  # sends all items at once: queued once they are all in
+            with transaction.atomic():
+                job = create()
+                start(job)
+        else:  # queued as soon as the first items are committed; the rest are inserted meanwhile
+            job = create(start=start, head_start=True, wait=False)  # the rest once a worker has claimed
     except JobInputError as exc:
         raise FieldError([("items", str(exc))]) from None
     return job

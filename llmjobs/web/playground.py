@@ -121,6 +121,12 @@ def with_lifespan(app: ASGIApp) -> ASGIApp:
                     log.exception("warming up the app failed")
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                try:  # jobs queued early whose items this process still inserts (``filling``): finish them
+                    from ..filling import join_fills
+
+                    await asyncio.to_thread(join_fills, 60.0)
+                except Exception:
+                    log.exception("finishing the insertion of items failed")
                 try:
                     await aclose_client()
                     await asyncio.to_thread(userload.user_loader.close, 5.0)  # its kept-open connections

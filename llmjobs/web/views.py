@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any, cast
 
 from asgiref.sync import sync_to_async
@@ -30,6 +31,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import jobs
@@ -171,22 +173,40 @@ def job_new(request: HttpRequest) -> HttpResponse:
             )
             return _form_page(request, form, status=400)
         if form.is_valid():
+            cost = form.cost_options()
+            # Run: queued as soon as the first items are committed; the rest are inserted by
+            # this process meanwhile, and the page shows them arriving (``filling``). Batch
+            # mode sends all items at once: it is queued once they are all in.
+            early = action == "run" and cost["mode"] != "batch"
             try:
-                job = jobs.job_create(owner=request.user, **form.service_kwargs())
-                apply_cost_options(job, **form.cost_options())
+                job = jobs.job_create(
+                    owner=request.user,
+                    **form.service_kwargs(),
+                    start=partial(_start, request, cost) if early else None,
+                    head_start=True,  # the rest once a worker has claimed the first items
+                    wait=False,
+                )
+                if not early:
+                    apply_cost_options(job, **cost)
             except JobInputError as exc:
                 form.add_error(None, str(exc))
             else:
                 if action == "preview":
                     _preview(request, job)
-                elif action == "run":
+                elif action == "run" and not early:
                     _enqueue(request, job)
-                else:
+                elif action != "run":
                     messages.success(request, f"Job #{job.pk} saved (not started yet).")
                 return redirect(_job_url(job))
         uploads.keep_for_next_post(request, form)
         return _form_page(request, form, status=400)
     return _form_page(request, JobForm())
+
+
+def _start(request: HttpRequest, cost: dict[str, Any], job: BatchJob) -> None:
+    """A new job's first items are committed: set its cost options, then queue it."""
+    apply_cost_options(job, **cost)
+    _enqueue(request, job)
 
 
 def _form_page(request: HttpRequest, form: JobForm, status: int = 200) -> HttpResponse:
@@ -216,11 +236,20 @@ def job_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "can_cancel": mine and job.is_active,
         "can_retry": mine and job.status != BatchJob.Status.RUNNING and (job.failed_count or job.cancelled_count) > 0,
         "preview_count": jobs.PREVIEW_COUNT,
+        "filling": _filling(job),
         "workers": workers_on_job(job.pk),  # issue 12: who claimed the job's items
         "org_governor": org_state(job.model),  # issue 12: the org-wide limits every worker shares
         **job_page_context(job, mine=mine),  # settings, timeline, Run/Resume, results endpoint
     }
     return render(request, "llmjobs/job_detail.html", context)
+
+
+def _filling(job: BatchJob) -> dict[str, Any] | None:
+    """While the job's items are still being inserted: how many are in, and whether the
+    submitter stopped renewing the set (it is cut short by the next runner or recovery)."""
+    if job.filling_until is None:
+        return None
+    return {"inserted": job.items.count(), "lapsed": job.filling_until < timezone.now()}
 
 
 def _cancel(request: HttpRequest, job: BatchJob) -> None:

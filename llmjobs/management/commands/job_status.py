@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
+from django.utils import timezone
 
 from llmjobs.costs import fmt_usd, job_cost, job_summary
 from llmjobs.org_governor import org_state
@@ -36,7 +37,7 @@ class Command(BaseCommand):
             f"model:     {job.model} ({job.mode})",
             f"items:     {job.total} total, {job.succeeded_count} succeeded, {job.failed_count} failed, "
             f"{job.cancelled_count} cancelled, {pending} not done",
-            f"progress:  {job.progress:.1%}",
+            f"progress:  {job.progress:.1%}" + _filling(job),
             f"tokens:    {job.input_tokens} input, {job.output_tokens} output, "
             f"{job.cache_creation_input_tokens} cache write, {job.cache_read_input_tokens} cache read",
             f"cost:      {fmt_usd(cost)} spent"
@@ -54,6 +55,15 @@ class Command(BaseCommand):
         if job.advice:
             lines.append(f"hint:      {job.advice}")
         self.stdout.write("\n".join(lines))
+
+
+def _filling(job: Any) -> str:
+    """While the job's items are still being inserted: how many are in so far."""
+    if job.filling_until is None:
+        return ""
+    if job.filling_until < timezone.now():
+        return f" (items stopped arriving at {job.items.count()} of {job.total}: the job will be cut short)"
+    return f" (items still being inserted: {job.items.count()} of {job.total} so far)"
 
 
 def _dumps(data: dict[str, Any]) -> str:
