@@ -437,30 +437,31 @@ def main() -> None:
             app.start()
             levels = [int(n) for n in args.streams.split(",")]
             ttft, cpu = asyncio.run(measure_ttft(app, sim.base_url, levels, args.seconds, args.max_tokens))
-            held = asyncio.run(hold_progress_streams(app, args.sse, args.hold))
+            held = asyncio.run(hold_progress_streams(app, args.sse, args.hold)) if args.sse > 0 else None
         finally:
             app.stop()
 
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
-    rss = held["rss"]
-    growth = rss[max(rss)] - rss[0]
-    record(
-        "web",
-        f"RSS growth, {held['clients']} progress streams open",
-        growth,
-        "MB",
-        reference=f"idle app {rss[0]:.0f} MB",
-        ratio=rss[max(rss)] / rss[0],
-    )
-    record("web", f"app CPU holding {held['clients']} progress streams", held["cpu_pct"], "% core")
-    record(
-        "web",
-        f"progress streams receiving the last update (of {held['clients']})",
-        held["receiving"],
-        "streams",
-        goal=f"= {held['clients']}",
-        met=held["receiving"] == held["clients"],
-    )
+    if held is not None:  # --sse 0: the playground rows only
+        rss = held["rss"]
+        growth = rss[max(rss)] - rss[0]
+        record(
+            "web",
+            f"RSS growth, {held['clients']} progress streams open",
+            growth,
+            "MB",
+            reference=f"idle app {rss[0]:.0f} MB",
+            ratio=rss[max(rss)] / rss[0],
+        )
+        record("web", f"app CPU holding {held['clients']} progress streams", held["cpu_pct"], "% core")
+        record(
+            "web",
+            f"progress streams receiving the last update (of {held['clients']})",
+            held["receiving"],
+            "streams",
+            goal=f"= {held['clients']}",
+            met=held["receiving"] == held["clients"],
+        )
     rows = [
         (
             "setup",
@@ -499,26 +500,27 @@ def main() -> None:
             ),
             (f"  app CPU per stream ({label})", f"{cpu[(mode, n)] * 1000:.1f} ms", ""),
         ]
-    rows += [
-        (
-            f"progress streams held ({held['clients']} clients, {args.hold:g}s, {held['updates']} updates)",
-            f"{held['connected']} connected in {held['connect_s']:.2f}s, {held['receiving']} got the last update",
-            "goal 200 all receiving: "
-            + ("met" if held["receiving"] >= 200 and held["receiving"] == held["clients"] else "NOT met"),
-        ),
-        (
-            "progress update delivery lag (tick 0.5 s)",
-            f"p50 {ms(held['lag_p50'])} / p95 {ms(held['lag_p95'])}",
-            f"fewest events per client: {held['events_min']}",
-        ),
-        ("streams ended with `done` when the job finished", f"{held['ended_done']} / {held['clients']}", ""),
-        (
-            "app RSS with 0 / 50 / 200 progress streams open",
-            " / ".join(f"{mb:.0f} MB" for mb in held["rss"].values()),
-            f"growth {growth:.0f} MB for {held['clients']} streams ({growth / held['clients'] * 1024:.0f} KB each)",
-        ),
-        (f"app CPU holding {held['clients']} progress streams", f"{held['cpu_pct']:.0f}% of a core", ""),
-    ]
+    if held is not None:
+        rows += [
+            (
+                f"progress streams held ({held['clients']} clients, {args.hold:g}s, {held['updates']} updates)",
+                f"{held['connected']} connected in {held['connect_s']:.2f}s, {held['receiving']} got the last update",
+                "goal 200 all receiving: "
+                + ("met" if held["receiving"] >= 200 and held["receiving"] == held["clients"] else "NOT met"),
+            ),
+            (
+                "progress update delivery lag (tick 0.5 s)",
+                f"p50 {ms(held['lag_p50'])} / p95 {ms(held['lag_p95'])}",
+                f"fewest events per client: {held['events_min']}",
+            ),
+            ("streams ended with `done` when the job finished", f"{held['ended_done']} / {held['clients']}", ""),
+            (
+                "app RSS with 0 / 50 / 200 progress streams open",
+                " / ".join(f"{mb:.0f} MB" for mb in held["rss"].values()),
+                f"growth {growth:.0f} MB for {held['clients']} streams ({growth / held['clients'] * 1024:.0f} KB each)",
+            ),
+            (f"app CPU holding {held['clients']} progress streams", f"{held['cpu_pct']:.0f}% of a core", ""),
+        ]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
     print(line)

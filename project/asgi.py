@@ -3,11 +3,15 @@
 import os
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application() does, then its handler:
 
-django_application = get_asgi_application()
+from llmjobs.web.handler import InlineSignalsASGIHandler  # noqa: E402  (after Django is set up)
+
+# Django's ASGIHandler without its two thread hops per stream (llmjobs/web/handler.py).
+django_application = InlineSignalsASGIHandler()
 
 
 def _with_static_files(app: Any) -> Any:

@@ -139,15 +139,21 @@ class TextStream:
     """
 
     __slots__ = (
+        "_cancelling",
         "_client",
         "_deadline",
         "_events",
+        "_expired",
         "_first",
         "_idle",
         "_loop",
         "_params",
+        "_reader",
         "_response",
+        "_since",
         "_state",
+        "_timer",
+        "_timer_at",
         "_total",
     )
 
@@ -170,6 +176,17 @@ class TextStream:
         self._state: StreamState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadline = float("inf")
+        # The limits are kept by ONE timer per stream, not a timeout per token (a timer
+        # scheduled and cancelled for every token of every stream: issue 17). ``_since`` is
+        # when the current wait began (the call to ``__anext__``, or the last event); the
+        # timer fires at the limit it knew of, looks at ``_since`` and moves on if an event
+        # came meanwhile, else cancels ``_reader`` (the task waiting in ``__anext__``).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._since = 0.0
+        self._reader: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._expired = False
 
     # results ---------------------------------------------------------------
     @property
@@ -207,10 +224,32 @@ class TextStream:
     def __aiter__(self) -> TextStream:
         return self
 
-    def _limit(self, now: float) -> float:
+    def _limit(self, since: float) -> float:
+        """When a wait that began at ``since`` times out: the first-token or the idle limit,
+        and never after the whole stream's deadline."""
         wait = self._first if self._state is None or self._state.ttft is None else self._idle
-        limit = now + wait
+        limit = since + wait
         return limit if limit < self._deadline else self._deadline
+
+    def _arm(self, when: float) -> None:
+        assert self._loop is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        reader = self._reader
+        if reader is None:  # nobody waits for an event: the next __anext__ arms it again
+            return
+        limit = self._limit(self._since)
+        assert self._loop is not None
+        if self._loop.time() < limit:  # an event came since this was set: wait for the new limit
+            self._arm(limit)
+            return
+        self._expired = True
+        reader.cancel()
 
     async def _open(self) -> None:
         if self._state is not None:
@@ -235,19 +274,29 @@ class TextStream:
         if self._events is None or state.finished:
             raise StopAsyncIteration
         loop = self._loop
+        reader = asyncio.current_task()
+        assert reader is not None
+        self._since = now = loop.time()
+        limit = self._limit(now)
+        if self._timer is None or self._timer_at > limit:
+            self._arm(limit)
+        self._reader = reader
+        self._cancelling = reader.cancelling()
         try:
-            async with asyncio.timeout_at(self._limit(loop.time())) as cm:
-                async for event, data in self._events:
-                    if event == "ping":
-                        continue
-                    now = loop.time()
-                    text = state.feed(event, data, now)
-                    if text is not None:
-                        return text
-                    if state.finished:
-                        break
-                    cm.reschedule(self._limit(now))
-        except TimeoutError:
+            async for event, data in self._events:
+                if event == "ping":
+                    continue
+                now = loop.time()
+                text = state.feed(event, data, now)
+                if text is not None:
+                    return text
+                if state.finished:
+                    break
+                self._since = now
+        except asyncio.CancelledError:
+            if not self._expired or reader.uncancel() > self._cancelling:
+                await self.aclose()
+                raise  # cancelled from outside (the client went away), not by the limit
             await self.aclose()
             what = "first token" if state.ttft is None else "next event"
             raise AttemptTimeout(
@@ -256,6 +305,8 @@ class TextStream:
         except BaseException:
             await self.aclose()
             raise
+        finally:
+            self._reader = None
         await self.aclose()
         if not state.finished:
             raise StreamError("connection_error", "stream ended before message_stop")
@@ -263,6 +314,9 @@ class TextStream:
 
     async def aclose(self) -> None:
         """Stop reading and close the HTTP response (safe to call twice)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         events, self._events = self._events, None
         if events is not None:
             await events.aclose()  # type: ignore[attr-defined]
