@@ -18,25 +18,14 @@ from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
 from .heap import settle_heap
-from .repair import add_usage, invalid_outcome, repair_params
-from .retry import (
-    ABORT,
-    FAIL,
-    OVERLOADED,
-    RATE_LIMITED,
-    RetryPolicy,
-    Verdict,
-    classify,
-    is_outage,
-)
+from .results import CANCELLING, RUNNING, AttemptResults
+from .retry import RetryPolicy, Verdict, classify
 from .stats import EngineStats
-from .tokens import estimate_input_tokens
 
 _log = logging.getLogger("llmjobs.engine")
 
 __all__ = ["Engine"]
 
-_RUNNING, _CANCELLING, _ABORTING = 0, 1, 2
 _PATH = "/v1/messages"
 
 
@@ -166,7 +155,7 @@ class Engine:
             await self.aclose()
 
 
-class _Run:
+class _Run(AttemptResults):
     """One pass over an input: the dispatcher, the attempts and the outcome buffer."""
 
     __slots__ = (
@@ -219,7 +208,7 @@ class _Run:
         self._out_limit = max(64, 2 * self.cfg.max_concurrency)
         self._waiter: asyncio.Future[None] | None = None
         self._out_waiter: asyncio.Future[None] | None = None
-        self._state = _RUNNING
+        self._state = RUNNING
         self._abort: Verdict | None = None
         self._held: Job | None = None
         self._finished = False
@@ -297,12 +286,12 @@ class _Run:
             w.set_result(None)
 
     def cancel(self) -> None:
-        if self._state == _RUNNING:
-            self._state = _CANCELLING
+        if self._state == RUNNING:
+            self._state = CANCELLING
             self._stop_everything()
 
     def drain(self, timeout: float) -> None:
-        if self._state == _RUNNING and self._drain_timer is None:
+        if self._state == RUNNING and self._drain_timer is None:
             self._drain_timer = self.loop.call_later(max(timeout, 0.0), self.cancel)
             self._wake()
 
@@ -349,7 +338,7 @@ class _Run:
         heap = self._heap
         launched = 0
         try:
-            while self._state == _RUNNING:
+            while self._state == RUNNING:
                 own = self._tasks
                 if self._drain_timer is not None:  # draining: let what is in flight finish
                     if not own:
@@ -368,7 +357,7 @@ class _Run:
                         job = heapq.heappop(heap)[2]
                     elif not self._exhausted:
                         job = await self._pull()
-                        if self._state != _RUNNING:
+                        if self._state != RUNNING:
                             self._held = job
                             break
                         if self._drain_timer is not None:
@@ -403,13 +392,13 @@ class _Run:
                     # starting hundreds of tasks in one loop turn stalls the loop.
                     await asyncio.sleep(0)
         finally:
-            if self._state != _RUNNING or self._tasks or self._drain_timer is not None:
+            if self._state != RUNNING or self._tasks or self._drain_timer is not None:
                 await self._wind_down()
 
     async def _wind_down(self) -> None:
         """Cancel what is in flight, wait for it, and report what never finished."""
-        if self._state == _RUNNING:
-            self._state = _CANCELLING
+        if self._state == RUNNING:
+            self._state = CANCELLING
         self._stop_everything()
         while self._tasks:
             await asyncio.wait(list(self._tasks))
@@ -418,7 +407,7 @@ class _Run:
         if self._held is not None:
             leftovers.append(self._held)
             self._held = None
-        if self._state == _CANCELLING:
+        if self._state == CANCELLING:
             for job in leftovers:
                 self._emit_cancelled(job)
 
@@ -443,26 +432,11 @@ class _Run:
             if ticket.open:
                 # cancelled before its first step: the attempt never ran its own cleanup
                 self.gov.release(ticket)
-                if self._state == _CANCELLING:
+                if self._state == CANCELLING:
                     self._emit_cancelled(job)
         elif (exc := task.exception()) is not None:
             self._internal_error(exc, ticket)
         self._wake()
-
-    def _internal_error(self, exc: BaseException, ticket: Ticket) -> None:
-        """A bug in the engine's own bookkeeping around an attempt (never an API error:
-        those are classified in ``_attempt``). The run stops at once, loudly: its unfinished
-        items are the ``RunAborted``'s undone keys (a runner puts them back to pending),
-        instead of an item that silently never ends and a run that never finishes."""
-        _log.error("engine: internal error after an attempt; stopping the run", exc_info=exc)
-        if ticket.open:
-            with contextlib.suppress(Exception):
-                self.gov.release(ticket)
-        if self._state == _RUNNING:
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            self._abort = Verdict(ABORT, "internal", "internal_error", f"llmjobs engine error: {message}")
-            self._state = _ABORTING
-            self._stop_everything()
 
     # -- one attempt -----------------------------------------------------------
     async def _attempt(self, job: Job, ticket: Ticket, probe: bool = False) -> None:
@@ -476,9 +450,9 @@ class _Run:
         except asyncio.CancelledError:
             gov.release(ticket)
             self.engine.breaker.on_abandoned(probe)
-            if self._state == _RUNNING:
+            if self._state == RUNNING:
                 raise
-            if self._state == _CANCELLING:
+            if self._state == CANCELLING:
                 self._emit_cancelled(job)
             return
         except Exception as exc:
@@ -500,93 +474,6 @@ class _Run:
         if job.call.validate is not None and self._review(job, outcome):
             return  # sent back once with the validation error
         self._emit(job, outcome)  # a finished call is reported even while cancelling or aborting
-
-    def _review(self, job: Job, outcome: Outcome) -> bool:
-        """Validate a structured answer; True when the job was queued again to repair it."""
-        assert job.call.validate is not None
-        error = job.call.validate(outcome.text, outcome.stop_reason)
-        outcome.usage = add_usage(job.spent, outcome.usage)
-        if error is None:
-            return False
-        if job.repaired or self._state != _RUNNING:
-            invalid_outcome(outcome, error)
-            return False
-        job.repaired = True
-        job.spent = outcome.usage
-        job.params = repair_params(job.params, outcome.text, error)
-        job.in_raw = estimate_input_tokens(job.params)
-        self.stats.retries += 1
-        self._hseq += 1
-        heapq.heappush(self._heap, (self.gov.now(), self._hseq, job))
-        self._wake()
-        return True
-
-    def _failed_attempt(self, job: Job, ticket: Ticket, verdict: Verdict, probe: bool = False) -> None:
-        gov = self.gov
-        st = self.stats
-        now = gov.now()
-        kind = verdict.kind
-        breaker = self.engine.breaker
-        if is_outage(verdict):
-            breaker.on_outage_failure(now, probe, overloaded=kind == OVERLOADED)
-        elif verdict.action != ABORT:
-            breaker.on_answer(now, probe)  # the API answered: it is up
-        else:
-            breaker.on_abandoned(probe)
-        # while the API is down, failures are the outage's, not the item's
-        outage = breaker.is_open
-        failures_before = job.failures
-        if kind == RATE_LIMITED:
-            st.rate_limited += 1
-            gov.on_rate_limited(ticket, verdict.retry_after, verdict.headers, now)
-        elif kind == OVERLOADED:
-            st.overloaded += 1  # never the item's fault: it does not use up its attempts
-            gov.on_overloaded(ticket, verdict.retry_after, now)
-        else:
-            st.errors += 1
-            if verdict.error_type == "timeout":
-                st.timeouts += 1
-                job.timeouts += 1
-            if verdict.action != FAIL:
-                job.failures += 1
-            gov.on_failure(ticket, now)
-        if outage:
-            job.failures = failures_before
-        elif breaker.suspect and job.failures >= self.policy.max_attempts and is_outage(verdict):
-            # The API may be going down (the breaker has not decided yet): an item
-            # at the end of its budget waits for the verdict instead of failing now.
-            job.failures = self.policy.max_attempts - 1
-        job.last_error = verdict
-        if self._state != _RUNNING:
-            if self._state == _CANCELLING:
-                self._emit_cancelled(job)
-            return
-        if verdict.action == ABORT:
-            self._abort = verdict
-            self._state = _ABORTING
-            self._stop_everything()
-            return
-        if kind in (RATE_LIMITED, OVERLOADED) or outage:
-            retry_at = now  # the governor's pause (or the open breaker) holds the whole run back
-        else:
-            retry_at = now + self.policy.backoff(job.failures)
-        started = retry_at if outage else (job.started or now)  # an outage does not eat the item's deadline
-        if self.policy.allows(verdict, job.failures, started, retry_at):
-            st.retries += 1
-            self._hseq += 1
-            heapq.heappush(self._heap, (retry_at, self._hseq, job))
-            self._wake()
-            return
-        self._emit(
-            job,
-            Outcome(
-                job.call.key,
-                FAILED,
-                attempts=job.attempts,
-                error_type=verdict.error_type,
-                error_message=verdict.message,
-            ),
-        )
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
