@@ -13,11 +13,12 @@ from typing import Any
 from ._job import Job, Latency, attempt_timeout
 from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
 from .advice import max_tokens_advice
-from .attempts import plain_attempt, stream_attempt
+from .attempts import messages_url, plain_attempt, stream_attempt
 from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
 from .heap import settle_heap
+from .pacing import PassBudget
 from .results import CANCELLING, RUNNING, AttemptResults
 from .retry import RetryPolicy, Verdict, classify
 from .stats import EngineStats
@@ -25,11 +26,6 @@ from .stats import EngineStats
 _log = logging.getLogger("llmjobs.engine")
 
 __all__ = ["Engine"]
-
-_PATH = "/v1/messages"
-
-
-_LAUNCH_BURST = 8  # requests started per event-loop turn at most
 
 
 class Engine:
@@ -173,9 +169,11 @@ class _Run(AttemptResults):
         "_out",
         "_out_limit",
         "_out_waiter",
+        "_pace",
         "_source",
         "_state",
         "_tasks",
+        "_url",
         "_waiter",
         "cfg",
         "client",
@@ -192,6 +190,7 @@ class _Run(AttemptResults):
         self.policy = engine.policy
         self.cfg = engine.config
         self.client = engine.client
+        self._url = messages_url(self.client)
         if isinstance(calls, AsyncIterable):
             self._source: Any = aiter(calls)
             self._is_async = True
@@ -244,6 +243,7 @@ class _Run(AttemptResults):
 
     async def outcomes(self) -> AsyncGenerator[tuple[int, Outcome]]:
         self.loop = asyncio.get_running_loop()
+        self._pace = PassBudget(self.loop)
         settle_heap()  # once per process: no full GC scans of the start-up heap on the loop
         self.stats = st = self.engine.stats = EngineStats(self.gov)
         st.started_at = self.gov.now()
@@ -336,7 +336,7 @@ class _Run(AttemptResults):
     async def _dispatch(self) -> None:
         gov = self.gov
         heap = self._heap
-        launched = 0
+        pace = self._pace
         try:
             while self._state == RUNNING:
                 own = self._tasks
@@ -386,10 +386,9 @@ class _Run(AttemptResults):
                     await self._sleep(d)
                     continue
                 self._launch(job, in_cost, now)
-                launched += 1
-                if launched % _LAUNCH_BURST == 0:
-                    # Let the new requests (and timers) run before launching more:
-                    # starting hundreds of tasks in one loop turn stalls the loop.
+                if not pace.can_start():
+                    # This loop pass did its share (starts, and the answers it handled):
+                    # the next starts wait for the next pass (see pacing.py).
                     await asyncio.sleep(0)
         finally:
             if self._state != RUNNING or self._tasks or self._drain_timer is not None:
@@ -422,6 +421,7 @@ class _Run(AttemptResults):
         job.attempts += 1
         self.stats.requests += 1
         probe = self.engine.breaker.on_dispatch(now)
+        self._pace.start()
         task = self.loop.create_task(self._attempt(job, ticket, probe))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(t, job, ticket))
@@ -446,7 +446,7 @@ class _Run(AttemptResults):
                 outcome, headers = await stream_attempt(self.client, job, self.cfg)
             else:
                 timeout = attempt_timeout(self.cfg, job, self.engine._latency)
-                outcome, headers = await plain_attempt(self.client, job, timeout, self.engine._latency)
+                outcome, headers = await plain_attempt(self.client, job, timeout, self.engine._latency, self._url)
         except asyncio.CancelledError:
             gov.release(ticket)
             self.engine.breaker.on_abandoned(probe)
@@ -456,8 +456,10 @@ class _Run(AttemptResults):
                 self._emit_cancelled(job)
             return
         except Exception as exc:
+            self._pace.end()
             self._failed_attempt(job, ticket, classify(exc), probe)
             return
+        self._pace.end()
         usage = outcome.usage or {}
         out_tokens = usage.get("output_tokens")
         in_tokens = usage.get("input_tokens")
