@@ -30,7 +30,7 @@ __all__ = ["END_COST", "PASS_BUDGET", "START_COST", "PassBudget"]
 
 START_COST = 3  # a call started: the SDK builds the request and sends it (~0.6 ms of CPU)
 END_COST = 1  # a call ended: the response read and parsed, the bookkeeping (~0.25 ms)
-PASS_BUDGET = 18  # per pass: 6 starts, or 18 ends, or a mix (~4 ms of CPU)
+PASS_BUDGET = 12  # per pass: 4 starts, or 12 ends, or a mix (~3 ms of CPU)
 
 
 class PassBudget:
