@@ -15,18 +15,33 @@ from .repair import tool_answer
 from .retry import AttemptTimeout, InvalidResponse, StreamError
 from .stream import StreamState, iter_sse, open_stream
 
-__all__ = ["plain_attempt", "stream_attempt"]
+__all__ = ["messages_url", "plain_attempt", "stream_attempt"]
 
 _PATH = "/v1/messages"
 
 
-async def plain_attempt(client: Any, job: Job, timeout: float, latencies: Latency) -> tuple[Outcome, Any]:
-    """One non-streamed request; a body that is not a message raises ``InvalidResponse``."""
+def messages_url(client: Any) -> str:
+    """The Messages API's absolute URL on ``client``'s ``base_url``, merged as the SDK merges a
+    relative path (``base_url``'s path + ``v1/messages``). Posting to it sends the same request
+    as posting to ``/v1/messages``, without parsing and merging the base URL at every call
+    (about 40 us of the ~0.6 ms a start costs). The relative path if the client has no
+    ``base_url`` of its own (a test double)."""
+    base = getattr(client, "base_url", None)
+    if not isinstance(base, httpx2.URL):
+        return _PATH
+    return str(base.copy_with(raw_path=base.raw_path + _PATH.lstrip("/").encode()))
+
+
+async def plain_attempt(
+    client: Any, job: Job, timeout: float, latencies: Latency, url: str = _PATH
+) -> tuple[Outcome, Any]:
+    """One non-streamed request (to ``url``: see :func:`messages_url`); a body that is not a
+    message raises ``InvalidResponse``."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     try:
         async with asyncio.timeout(timeout):
-            response = await client.post(_PATH, body=job.params, cast_to=httpx2.Response)
+            response = await client.post(url, body=job.params, cast_to=httpx2.Response)
     except TimeoutError:
         raise AttemptTimeout(f"no response within {timeout:g}s") from None
     latency = loop.time() - t0

@@ -13,34 +13,19 @@ from typing import Any
 from ._job import Job, Latency, attempt_timeout
 from ._types import CANCELLED, FAILED, SUCCEEDED, Call, EngineConfig, Outcome, RunAborted
 from .advice import max_tokens_advice
-from .attempts import plain_attempt, stream_attempt
+from .attempts import messages_url, plain_attempt, stream_attempt
 from .breaker import CircuitBreaker
 from .client import make_client
 from .governor import Governor, Ticket
 from .heap import settle_heap
-from .repair import add_usage, invalid_outcome, repair_params
-from .retry import (
-    ABORT,
-    FAIL,
-    OVERLOADED,
-    RATE_LIMITED,
-    RetryPolicy,
-    Verdict,
-    classify,
-    is_outage,
-)
+from .pacing import PassBudget
+from .results import CANCELLING, RUNNING, AttemptResults
+from .retry import RetryPolicy, Verdict, classify
 from .stats import EngineStats
-from .tokens import estimate_input_tokens
 
 _log = logging.getLogger("llmjobs.engine")
 
 __all__ = ["Engine"]
-
-_RUNNING, _CANCELLING, _ABORTING = 0, 1, 2
-_PATH = "/v1/messages"
-
-
-_LAUNCH_BURST = 8  # requests started per event-loop turn at most
 
 
 class Engine:
@@ -166,7 +151,7 @@ class Engine:
             await self.aclose()
 
 
-class _Run:
+class _Run(AttemptResults):
     """One pass over an input: the dispatcher, the attempts and the outcome buffer."""
 
     __slots__ = (
@@ -184,9 +169,11 @@ class _Run:
         "_out",
         "_out_limit",
         "_out_waiter",
+        "_pace",
         "_source",
         "_state",
         "_tasks",
+        "_url",
         "_waiter",
         "cfg",
         "client",
@@ -203,6 +190,7 @@ class _Run:
         self.policy = engine.policy
         self.cfg = engine.config
         self.client = engine.client
+        self._url = messages_url(self.client)
         if isinstance(calls, AsyncIterable):
             self._source: Any = aiter(calls)
             self._is_async = True
@@ -219,7 +207,7 @@ class _Run:
         self._out_limit = max(64, 2 * self.cfg.max_concurrency)
         self._waiter: asyncio.Future[None] | None = None
         self._out_waiter: asyncio.Future[None] | None = None
-        self._state = _RUNNING
+        self._state = RUNNING
         self._abort: Verdict | None = None
         self._held: Job | None = None
         self._finished = False
@@ -255,6 +243,7 @@ class _Run:
 
     async def outcomes(self) -> AsyncGenerator[tuple[int, Outcome]]:
         self.loop = asyncio.get_running_loop()
+        self._pace = PassBudget(self.loop)
         settle_heap()  # once per process: no full GC scans of the start-up heap on the loop
         self.stats = st = self.engine.stats = EngineStats(self.gov)
         st.started_at = self.gov.now()
@@ -297,12 +286,12 @@ class _Run:
             w.set_result(None)
 
     def cancel(self) -> None:
-        if self._state == _RUNNING:
-            self._state = _CANCELLING
+        if self._state == RUNNING:
+            self._state = CANCELLING
             self._stop_everything()
 
     def drain(self, timeout: float) -> None:
-        if self._state == _RUNNING and self._drain_timer is None:
+        if self._state == RUNNING and self._drain_timer is None:
             self._drain_timer = self.loop.call_later(max(timeout, 0.0), self.cancel)
             self._wake()
 
@@ -347,9 +336,9 @@ class _Run:
     async def _dispatch(self) -> None:
         gov = self.gov
         heap = self._heap
-        launched = 0
+        pace = self._pace
         try:
-            while self._state == _RUNNING:
+            while self._state == RUNNING:
                 own = self._tasks
                 if self._drain_timer is not None:  # draining: let what is in flight finish
                     if not own:
@@ -368,7 +357,7 @@ class _Run:
                         job = heapq.heappop(heap)[2]
                     elif not self._exhausted:
                         job = await self._pull()
-                        if self._state != _RUNNING:
+                        if self._state != RUNNING:
                             self._held = job
                             break
                         if self._drain_timer is not None:
@@ -397,19 +386,18 @@ class _Run:
                     await self._sleep(d)
                     continue
                 self._launch(job, in_cost, now)
-                launched += 1
-                if launched % _LAUNCH_BURST == 0:
-                    # Let the new requests (and timers) run before launching more:
-                    # starting hundreds of tasks in one loop turn stalls the loop.
+                if not pace.can_start():
+                    # This loop pass did its share (starts, and the answers it handled):
+                    # the next starts wait for the next pass (see pacing.py).
                     await asyncio.sleep(0)
         finally:
-            if self._state != _RUNNING or self._tasks or self._drain_timer is not None:
+            if self._state != RUNNING or self._tasks or self._drain_timer is not None:
                 await self._wind_down()
 
     async def _wind_down(self) -> None:
         """Cancel what is in flight, wait for it, and report what never finished."""
-        if self._state == _RUNNING:
-            self._state = _CANCELLING
+        if self._state == RUNNING:
+            self._state = CANCELLING
         self._stop_everything()
         while self._tasks:
             await asyncio.wait(list(self._tasks))
@@ -418,7 +406,7 @@ class _Run:
         if self._held is not None:
             leftovers.append(self._held)
             self._held = None
-        if self._state == _CANCELLING:
+        if self._state == CANCELLING:
             for job in leftovers:
                 self._emit_cancelled(job)
 
@@ -433,6 +421,7 @@ class _Run:
         job.attempts += 1
         self.stats.requests += 1
         probe = self.engine.breaker.on_dispatch(now)
+        self._pace.start()
         task = self.loop.create_task(self._attempt(job, ticket, probe))
         self._tasks.add(task)
         task.add_done_callback(lambda t: self._task_done(t, job, ticket))
@@ -443,26 +432,11 @@ class _Run:
             if ticket.open:
                 # cancelled before its first step: the attempt never ran its own cleanup
                 self.gov.release(ticket)
-                if self._state == _CANCELLING:
+                if self._state == CANCELLING:
                     self._emit_cancelled(job)
         elif (exc := task.exception()) is not None:
             self._internal_error(exc, ticket)
         self._wake()
-
-    def _internal_error(self, exc: BaseException, ticket: Ticket) -> None:
-        """A bug in the engine's own bookkeeping around an attempt (never an API error:
-        those are classified in ``_attempt``). The run stops at once, loudly: its unfinished
-        items are the ``RunAborted``'s undone keys (a runner puts them back to pending),
-        instead of an item that silently never ends and a run that never finishes."""
-        _log.error("engine: internal error after an attempt; stopping the run", exc_info=exc)
-        if ticket.open:
-            with contextlib.suppress(Exception):
-                self.gov.release(ticket)
-        if self._state == _RUNNING:
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            self._abort = Verdict(ABORT, "internal", "internal_error", f"llmjobs engine error: {message}")
-            self._state = _ABORTING
-            self._stop_everything()
 
     # -- one attempt -----------------------------------------------------------
     async def _attempt(self, job: Job, ticket: Ticket, probe: bool = False) -> None:
@@ -472,18 +446,20 @@ class _Run:
                 outcome, headers = await stream_attempt(self.client, job, self.cfg)
             else:
                 timeout = attempt_timeout(self.cfg, job, self.engine._latency)
-                outcome, headers = await plain_attempt(self.client, job, timeout, self.engine._latency)
+                outcome, headers = await plain_attempt(self.client, job, timeout, self.engine._latency, self._url)
         except asyncio.CancelledError:
             gov.release(ticket)
             self.engine.breaker.on_abandoned(probe)
-            if self._state == _RUNNING:
+            if self._state == RUNNING:
                 raise
-            if self._state == _CANCELLING:
+            if self._state == CANCELLING:
                 self._emit_cancelled(job)
             return
         except Exception as exc:
+            self._pace.end()
             self._failed_attempt(job, ticket, classify(exc), probe)
             return
+        self._pace.end()
         usage = outcome.usage or {}
         out_tokens = usage.get("output_tokens")
         in_tokens = usage.get("input_tokens")
@@ -500,93 +476,6 @@ class _Run:
         if job.call.validate is not None and self._review(job, outcome):
             return  # sent back once with the validation error
         self._emit(job, outcome)  # a finished call is reported even while cancelling or aborting
-
-    def _review(self, job: Job, outcome: Outcome) -> bool:
-        """Validate a structured answer; True when the job was queued again to repair it."""
-        assert job.call.validate is not None
-        error = job.call.validate(outcome.text, outcome.stop_reason)
-        outcome.usage = add_usage(job.spent, outcome.usage)
-        if error is None:
-            return False
-        if job.repaired or self._state != _RUNNING:
-            invalid_outcome(outcome, error)
-            return False
-        job.repaired = True
-        job.spent = outcome.usage
-        job.params = repair_params(job.params, outcome.text, error)
-        job.in_raw = estimate_input_tokens(job.params)
-        self.stats.retries += 1
-        self._hseq += 1
-        heapq.heappush(self._heap, (self.gov.now(), self._hseq, job))
-        self._wake()
-        return True
-
-    def _failed_attempt(self, job: Job, ticket: Ticket, verdict: Verdict, probe: bool = False) -> None:
-        gov = self.gov
-        st = self.stats
-        now = gov.now()
-        kind = verdict.kind
-        breaker = self.engine.breaker
-        if is_outage(verdict):
-            breaker.on_outage_failure(now, probe, overloaded=kind == OVERLOADED)
-        elif verdict.action != ABORT:
-            breaker.on_answer(now, probe)  # the API answered: it is up
-        else:
-            breaker.on_abandoned(probe)
-        # while the API is down, failures are the outage's, not the item's
-        outage = breaker.is_open
-        failures_before = job.failures
-        if kind == RATE_LIMITED:
-            st.rate_limited += 1
-            gov.on_rate_limited(ticket, verdict.retry_after, verdict.headers, now)
-        elif kind == OVERLOADED:
-            st.overloaded += 1  # never the item's fault: it does not use up its attempts
-            gov.on_overloaded(ticket, verdict.retry_after, now)
-        else:
-            st.errors += 1
-            if verdict.error_type == "timeout":
-                st.timeouts += 1
-                job.timeouts += 1
-            if verdict.action != FAIL:
-                job.failures += 1
-            gov.on_failure(ticket, now)
-        if outage:
-            job.failures = failures_before
-        elif breaker.suspect and job.failures >= self.policy.max_attempts and is_outage(verdict):
-            # The API may be going down (the breaker has not decided yet): an item
-            # at the end of its budget waits for the verdict instead of failing now.
-            job.failures = self.policy.max_attempts - 1
-        job.last_error = verdict
-        if self._state != _RUNNING:
-            if self._state == _CANCELLING:
-                self._emit_cancelled(job)
-            return
-        if verdict.action == ABORT:
-            self._abort = verdict
-            self._state = _ABORTING
-            self._stop_everything()
-            return
-        if kind in (RATE_LIMITED, OVERLOADED) or outage:
-            retry_at = now  # the governor's pause (or the open breaker) holds the whole run back
-        else:
-            retry_at = now + self.policy.backoff(job.failures)
-        started = retry_at if outage else (job.started or now)  # an outage does not eat the item's deadline
-        if self.policy.allows(verdict, job.failures, started, retry_at):
-            st.retries += 1
-            self._hseq += 1
-            heapq.heappush(self._heap, (retry_at, self._hseq, job))
-            self._wake()
-            return
-        self._emit(
-            job,
-            Outcome(
-                job.call.key,
-                FAILED,
-                attempts=job.attempts,
-                error_type=verdict.error_type,
-                error_message=verdict.message,
-            ),
-        )
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

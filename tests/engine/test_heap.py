@@ -39,13 +39,22 @@ def run_child(sim) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_the_first_run_freezes_the_heap_once_and_raises_the_young_threshold(sim):
-    from llmjobs.engine.heap import YOUNG_THRESHOLD
+def test_the_first_run_freezes_the_heap_once_and_sets_the_thresholds(sim):
+    from llmjobs.engine.heap import THRESHOLDS
 
     r = run_child(sim)
     assert r["before"]["settled"] is False
     assert r["freezes"] == 1  # three runs, one freeze
     assert r["frozen"] - r["before"]["frozen"] > 10_000  # the SDK's start-up heap is in the permanent generation
-    assert r["threshold"][0] == YOUNG_THRESHOLD
-    assert r["threshold"][1:] == r["before"]["threshold"][1:]
+    assert r["before"]["threshold"] == [700, 10, 10]  # CPython's default
+    assert r["threshold"] == list(THRESHOLDS)
     assert r["settled"] is True and r["again"] is False
+
+
+def test_an_application_that_tuned_the_collector_keeps_its_tuning():
+    code = (
+        "import gc, json; gc.set_threshold(2000, 5, 5); from llmjobs.engine import heap; "
+        "print(json.dumps([heap.settle_heap(), gc.get_threshold()]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, [2000, 5, 5]]
