@@ -17,38 +17,34 @@ import asyncio
 import datetime as dt
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import close_old_connections, connection, transaction
-from django.utils import timezone
 
 from .batch_mode import run_batch_job
 from .budget import BudgetGuard
 from .caching import CacheMarker, CacheWarmer
+from .claiming import Feeding
 from .conf import api_target, llmjobs_settings
 from .costs import budget_guard, stop_for_budget
 from .dedup import Dedup
-from .engine import Call, Engine, EngineConfig, EngineStats, Outcome, RunAborted
-from .estimate import request_key
+from .engine import Engine, EngineConfig, EngineStats, Outcome, RunAborted
 from .fairness import FairSlice
-from .filling import fill_open, still_filling
+from .filling import still_filling
 from .gil import short_gil_slices
 from .leases import Leases
 from .models import BatchJob, Item
 from .org_governor import key_in_use, share_limits
-from .prompts import render_chunk
 from .reports import RunReport, engine_counter
 from .stopping import stop_on_signals
-from .structured import make_validator
 from .workers import others_hold_leases
 from .writer import (
     FINAL_DB_BUDGET,
     DatabaseUnavailable,
     DbRetry,
-    fail_items,
     outcome_rows,
     update_items,
 )
@@ -70,12 +66,11 @@ CLAIM_CHUNK = 500  # most items claimed per query (the size adapts: ``workers.Ch
 FLUSH_BATCH = 100  # outcomes waiting that trigger a write at once
 FLUSH_EVERY = 0.2  # seconds the oldest unwritten answer may wait (kill -9 loses at most about this)
 MAX_BUFFER = 2000  # answers held in memory while the database can't be written (backpressure)
-STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
 FLUSH_IDLE = 1.0  # seconds between writes of the engine's counters (429s, retries) while no answer waits
 CANCEL_POLL = 0.5  # seconds between checks that the job was cancelled elsewhere
 
 
-class JobRunner:
+class JobRunner(Feeding):
     """Runs one job to completion (or until stopped). One instance, one run."""
 
     def __init__(
@@ -343,81 +338,6 @@ class JobRunner:
             self.engine.cancel()  # nothing more can be stored: stop paying
         if self._space is not None:
             self._space.set()
-
-    # -- feeding the engine ------------------------------------------------------------
-    async def _calls(self) -> AsyncGenerator[Call, None]:
-        claim = self._db(self._claim)
-        wait_for_leases = self._db(self.leases.next_foreign_expiry)
-        claimed = 0
-        schema = self.job.output_schema if self.job is not None else None
-        validate = make_validator(schema) if schema else None  # structured output: checked, repaired once
-        try:
-            while not self._stopping:
-                if self.limit is not None and claimed >= self.limit:
-                    return
-                batch = await claim()
-                claimed += len(batch)
-                if not batch:
-                    if self.limit is not None or (self.fair is not None and self.fair.yielded):
-                        return  # a preview, or our slice is over: the items we hold finish, no more
-                    if self._filling:  # more items are on their way (``filling``): claim again soon
-                        await asyncio.sleep(0.1)
-                        continue
-                    # Items still leased by a runner that may have died: wait for the
-                    # lease to expire, then take them (a live runner renews its own).
-                    expiry = await wait_for_leases()
-                    if expiry is None or self._stopping:
-                        return
-                    delay = (expiry - timezone.now()).total_seconds() + 0.05
-                    await asyncio.sleep(min(max(delay, 0.05), self.lease.total_seconds()))
-                    continue
-                for item_id, params in batch:
-                    while self._writes_stalled() and not self._stopping:
-                        await asyncio.sleep(0.05)  # backpressure: nothing new while answers can't be stored
-                    if self._stopping or not await self._within_budget(item_id, params):
-                        return
-                    yield Call(key=item_id, params=params, validate=validate)
-        except DatabaseUnavailable as exc:
-            self._give_up(exc)
-
-    async def _within_budget(self, key: int, params: dict[str, Any]) -> bool:
-        """Admit this call under the budget, waiting for in-flight calls to settle; ``False``:
-        the budget is reached (or the run stops), dispatch nothing more."""
-        guard = self._budget
-        while guard is not None and not guard.admit(key, params):
-            if guard.reached or self._stopping:
-                return False
-            await asyncio.sleep(0.02)
-        return True
-
-    def _writes_stalled(self) -> bool:
-        """The database is failing, or answers have waited past ``STALL_SECONDS`` (a write
-        blocked on a lock): hold new calls back until they are stored."""
-        since = self._unwritten_since
-        late = since is not None and asyncio.get_running_loop().time() - since > STALL_SECONDS
-        return late or self._retry.down_since is not None
-
-    def _claim(self) -> list[tuple[int, dict[str, Any]]]:
-        """The next chunk, rendered here on the writer thread (never on the loop); an item
-        that can't be rendered fails at once and the job goes on."""
-        job = self.job
-        assert job is not None
-        if self.fair is not None and self.fair.should_yield():
-            return []  # fair shares: another user's (or job's) turn
-        self._filling = self._filling and fill_open(self.job_id)  # before the claim: once closed, it sees all
-        rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
-        calls, broken = render_chunk(job, rows, self._cache.mark)
-        if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
-            self._digests.update((pk, request_key(params)) for pk, params in calls)
-        if broken:
-            fail_items(self.job_id, broken, error_type="prompt_error")
-            self.leases.written(pk for pk, _ in broken)
-            self.report.failed += len(broken)
-        return calls
-
-    def _digest_of(self, call: Call) -> str:
-        digest = self._digests.pop(call.key, None)  # type: ignore[call-overload]
-        return digest if digest is not None else request_key(call.params)
 
     async def _renew_leases(self) -> None:
         renew = self._db(self.leases.renew)
