@@ -108,7 +108,10 @@ class CacheMarker:
         if not self.decided:
             self.decided = True
             try:
-                self.plan = plan(self.job, params, client=self.client or _sync_client())
+                system = AUTO_CACHE and isinstance(params.get("system"), str) and bool(params["system"])
+                # no system prompt, nothing to cache: no client made (~30 ms before the first call)
+                client = self.client or (_sync_client() if system else None)
+                self.plan = plan(self.job, params, client=client)
             except Exception as exc:  # never stop a job for an optimisation
                 log.warning("job %s: no automatic caching (%s)", getattr(self.job, "pk", "?"), exc)
                 self.plan = None

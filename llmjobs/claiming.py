@@ -29,9 +29,10 @@ from .reports import RunReport
 from .structured import make_validator
 from .writer import fail_items
 
-__all__ = ["STALL_SECONDS", "Feeding"]
+__all__ = ["FIRST_CLAIM", "STALL_SECONDS", "Feeding"]
 
 STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
+FIRST_CLAIM = 50  # items in a run's first claim (the engine's first wave and initial ceiling fit in it)
 
 
 class Feeding:
@@ -60,16 +61,26 @@ class Feeding:
         raise NotImplementedError  # JobRunner's
 
     async def _calls(self) -> AsyncGenerator[Call, None]:
+        """The calls of the items claimed, chunk by chunk. The first claim is small
+        (``FIRST_CLAIM``: the first calls start sooner); while a chunk is handed out, the next
+        one is already claimed on the writer thread (one claim ahead), so the engine never
+        waits for a claim. A chunk claimed ahead and never sent is held like any other:
+        released (or cancelled with the job) when the run ends, or taken over once its
+        lease lapses after a crash."""
         claim = self._db(self._claim)
         wait_for_leases = self._db(self.leases.next_foreign_expiry)
         claimed = 0
+        ahead: asyncio.Future[list[tuple[int, dict[str, Any]]]] | None = None
         schema = self.job.output_schema if self.job is not None else None
         validate = make_validator(schema) if schema else None  # structured output: checked, repaired once
         try:
             while not self._stopping:
                 if self.limit is not None and claimed >= self.limit:
                     return
-                batch = await claim()
+                if ahead is None:
+                    ahead = asyncio.ensure_future(claim(self._claim_most(claimed)))
+                batch = await ahead
+                ahead = None
                 claimed += len(batch)
                 if not batch:
                     if self.limit is not None or (self.fair is not None and self.fair.yielded):
@@ -85,6 +96,8 @@ class Feeding:
                     delay = (expiry - timezone.now()).total_seconds() + 0.05
                     await asyncio.sleep(min(max(delay, 0.05), self.lease.total_seconds()))
                     continue
+                if self.limit is None or claimed < self.limit:  # the next chunk, claimed while this one is sent
+                    ahead = asyncio.ensure_future(claim(self._claim_most(claimed)))
                 for item_id, params in batch:
                     while self._writes_stalled() and not self._stopping:
                         await asyncio.sleep(0.05)  # backpressure: nothing new while answers can't be stored
@@ -93,6 +106,16 @@ class Feeding:
                     yield Call(key=item_id, params=params, validate=validate)
         except DatabaseUnavailable as exc:
             self._give_up(exc)
+        finally:
+            if ahead is not None:  # its rows are held (``leases.held``): the run's end releases them
+                ahead.add_done_callback(_quiet)
+
+    def _claim_most(self, claimed: int) -> int | None:
+        """The most items the next claim may take: ``FIRST_CLAIM`` first, what a preview has left."""
+        most = FIRST_CLAIM if not claimed else None
+        if self.limit is not None:
+            most = min(most or self.limit, self.limit - claimed)
+        return most
 
     async def _within_budget(self, key: int, params: dict[str, Any]) -> bool:
         """Admit this call under the budget, waiting for in-flight calls to settle; ``False``:
@@ -111,15 +134,15 @@ class Feeding:
         late = since is not None and asyncio.get_running_loop().time() - since > STALL_SECONDS
         return late or self._retry.down_since is not None
 
-    def _claim(self) -> list[tuple[int, dict[str, Any]]]:
-        """The next chunk, rendered here on the writer thread (never on the loop); an item
-        that can't be rendered fails at once and the job goes on."""
+    def _claim(self, most: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """The next chunk (at most ``most`` items), rendered here on the writer thread (never
+        on the loop); an item that can't be rendered fails at once and the job goes on."""
         job = self.job
         assert job is not None
         if self.fair is not None and self.fair.should_yield():
             return []  # fair shares: another user's (or job's) turn
         self._filling = self._filling and fill_open(self.job_id)  # before the claim: once closed, it sees all
-        rows = self.leases.claim(done=self.report.succeeded + self.report.failed)
+        rows = self.leases.claim(done=self.report.succeeded + self.report.failed, most=most)
         calls, broken = render_chunk(job, rows, self._cache.mark)
         if job.dedup:  # the digest is JSON + SHA-256: done here, not on the event loop
             self._digests.update((pk, request_key(params)) for pk, params in calls)
@@ -132,3 +155,9 @@ class Feeding:
     def _digest_of(self, call: Call) -> str:
         digest = self._digests.pop(call.key, None)  # type: ignore[call-overload]
         return digest if digest is not None else request_key(call.params)
+
+
+def _quiet(future: asyncio.Future[Any]) -> None:
+    """A claim made ahead and no longer awaited: its error (if any) was reported by the run already."""
+    if not future.cancelled():
+        future.exception()

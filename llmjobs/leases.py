@@ -35,13 +35,16 @@ class Leases:
         self.last_renew = time.monotonic()
         self.sizer = ChunkSizer(max_chunk=max_chunk)
 
-    def claim(self, *, done: int) -> list[tuple[int, Any]]:
-        """The next chunk of claimable items as ``(pk, input)``, now leased to us."""
+    def claim(self, *, done: int, most: int | None = None) -> list[tuple[int, Any]]:
+        """The next chunk of claimable items as ``(pk, input)``, now leased to us; at most
+        ``most`` of them when given (a run's small first claim, a preview's last one)."""
         if time.monotonic() - self.last_renew > self.lease.total_seconds() / 3:
             # After a stall (a database outage) our own leases may have lapsed: renew them
             # before claiming, so that we never claim (and pay for) an item we still hold.
             self.renew()
         size = self.sizer.for_claim(done=done)  # lasts a few seconds
+        if most is not None:
+            size = max(1, min(size, most))
         rows = Item.objects.filter(job_id=self.job_id).claim(limit=size, lease=self.lease, worker=worker_identity())
         self.held.update(pk for pk, _ in rows)
         return rows
