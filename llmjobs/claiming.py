@@ -53,6 +53,7 @@ class Feeding:
     _digests: dict[int, str]
     _retry: DbRetry
     _unwritten_since: float | None
+    _on_dispatch: Callable[[], None] | None
 
     def _db(self, fn: Callable[..., Any], *, budget: float | None = None) -> Callable[..., Any]:
         raise NotImplementedError  # JobRunner's
@@ -104,6 +105,9 @@ class Feeding:
                     if self._stopping or not await self._within_budget(item_id, params):
                         return
                     yield Call(key=item_id, params=params, validate=validate)
+                    if self._on_dispatch is not None:  # the engine took the first call
+                        on_dispatch, self._on_dispatch = self._on_dispatch, None
+                        on_dispatch()
         except DatabaseUnavailable as exc:
             self._give_up(exc)
         finally:

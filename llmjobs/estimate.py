@@ -12,6 +12,7 @@ No Messages call is made: an estimate is free.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import random
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Avg
+from django.db.models import Avg, Q
 
 from .conf import api_target
 from .models import BatchJob, Item
@@ -65,11 +66,25 @@ def _client() -> Any:
     return anthropic.Anthropic(api_key=target.api_key, base_url=target.base_url, max_retries=2, timeout=30)
 
 
-def job_estimate(*, job: BatchJob, client: Any = None, sample_size: int = SAMPLE_SIZE, save: bool = True) -> Estimate:
-    """Estimate ``job``'s cost (the items not yet answered) and store it in ``estimated_cost_usd``."""
+def job_estimate(
+    *,
+    job: BatchJob,
+    client: Any = None,
+    sample_size: int = SAMPLE_SIZE,
+    save: bool = True,
+    as_of: dt.datetime | None = None,
+) -> Estimate:
+    """Estimate ``job``'s cost (the items not yet answered) and store it in ``estimated_cost_usd``.
+
+    ``as_of``: the estimate as it stood at that time, while the job may be running since
+    (``submit_job --run`` estimates beside the run): items answered after it still count
+    as to do, and only answers stored before it are observed."""
     from .caching import plan
 
-    items = Item.objects.filter(job_id=job.pk).exclude(status=Item.Status.SUCCEEDED)
+    answered = Q(status=Item.Status.SUCCEEDED)
+    if as_of is not None:
+        answered &= Q(finished_at__lt=as_of) | Q(finished_at__isnull=True)
+    items = Item.objects.filter(job_id=job.pk).exclude(answered)
     distinct: dict[str, dict[str, Any]] = {}
     requests = 0
     for fields in items.values_list("input", flat=True).iterator(chunk_size=2000):
@@ -90,11 +105,10 @@ def job_estimate(*, job: BatchJob, client: Any = None, sample_size: int = SAMPLE
         int(client.messages.count_tokens(**{k: p[k] for k in COUNT_FIELDS if k in p}).input_tokens) for p in sample
     ]
     per_input = round(sum(counted) / len(counted)) if counted else 0
-    observed = (
-        Item.objects.filter(job_id=job.pk, status=Item.Status.SUCCEEDED, output_tokens__isnull=False)
-        .aggregate(avg=Avg("output_tokens"))
-        .get("avg")
-    )
+    answers = Item.objects.filter(job_id=job.pk, status=Item.Status.SUCCEEDED, output_tokens__isnull=False)
+    if as_of is not None:
+        answers = answers.exclude(finished_at__gte=as_of)
+    observed = answers.aggregate(avg=Avg("output_tokens")).get("avg")
     per_output = round(observed) if observed is not None else job.max_tokens
     cache = plan(job, sample[0], client=client) if sample else None
     prefix = cache.prefix_tokens if cache is not None else 0

@@ -80,6 +80,7 @@ class JobRunner(Feeding):
         client: Any = None,
         engine_config: EngineConfig | None = None,
         on_progress: Callable[[JobRunner], None] | None = None,
+        on_dispatch: Callable[[], None] | None = None,
         lease_seconds: float | None = None,
         claim_chunk: int = CLAIM_CHUNK,
         flush_batch: int = FLUSH_BATCH,
@@ -93,6 +94,7 @@ class JobRunner(Feeding):
         self._client = client
         self._engine_config = engine_config
         self._on_progress = on_progress
+        self._on_dispatch = on_dispatch  # called once, on the loop, when the first call goes to the engine
         if lease_seconds is None:
             lease_seconds = llmjobs_settings().lease_seconds
         self.lease = dt.timedelta(seconds=lease_seconds)

@@ -15,6 +15,7 @@ leases. A run that can't go on (the database unwritable past
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -30,6 +31,12 @@ from ._common import get_job
 
 class Command(BaseCommand):
     help = "Process a job now with a progress bar. Ctrl-C stops cleanly; run again to resume."
+
+    # A caller's hooks (``submit_job --run``'s estimate): ``on_output`` is given the progress's
+    # ``write`` once the bar exists (a line printed with it keeps the bar whole), ``None`` when
+    # it closes; ``on_dispatch`` is called once the engine has taken the run's first call.
+    on_output: Callable[[Callable[[str], None] | None], None] | None = None
+    on_dispatch: Callable[[], None] | None = None
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("job_id", type=int)
@@ -48,7 +55,9 @@ class Command(BaseCommand):
             mode=choose_mode(no_progress=no_progress, stream=stream),
             stream=stream,
         )
-        runner = JobRunner(job_id, on_progress=bar)
+        runner = JobRunner(job_id, on_progress=bar, on_dispatch=self.on_dispatch)
+        if self.on_output is not None:
+            self.on_output(bar.write)
 
         def on_signal(signum: int, hard: bool) -> None:
             name = signal.Signals(signum).name
@@ -65,6 +74,8 @@ class Command(BaseCommand):
             with stop_on_signals(runner, on_signal=on_signal):
                 report = job_run(job=job, runner=runner)
         finally:
+            if self.on_output is not None:
+                self.on_output(None)
             bar.close()
         if report.aborted:  # before reading the job again: the database may be what failed
             raise CommandError(f"job {job.pk} stopped: {report.aborted}")
