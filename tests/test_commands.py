@@ -211,8 +211,11 @@ def test_kill_9_mid_job_then_resume_never_requests_a_succeeded_item_twice(site):
     site.wait_for_successes(job_id, 30, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
-    recorded = {r["input"]["text"] for r in site.export(job_id) if r["status"] == "succeeded"}
+    rows = site.export(job_id)
+    recorded = {r["input"]["text"] for r in rows if r["status"] == "succeeded"}
     assert 30 <= len(recorded) < 400
+    # the dead run held more than its 20 calls in flight: the chunk it had claimed ahead
+    assert sum(r["status"] == "running" for r in rows) > 20
     # The resumed run waits out the dead runner's leases, then finishes.
     site.sim.configure(ttft=0.0)
     result = site.manage("process_job", str(job_id), timeout=180)
@@ -222,6 +225,21 @@ def test_kill_9_mid_job_then_resume_never_requests_a_succeeded_item_twice(site):
         paid[entry["preview"]] = paid.get(entry["preview"], 0) + entry["paid"]
     for text in recorded:
         assert paid[f"Summarize: {text}"[:40]] == 1, f"{text!r} was paid for again after it had succeeded"
+
+
+def test_submit_with_run_prints_the_same_estimate_beside_the_run_over_every_item(site):
+    # More items than the first batch inserted with the job (``filling.FIRST_BATCH``): the rest
+    # are inserted while the run starts, and the estimate (made beside the run) waits for them.
+    docs = site.tmp / "many.txt"
+    docs.write_text("".join(f"Same text {i % 4}\n" for i in range(1010)))  # 4 distinct: all counted
+    alone = site.manage("submit_job", str(docs), "--template", "Say: {text}", "--max-tokens", "16")
+    ran = site.manage("submit_job", str(docs), "--template", "Say: {text}", "--max-tokens", "16", "--run")
+    estimate = [line for line in alone.stderr.splitlines() if line.startswith("estimate:")]
+    assert len(estimate) == 1 and "for 1010 request(s) (4 distinct)" in estimate[0]
+    assert [line for line in ran.stderr.splitlines() if "estimate:" in line] == estimate  # once, the same
+    assert "1010 succeeded" in ran.stdout
+    job_id = int(ran.stdout.splitlines()[0])
+    assert f"estimate ${estimate[0].split('$')[1].split()[0]}" in site.status(job_id)
 
 
 def test_enqueue_then_db_worker_batch_succeeds(site):

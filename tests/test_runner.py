@@ -222,3 +222,91 @@ def test_an_item_that_cannot_be_rendered_fails_and_the_job_goes_on(api):
     assert item.status == Item.Status.FAILED and item.error_type == "prompt_error"
     assert "text" in item.error_message
     assert job.status == BatchJob.Status.PARTIALLY_FAILED and job.failed_count == 1
+
+
+def _recording_claims(runner: JobRunner) -> list[tuple[int | None, int, int]]:
+    """Record each claim of ``runner`` as (most, rows, calls handed to the engine when it began)."""
+    claims: list[tuple[int | None, int, int]] = []
+    handed = [0]
+    calls, claim = runner._calls, runner._claim
+
+    async def counting_calls():
+        async for call in calls():
+            handed[0] += 1
+            yield call
+
+    def recording_claim(most=None):
+        before = handed[0]
+        rows = claim(most)
+        claims.append((most, len(rows), before))
+        return rows
+
+    runner._calls = counting_calls  # type: ignore[method-assign]
+    runner._claim = recording_claim  # type: ignore[method-assign]
+    return claims
+
+
+def test_the_first_claim_is_small_later_claims_are_full_and_the_next_is_claimed_ahead(api, monkeypatch):
+    from llmjobs.claiming import FIRST_CLAIM
+    from llmjobs.workers import ChunkSizer
+
+    monkeypatch.setattr(ChunkSizer, "for_claim", lambda self, *, done: self.max_chunk)  # as on SQLite
+    job = make_job(FIRST_CLAIM + 250, max_tokens=16)
+    runner = JobRunner(job.pk, claim_chunk=100)
+    claims = _recording_claims(runner)
+    report = async_to_sync(runner.run)()
+    assert report.succeeded == FIRST_CLAIM + 250
+    assert [rows for _, rows, _ in claims] == [FIRST_CLAIM, 100, 100, 50, 0]
+    assert claims[0][0] == FIRST_CLAIM and all(most is None for most, _, _ in claims[1:])
+    # each next chunk was claimed while the one before was still being handed out
+    assert claims[1][2] < FIRST_CLAIM and claims[2][2] < FIRST_CLAIM + 100
+    job.refresh_from_db()
+    assert job.status == BatchJob.Status.SUCCEEDED and not job.items.exclude(lease_expires_at=None).exists()
+    assert api.stats()["prompts"]["requested_more_than_once"] == 0
+
+
+def test_a_preview_never_claims_past_its_count(api):
+    job = make_job(30)
+    runner = JobRunner(job.pk, limit=7)
+    claims = _recording_claims(runner)
+    report = async_to_sync(runner.run)()
+    assert len(report.outcomes) == 7 and [rows for _, rows, _ in claims] == [7]
+    assert job.items.filter(status=Item.Status.PENDING).count() == 23
+
+
+@pytest.mark.parametrize("how", ["cancel", "stop"])
+def test_a_chunk_claimed_ahead_ends_cancelled_with_the_job_or_back_to_pending_on_a_stop(api, how):
+    api.configure(ttft=0.3)
+    job = make_job(300, concurrency=5)
+    asked = threading.Event()
+    held_when_asked: list[int] = []
+
+    def cancel() -> None:  # as a web request or the admin would
+        try:
+            job_cancel(job=BatchJob.objects.get(pk=job.pk))
+        finally:
+            connection.close()
+
+    def on_progress(runner: JobRunner) -> None:
+        if runner.report.succeeded >= 5 and not asked.is_set():
+            asked.set()
+            held_when_asked.append(len(runner.leases.held))
+            threading.Thread(target=cancel).start() if how == "cancel" else runner.request_stop()
+
+    runner = JobRunner(job.pk, claim_chunk=40, on_progress=on_progress)
+    report = async_to_sync(runner.run)()
+    # two chunks were held (the one being sent, the next claimed ahead): far more than in flight
+    assert held_when_asked[0] > 40
+    job.refresh_from_db()
+    counts = {s: job.items.filter(status=s).count() for s in Item.Status.values}
+    assert counts["running"] == counts["failed"] == 0 and not runner.leases.held
+    assert not job.items.exclude(lease_expires_at=None).exists()
+    paid = sum(entry["paid"] for entry in api.stats()["prompt_counts"].values())
+    assert paid == counts["succeeded"] >= 5  # every answer paid for is stored, none twice
+    if how == "cancel":
+        assert report.status == job.status == BatchJob.Status.CANCELLED
+        assert counts["pending"] == 0 and counts["succeeded"] + counts["cancelled"] == 300
+        assert job.cancelled_count == counts["cancelled"] and job.succeeded_count == counts["succeeded"]
+    else:
+        assert report.interrupted and job.status == BatchJob.Status.DRAFT
+        assert counts["cancelled"] == 0 and counts["succeeded"] + counts["pending"] == 300
