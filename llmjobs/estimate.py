@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Avg, Q
+from django.db.models import Avg, Q, Sum
 
 from .conf import api_target
 from .models import BatchJob, Item
@@ -113,6 +113,11 @@ def job_estimate(
     cache = plan(job, sample[0], client=client) if sample else None
     prefix = cache.prefix_tokens if cache is not None else 0
     batch = job.mode == BatchJob.Mode.BATCH
+    spent = Decimal(job.cost_usd)
+    if as_of is not None:  # what the items finished before then cost (the job's counter moves since)
+        spent = Item.objects.filter(job_id=job.pk, finished_at__lt=as_of).aggregate(usd=Sum("cost_usd")).get(
+            "usd"
+        ) or Decimal(0)
     cost: Decimal | None = None
     if unique:
         plain = TokenUsage(input_tokens=per_input - prefix, output_tokens=per_output)
@@ -128,9 +133,9 @@ def job_estimate(
                 cost += (price_usage(job.model, write, batch=batch) or 0) + (
                     price_usage(job.model, read, batch=batch) or 0
                 ) * (unique - 1)
-            cost = (cost + job.cost_usd).quantize(Decimal("0.000001"))  # plus what was already spent
+            cost = (cost + spent).quantize(Decimal("0.000001"))  # plus what was already spent
     else:
-        cost = Decimal(job.cost_usd)
+        cost = spent
     estimate = Estimate(
         requests=requests,
         unique_requests=unique,

@@ -172,6 +172,18 @@ def test_the_estimate_uses_count_tokens_before_any_messages_call(api):
     assert again.requests == 0 and again.cost_usd == job.cost_usd
 
 
+def test_an_estimate_as_of_a_time_ignores_the_answers_stored_since(api):
+    from django.utils import timezone
+
+    job = make_job(8, max_tokens=50)
+    before = job_estimate(job=job, save=False)
+    as_of = timezone.now()
+    process_job(job.pk)  # submit_job --run estimates while the run stores answers
+    job.refresh_from_db()
+    assert job_estimate(job=job, save=False, as_of=as_of) == before
+    assert job_estimate(job=job, save=False).requests == 0
+
+
 def test_the_estimate_is_close_after_a_preview(api):
     job = make_job(30, max_tokens=400)
     from llmjobs.runner import preview_job
