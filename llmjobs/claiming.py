@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ from .structured import make_validator
 from .writer import fail_items
 
 __all__ = ["FIRST_CLAIM", "STALL_SECONDS", "Feeding"]
+
+log = logging.getLogger(__name__)
 
 STALL_SECONDS = 0.35  # answers unwritten this long: stop dispatching until they are stored
 FIRST_CLAIM = 50  # items in a run's first claim (the engine's first wave and initial ceiling fit in it)
@@ -106,13 +109,21 @@ class Feeding:
                         return
                     yield Call(key=item_id, params=params, validate=validate)
                     if self._on_dispatch is not None:  # the engine took the first call
-                        on_dispatch, self._on_dispatch = self._on_dispatch, None
-                        on_dispatch()
+                        self._dispatched()
         except DatabaseUnavailable as exc:
             self._give_up(exc)
         finally:
             if ahead is not None:  # its rows are held (``leases.held``): the run's end releases them
                 ahead.add_done_callback(_quiet)
+
+    def _dispatched(self) -> None:
+        """Call ``on_dispatch`` once; its failure is logged, never the run's (it is a caller's extra)."""
+        on_dispatch, self._on_dispatch = self._on_dispatch, None
+        try:
+            if on_dispatch is not None:
+                on_dispatch()
+        except Exception:
+            log.exception("job %s: the on_dispatch callback failed", self.job_id)
 
     def _claim_most(self, claimed: int) -> int | None:
         """The most items the next claim may take: ``FIRST_CLAIM`` first, what a preview has left."""
