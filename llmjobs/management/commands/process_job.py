@@ -14,8 +14,13 @@ leases. A run that can't go on (the database unwritable past
 
 from __future__ import annotations
 
+import logging
 import signal
+import threading
+import time
 from collections.abc import Callable
+from decimal import Decimal
+from functools import partial
 from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -23,10 +28,13 @@ from django.db import connection
 
 from llmjobs.cli_progress import CliProgress, choose_mode
 from llmjobs.jobs import job_run
+from llmjobs.pricing import model_known
 from llmjobs.results import job_cost_so_far
 from llmjobs.runner import JobRunner, stop_on_signals
 
 from ._common import get_job
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -42,20 +50,29 @@ class Command(BaseCommand):
         parser.add_argument("job_id", type=int)
         parser.add_argument("--no-progress", action="store_true", help="Print only the final summary")
 
+    def _dispatched(self, model: str) -> None:
+        """The engine took the first call: what the run needs soon loads beside it."""
+        threading.Thread(target=_load_prices, args=(model,), name="llmjobs-prices", daemon=True).start()
+        if self.on_dispatch is not None:
+            self.on_dispatch()
+
     def handle(self, *args: Any, job_id: int, no_progress: bool, **opts: Any) -> None:
         job = get_job(job_id)
         if job.status == job.Status.CANCELLED:
             raise CommandError(f"job {job_id} is cancelled")
         stream = cast(TextIO, self.stderr._out)
+        # Nothing spent yet: nothing to price before the run (an unknown model still shows "cost
+        # unknown": the bar prices what it adds). genai-prices' first use is paid beside the run.
+        spent = job.cost_usd or job.input_tokens or job.output_tokens
         bar = CliProgress(
             total=job.total,
             initial=job.done_count,
             model=job.model,
-            cost_before=job_cost_so_far(job),
+            cost_before=job_cost_so_far(job) if spent else Decimal(0),
             mode=choose_mode(no_progress=no_progress, stream=stream),
             stream=stream,
         )
-        runner = JobRunner(job_id, on_progress=bar, on_dispatch=self.on_dispatch)
+        runner = JobRunner(job_id, on_progress=bar, on_dispatch=partial(self._dispatched, job.model))
         if self.on_output is not None:
             self.on_output(bar.write)
 
@@ -97,3 +114,13 @@ class Command(BaseCommand):
         self.stdout.write(summary)
         if report.advice:  # the output-token budget held the run back and max_tokens is far above the answers
             self.stdout.write(f"hint: {report.advice}")
+
+
+def _load_prices(model: str) -> None:
+    """genai-prices' first use (~30 ms: its data), while the first calls are in flight, not on
+    the loop when the first answer is priced (the bar's cost) nor before the first call."""
+    time.sleep(0.05)  # the first calls' sending goes first: the GIL is shared
+    try:
+        model_known(model)
+    except Exception:  # only a warm-up: the bar and the writer price (and report) on their own
+        log.debug("loading genai-prices failed", exc_info=True)
