@@ -54,6 +54,7 @@ class Ticket:
         "out_cost",
         "sent_at",
         "seq",
+        "wave",
     )
 
     def __init__(
@@ -66,6 +67,7 @@ class Ticket:
         out_cost: float,
         marks: tuple[Mark, Mark, Mark],
         in_raw: float = 0.0,
+        wave: bool = False,
     ) -> None:
         self.seq = seq
         self.sent_at = sent_at
@@ -76,6 +78,7 @@ class Ticket:
         self.out_cost = out_cost
         self.marks = marks  # each bucket's models right after this debit
         self.open = True
+        self.wave = wave  # sent in the warm-up's first wave: streamed, its headers may end the warm-up
 
 
 class Governor:
@@ -132,7 +135,7 @@ class Governor:
         self.output_tokens = Bucket(otpm, now=now)
         # a small first wave (FIRST_WAVE) in flight until the first answer (at most `warmup`
         # seconds), while the limits are unknown: a wave at the initial ceiling could meet them
-        # with 429s; the first answer's headers tell them
+        # with 429s; the first wave's headers tell them (it is streamed: on_open may end it sooner)
         self.concurrency = ConcurrencyController(
             max_concurrency=max_concurrency,
             initial_concurrency=initial_concurrency,
@@ -243,7 +246,7 @@ class Governor:
                 wait, which = w, 2
         c = self.concurrency
         if c.warming and c.in_flight and not self._in_first_wave(in_cost, out_cost):
-            w = c.warmup_left(now)  # the first answer (it wakes the dispatcher) or the warm-up's end
+            w = c.warmup_left(now)  # the first answer or headers (they wake the dispatcher), or the warm-up's end
             if w > wait:
                 wait, which = w, -1
         if which >= 0:
@@ -275,12 +278,42 @@ class Governor:
             self.output_tokens.debit(out_cost, now),
         )
         c = self.concurrency
-        if c.warming:
+        wave = c.warming
+        if wave:
             self._wave_in += in_cost
             self._wave_out += out_cost
         level, epoch = c.send(now)
         self._seq += 1
-        return Ticket(self._seq, now, level, epoch, in_cost, out_cost, marks, in_raw)
+        return Ticket(self._seq, now, level, epoch, in_cost, out_cost, marks, in_raw, wave)
+
+    def on_open(self, ticket: Ticket, headers: Mapping[str, str] | None, now: float | None = None) -> bool:
+        """A first-wave call's response headers arrived (a 200: the API admitted it), an
+        answer's time before its end. When they show no limit, or room in every budget for
+        the next wave (the ceiling after the warm-up's gain, at the first wave's cost per
+        call), they end the warm-up at once: learn them, x8. Otherwise (a tight budget,
+        tier 1 say) nothing changes here: the first answer ends it, as without them, its
+        usage and later readings pacing the next calls. Returns True when the warm-up ended
+        (the caller wakes its dispatcher)."""
+        c = self.concurrency
+        if not (ticket.wave and ticket.open and c.warming):
+            return False
+        if headers and self.learn:
+            wave = c.in_flight if c.in_flight > 0 else 1  # calls of the first wave in flight
+            room = c.warm_target() / wave  # the next wave, in first waves
+            spent = (float(wave), self._wave_in, self._wave_out)
+            for i in range(3):
+                remaining = headers.get(_HEADERS[i][1])
+                if remaining is None:
+                    continue
+                try:
+                    if float(remaining) * self.share < room * spent[i]:
+                        return False
+                except ValueError:
+                    return False
+        if now is None:
+            now = self.now()
+        self.observe(ticket, headers, now)
+        return c.on_open()
 
     # -- feedback --------------------------------------------------------
     def observe(
