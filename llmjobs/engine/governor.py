@@ -50,6 +50,7 @@ class Ticket:
         "in_raw",
         "level",
         "marks",
+        "observed",
         "open",
         "out_cost",
         "sent_at",
@@ -79,6 +80,7 @@ class Ticket:
         self.marks = marks  # each bucket's models right after this debit
         self.open = True
         self.wave = wave  # sent in the warm-up's first wave: streamed, its headers may end the warm-up
+        self.observed = False  # its headers were read when they arrived (on_open), not at its end
 
 
 class Governor:
@@ -288,16 +290,19 @@ class Governor:
 
     def on_open(self, ticket: Ticket, headers: Mapping[str, str] | None, now: float | None = None) -> bool:
         """A first-wave call's response headers arrived (a 200: the API admitted it), an
-        answer's time before its end. When they show no limit, or room in every budget for
-        the next wave (the ceiling after the warm-up's gain, at the first wave's cost per
-        call), they end the warm-up at once: learn them, x8. Otherwise (a tight budget,
-        tier 1 say) nothing changes here: the first answer ends it, as without them, its
-        usage and later readings pacing the next calls. Returns True when the warm-up ended
-        (the caller wakes its dispatcher)."""
-        c = self.concurrency
-        if not (ticket.wave and ticket.open and c.warming):
+        answer's time before its end. They are read now, when they were written (not again
+        at the call's end). When they show no limit, or room in every budget for the next
+        wave (the ceiling after the warm-up's gain, at the first wave's cost per call), they
+        end the warm-up at once (x8). Otherwise (a tight budget, tier 1 say) the first answer
+        ends it, as without them. Returns True when the warm-up ended (the caller wakes its
+        dispatcher)."""
+        if not ticket.wave or not ticket.open or ticket.observed:
             return False
-        if headers and self.learn:
+        if now is None:
+            now = self.now()
+        c = self.concurrency
+        ample = c.warming
+        if ample and headers and self.learn:
             wave = c.in_flight if c.in_flight > 0 else 1  # calls of the first wave in flight
             room = c.warm_target() / wave  # the next wave, in first waves
             spent = (float(wave), self._wave_in, self._wave_out)
@@ -307,13 +312,12 @@ class Governor:
                     continue
                 try:
                     if float(remaining) * self.share < room * spent[i]:
-                        return False
+                        ample = False
                 except ValueError:
-                    return False
-        if now is None:
-            now = self.now()
+                    ample = False
+        ticket.observed = True
         self.observe(ticket, headers, now)
-        return c.on_open()
+        return ample and c.on_open()
 
     # -- feedback --------------------------------------------------------
     def observe(
@@ -412,7 +416,8 @@ class Governor:
             self._record_output(output_tokens)
         # read the headers before crediting the refund: the models of the conventions
         # under which the server still held it need the level without it
-        self.observe(ticket, headers, now, out_refund=refund if refund > 0 else 0.0, in_charged=input_tokens or 0.0)
+        if not ticket.observed:
+            self.observe(ticket, headers, now, out_refund=refund if refund > 0 else 0.0, in_charged=input_tokens or 0.0)
         if refund:
             self.output_tokens.credit(refund, now)
         self._streak = 0

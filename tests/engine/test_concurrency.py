@@ -198,6 +198,8 @@ def test_a_tight_budget_in_the_first_headers_leaves_the_warm_up_to_the_first_ans
     ts = [g.acquire(40, 128) for _ in range(12)]
     assert not g.on_open(ts[0], _limits(rpm, rpm_left, otpm, otpm_left))
     assert g.warming and g.ceiling == 32 and g.free_slots() == 0  # as without the headers
+    # read when they were written (the stream's headers are the admission's, not its end's)
+    assert g.requests.limit == rpm and g.output_tokens.limit == otpm and ts[0].observed
     clock.advance(0.3)
     g.on_success(ts[0], 40, 60, _limits(rpm, rpm_left, otpm, otpm_left))
     assert not g.warming and g.ceiling == 256
