@@ -9,10 +9,10 @@ the answers say (the caller passes the clock's readings in):
   cheap) until the first signal. A warm-up (a small first wave, at most
   ``first_wave`` calls and what any account surely allows at once, see the
   governor, in flight until the first answer, at most ``warmup`` seconds) learns
-  the account's limits before the full wave. The first wave is streamed, so its
-  headers come back as soon as the API admits a call, long before its answer:
-  when they show no limit or room for the next wave, they end it (``on_open``;
-  the governor decides). Either end gives the ceiling two slow-start round trips
+  the account's limits before the full wave. Its first call is streamed, so its
+  headers come back as soon as the API admits it, long before its answer: when
+  they show no limit or room for the next wave, they end it (``on_open``; the
+  governor decides). Either end gives the ceiling two slow-start round trips
   at once (x8);
 * **capacity wall**: each 529 carries the in-flight level it was sent at. Three
   529s above every level that worked lately, either dense (most levels between
@@ -137,9 +137,11 @@ class ConcurrencyController:
             self.peak_in_flight = level
         return level, self._epoch
 
-    def done(self) -> None:
-        """One call is no longer in flight (any outcome); the warm-up ends with it."""
-        self.warming = False
+    def done(self, warmed: bool = True) -> None:
+        """One call is no longer in flight (any outcome); the warm-up ends with it, unless
+        ``warmed`` is False (its headers were not read: see ``Governor.on_open``)."""
+        if warmed:
+            self.warming = False
         self.in_flight -= 1
 
     def on_open(self) -> bool:

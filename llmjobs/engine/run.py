@@ -468,7 +468,7 @@ class _Run:
     async def _attempt(self, job: Job, ticket: Ticket, probe: bool = False) -> None:
         gov = self.gov
         try:
-            if job.stream or ticket.wave:  # the first wave streams: its headers may end the warm-up
+            if job.stream or ticket.wave:  # streamed: its headers may end the warm-up
                 opened = (lambda h: self._wake() if gov.on_open(ticket, h) else None) if ticket.wave else None
                 outcome, headers = await stream_attempt(self.client, job, self.cfg, opened)
             else:

@@ -153,14 +153,16 @@ def test_the_first_waves_headers_end_the_warm_up_when_they_show_no_limit():
     clock = FakeClock()
     g = make(clock, initial_concurrency=32, max_concurrency=512, warmup=1.0, learn=True)
     ts = [g.acquire(40, 128) for _ in range(12)]
-    assert all(t.wave for t in ts)  # sent while warming: the engine streams them
+    # the first call of the first wave is streamed (the engine does so for Ticket.wave); the rest go as asked
+    assert [t.wave for t in ts] == [True] + [False] * 11
+    assert not g.on_open(ts[1], {})
     clock.advance(0.01)
-    assert g.on_open(ts[3], {"request-id": "x"})  # admitted, no rate-limit headers: nothing to wait for
+    assert g.on_open(ts[0], {"request-id": "x"})  # admitted, no rate-limit headers: nothing to wait for
     assert not g.warming and g.ceiling == 256  # x8 at once, an answer's time sooner
-    assert not g.on_open(ts[4], {})  # once
+    assert not g.on_open(ts[0], {})  # once
     later = g.acquire(40, 128)
     assert not later.wave and not g.on_open(later, {})
-    g.on_success(ts[3])
+    g.on_success(ts[0])
     assert g.ceiling == 256  # the first answer gives no second x8
 
 
@@ -183,6 +185,7 @@ def test_the_first_waves_headers_end_the_warm_up_when_every_budget_has_room_for_
     assert g.on_open(ts[0], _limits(4000, 3988, 400_000, 398_000))
     assert not g.warming and g.ceiling == 256
     assert g.requests.limit == 4000 and g.output_tokens.limit == 400_000  # learnt before the next call
+    assert ts[0].observed is True  # read when they were written, not again at the call's end
 
 
 @pytest.mark.parametrize(
@@ -198,11 +201,12 @@ def test_a_tight_budget_in_the_first_headers_leaves_the_warm_up_to_the_first_ans
     ts = [g.acquire(40, 128) for _ in range(12)]
     assert not g.on_open(ts[0], _limits(rpm, rpm_left, otpm, otpm_left))
     assert g.warming and g.ceiling == 32 and g.free_slots() == 0  # as without the headers
-    # read when they were written (the stream's headers are the admission's, not its end's)
-    assert g.requests.limit == rpm and g.output_tokens.limit == otpm and ts[0].observed
+    assert ts[0].observed is False and g.requests.limit is None  # not read: stale at the call's end
     clock.advance(0.3)
     g.on_success(ts[0], 40, 60, _limits(rpm, rpm_left, otpm, otpm_left))
-    assert not g.warming and g.ceiling == 256
+    assert g.warming and g.requests.limit is None  # its answer does not end the warm-up
+    g.on_success(ts[1], 40, 60, _limits(rpm, rpm_left - 1, otpm, otpm_left))
+    assert not g.warming and g.ceiling == 256 and g.requests.limit == rpm  # the next answer's headers
 
 
 def test_the_warm_up_gain_respects_max_concurrency():
