@@ -14,7 +14,7 @@ before fresh items, as the engine does. A 529 is seen 60 ms after its call was
 launched: the real engine saw its first 529s 0.12 to 0.22 s after launching
 them on a loaded machine (the loop is busy launching the wave), and with 60 ms
 the model meets about as many 529s as bench/perf.py's lat600 (50 to 60). The
-first wave's calls are streamed: their headers come back 3 ms after they are
+first wave's first call is streamed: its headers come back 3 ms after it is
 sent (no rate-limit headers here) and end the warm-up (``Governor.on_open``).
 The wall time is the model's clock, so a comparison between warm-up strategies
 is exact and repeatable; the CPU figures are assumptions, the absolute ratios
@@ -52,8 +52,9 @@ TTFT, TPS = 0.45, 1000.0
 
 
 def run(*, capacity: int, seed: int, n: int = 600, headers: bool = True, **gov: Any) -> tuple[float, float, int]:
-    """One run: (wall seconds, bound seconds, 529s). ``headers``: the first wave's response
-    headers come back ``OPEN_RTT`` after it is sent (it is streamed) and may end the warm-up."""
+    """One run: (wall seconds, bound seconds, 529s). ``headers``: the first wave's first call's
+    response headers come back ``OPEN_RTT`` after it is sent (it is streamed) and may end the
+    warm-up."""
     rng = random.Random(seed)
     clock = [0.0]
     g = Governor(clock=lambda: clock[0], learn=False, rng=random.Random(2), **gov)
