@@ -16,7 +16,7 @@ calls of ~0.5 s: ``--ttft 0.45 --tps 1000``, 20-120 output tokens):
 
 "Plain" is the SDK pattern: one ``AsyncAnthropic`` (its own 2 retries), a
 ``Semaphore(k)``, ``gather``. The engine runs with its defaults (``Engine()``,
-warm-up included: a first wave of 12 calls until the first answer tells the limits);
+warm-up included: a first wave of 12 calls until the first one's headers, streamed, tell the limits);
 on the latency profiles also with ``warmup=0`` (the initial ceiling, 32, at once), to show
 what the warm-up costs when there are no limits to learn. Slow plain runs go over a
 prefix and are extrapolated (``*``).

@@ -99,7 +99,9 @@ class EngineConfig:
     learn_limits: bool = True
     #: seconds of warm-up at most: a small first wave in flight until the first answer (12
     #: calls at most, within what any account allows at once: see governor.FIRST_WAVE), to
-    #: learn the account's limits before the full wave (0 = off: the initial ceiling at once)
+    #: learn the account's limits before the full wave (0 = off: the initial ceiling at once).
+    #: The first wave's first call is streamed: its response headers end the warm-up at once
+    #: when they show no limit, or room for the next wave in every budget (Governor.on_open)
     warmup: float = 1.0
     #: calls in the warm-up's first wave at most; 1 where other processes may be using the
     #: same account's limits right now (the runner does so when the org governor shows them)

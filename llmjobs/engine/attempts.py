@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -71,9 +72,12 @@ async def plain_attempt(
     return outcome, response.headers
 
 
-async def stream_attempt(client: Any, job: Job, cfg: EngineConfig) -> tuple[Outcome, Any]:
+async def stream_attempt(
+    client: Any, job: Job, cfg: EngineConfig, on_open: Callable[[Any], object] | None = None
+) -> tuple[Outcome, Any]:
     """One streamed request, guarded by first-token and idle timeouts; a stream cut
-    before ``message_stop`` raises (its truncated text is never kept)."""
+    before ``message_stop`` raises (its truncated text is never kept). ``on_open`` is
+    called with the response headers as soon as they arrive (a 200), before the answer."""
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     first, idle = cfg.first_token_timeout, cfg.idle_timeout
@@ -83,6 +87,8 @@ async def stream_attempt(client: Any, job: Job, cfg: EngineConfig) -> tuple[Outc
     try:
         async with asyncio.timeout_at(min(t0 + first, hard)) as cm:
             response = await open_stream(client, job.params)
+            if on_open is not None:
+                on_open(response.headers)
             async with contextlib.aclosing(iter_sse(response)) as events:
                 async for event, data in events:
                     if event == "ping":
@@ -115,7 +121,7 @@ async def stream_attempt(client: Any, job: Job, cfg: EngineConfig) -> tuple[Outc
         state.usage,
         job.attempts,
         latency,
-        state.ttft,
+        state.ttft if job.stream else None,  # a first-wave call streamed for its headers: as asked
         None,
         None,
         state.message_id,

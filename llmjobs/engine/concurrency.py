@@ -9,8 +9,11 @@ the answers say (the caller passes the clock's readings in):
   cheap) until the first signal. A warm-up (a small first wave, at most
   ``first_wave`` calls and what any account surely allows at once, see the
   governor, in flight until the first answer, at most ``warmup`` seconds) learns
-  the account's limits before the full wave; its first answer gives back the
-  round trip it cost and one more (x8);
+  the account's limits before the full wave. Its first call is streamed, so its
+  headers come back as soon as the API admits it, long before its answer: when
+  they show no limit or room for the next wave, they end it (``on_open``; the
+  governor decides). Either end gives the ceiling two slow-start round trips
+  at once (x8);
 * **capacity wall**: each 529 carries the in-flight level it was sent at. Three
   529s above every level that worked lately, either dense (most levels between
   the lowest and the highest of them refused) or with nothing left in flight
@@ -42,7 +45,7 @@ from __future__ import annotations
 __all__ = ["ConcurrencyController"]
 
 _SLOW_START_GAIN = 3.0  # ceiling += this per success in slow start (x4 per round trip)
-_WARM_GAIN = 8.0  # the warm-up's first answer: ceiling x this (its round trip and one more)
+_WARM_GAIN = 8.0  # the warm-up's end (first headers or answer): ceiling x this (two round trips)
 _PROBE_MIN = 4.0  # per round trip below the last wall: at least this, or the gap
 _PROBE_SLOW = 0.5  # per round trip near or above it
 _DECREASE_529 = 0.9  # only for 529s far above chance at any level (not a wall above what worked)
@@ -134,20 +137,41 @@ class ConcurrencyController:
             self.peak_in_flight = level
         return level, self._epoch
 
-    def done(self) -> None:
-        """One call is no longer in flight (any outcome); the warm-up ends with it."""
-        self.warming = False
+    def done(self, warmed: bool = True) -> None:
+        """One call is no longer in flight (any outcome); the warm-up ends with it, unless
+        ``warmed`` is False (its headers were not read: see ``Governor.on_open``)."""
+        if warmed:
+            self.warming = False
         self.in_flight -= 1
+
+    def on_open(self) -> bool:
+        """The first wave's response headers showed no limit in the way (the governor
+        decides): the warm-up ends here, with its gain, instead of at the first answer.
+        Returns True when it ended the warm-up (the caller wakes dispatch)."""
+        if not self.warming:
+            return False
+        self.warming = False
+        self._warm_gain()
+        return True
+
+    def warm_target(self) -> float:
+        """The ceiling the warm-up's end gives (its gain, within max_concurrency)."""
+        if self.ceiling >= self.ssthresh:
+            return self.ceiling
+        c = self.ceiling * _WARM_GAIN
+        return c if c < self.max_concurrency else float(self.max_concurrency)
+
+    def _warm_gain(self) -> None:
+        self.ceiling = self.warm_target()
 
     # -- feedback --------------------------------------------------------
     def on_success(self, level: int, rtt: float, warmed: bool = False) -> None:
         """A call sent at ``level`` succeeded after ``rtt`` seconds (``done()`` already called).
 
-        ``warmed``: this answer ended the warm-up.
+        ``warmed``: this answer ended the warm-up (no headers of the first wave did before).
         """
-        if warmed and self.ceiling < self.ssthresh:
-            c = self.ceiling * _WARM_GAIN
-            self.ceiling = c if c < self.max_concurrency else float(self.max_concurrency)
+        if warmed:
+            self._warm_gain()
         self._count_window(False)
         succ = self._succ_level - 0.01
         self._succ_level = level if level > succ else succ

@@ -50,10 +50,12 @@ class Ticket:
         "in_raw",
         "level",
         "marks",
+        "observed",
         "open",
         "out_cost",
         "sent_at",
         "seq",
+        "wave",
     )
 
     def __init__(
@@ -66,6 +68,7 @@ class Ticket:
         out_cost: float,
         marks: tuple[Mark, Mark, Mark],
         in_raw: float = 0.0,
+        wave: bool = False,
     ) -> None:
         self.seq = seq
         self.sent_at = sent_at
@@ -76,6 +79,11 @@ class Ticket:
         self.out_cost = out_cost
         self.marks = marks  # each bucket's models right after this debit
         self.open = True
+        self.wave = wave  # the first call of the warm-up's first wave: streamed, its headers may end it
+        # its headers, seen when they arrived (on_open): None (not seen), True (read then, the
+        # warm-up ended), False (a tight budget: never read, being the admission's, stale by the
+        # call's end; its answer does not end the warm-up, a later one's fresh headers do)
+        self.observed: bool | None = None
 
 
 class Governor:
@@ -132,7 +140,7 @@ class Governor:
         self.output_tokens = Bucket(otpm, now=now)
         # a small first wave (FIRST_WAVE) in flight until the first answer (at most `warmup`
         # seconds), while the limits are unknown: a wave at the initial ceiling could meet them
-        # with 429s; the first answer's headers tell them
+        # with 429s; its headers tell them (its first call is streamed: on_open may end it sooner)
         self.concurrency = ConcurrencyController(
             max_concurrency=max_concurrency,
             initial_concurrency=initial_concurrency,
@@ -243,7 +251,7 @@ class Governor:
                 wait, which = w, 2
         c = self.concurrency
         if c.warming and c.in_flight and not self._in_first_wave(in_cost, out_cost):
-            w = c.warmup_left(now)  # the first answer (it wakes the dispatcher) or the warm-up's end
+            w = c.warmup_left(now)  # the first answer or headers (they wake the dispatcher), or the warm-up's end
             if w > wait:
                 wait, which = w, -1
         if which >= 0:
@@ -275,12 +283,51 @@ class Governor:
             self.output_tokens.debit(out_cost, now),
         )
         c = self.concurrency
-        if c.warming:
+        warming = c.warming
+        if warming:
             self._wave_in += in_cost
             self._wave_out += out_cost
         level, epoch = c.send(now)
         self._seq += 1
-        return Ticket(self._seq, now, level, epoch, in_cost, out_cost, marks, in_raw)
+        # the first call of a first wave of several is streamed: its headers may end the warm-up
+        # (on_open); the rest go as asked, and their answers' headers pace the next calls as before
+        wave = warming and level == 1 and c.first_wave > 1
+        return Ticket(self._seq, now, level, epoch, in_cost, out_cost, marks, in_raw, wave)
+
+    def on_open(self, ticket: Ticket, headers: Mapping[str, str] | None, now: float | None = None) -> bool:
+        """The first wave's first call's response headers arrived (a 200: the API admitted
+        it), an answer's time before its end. When they show no limit, or room in every
+        budget for the next wave (the ceiling after the warm-up's gain, at the first wave's
+        cost per call), they end the warm-up at once (x8), read now, when they were written
+        (not again at the call's end). Otherwise (a tight budget, tier 1 say) the warm-up
+        goes on as without them: the first answer of another first-wave call ends it, its
+        headers read at its end; this call's are not read at all (the admission's, stale at
+        its end), unless it is alone in the first wave. Returns True when the warm-up ended (the caller wakes its dispatcher)."""
+        c = self.concurrency
+        if not (ticket.wave and ticket.open and c.warming):
+            return False
+        if headers and self.learn:
+            wave = c.in_flight if c.in_flight > 0 else 1  # calls of the first wave in flight
+            room = c.warm_target() / wave  # the next wave, in first waves
+            spent = (float(wave), self._wave_in, self._wave_out)
+            for i in range(3):
+                remaining = headers.get(_HEADERS[i][1])
+                if remaining is None:
+                    continue
+                try:
+                    tight = float(remaining) * self.share < room * spent[i]
+                except ValueError:
+                    tight = True
+                if tight:
+                    # other first-wave calls answer with fresh headers: this one's are not read;
+                    # alone in its wave (a token budget held it to one), it is read at its end
+                    ticket.observed = False if c.in_flight > 1 else None
+                    return False
+        if now is None:
+            now = self.now()
+        ticket.observed = True
+        self.observe(ticket, headers, now)
+        return c.on_open()
 
     # -- feedback --------------------------------------------------------
     def observe(
@@ -343,7 +390,7 @@ class Governor:
         if not ticket.open:
             return False
         ticket.open = False
-        self.concurrency.done()
+        self.concurrency.done(ticket.observed is not False)
         return True
 
     def on_success(
@@ -357,7 +404,7 @@ class Governor:
         """A call succeeded: correct from headers, refund unused output, grow the ceiling."""
         if now is None:
             now = self.now()
-        warming = self.concurrency.warming
+        warming = self.concurrency.warming and ticket.observed is not False  # this answer ends the warm-up
         if not self._close(ticket):
             return
         if input_tokens is not None:
@@ -379,7 +426,8 @@ class Governor:
             self._record_output(output_tokens)
         # read the headers before crediting the refund: the models of the conventions
         # under which the server still held it need the level without it
-        self.observe(ticket, headers, now, out_refund=refund if refund > 0 else 0.0, in_charged=input_tokens or 0.0)
+        if ticket.observed is None:
+            self.observe(ticket, headers, now, out_refund=refund if refund > 0 else 0.0, in_charged=input_tokens or 0.0)
         if refund:
             self.output_tokens.credit(refund, now)
         self._streak = 0

@@ -442,8 +442,9 @@ class _Run(AttemptResults):
     async def _attempt(self, job: Job, ticket: Ticket, probe: bool = False) -> None:
         gov = self.gov
         try:
-            if job.stream:
-                outcome, headers = await stream_attempt(self.client, job, self.cfg)
+            if job.stream or ticket.wave:  # streamed: its headers may end the warm-up
+                opened = (lambda h: self._wake() if gov.on_open(ticket, h) else None) if ticket.wave else None
+                outcome, headers = await stream_attempt(self.client, job, self.cfg, opened)
             else:
                 timeout = attempt_timeout(self.cfg, job, self.engine._latency)
                 outcome, headers = await plain_attempt(self.client, job, timeout, self.engine._latency, self._url)

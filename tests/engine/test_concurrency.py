@@ -149,6 +149,66 @@ def test_a_first_wave_of_one_where_others_may_be_spending_the_limits():
     assert g.ceiling == 256 and not g.warming
 
 
+def test_the_first_waves_headers_end_the_warm_up_when_they_show_no_limit():
+    clock = FakeClock()
+    g = make(clock, initial_concurrency=32, max_concurrency=512, warmup=1.0, learn=True)
+    ts = [g.acquire(40, 128) for _ in range(12)]
+    # the first call of the first wave is streamed (the engine does so for Ticket.wave); the rest go as asked
+    assert [t.wave for t in ts] == [True] + [False] * 11
+    assert not g.on_open(ts[1], {})
+    clock.advance(0.01)
+    assert g.on_open(ts[0], {"request-id": "x"})  # admitted, no rate-limit headers: nothing to wait for
+    assert not g.warming and g.ceiling == 256  # x8 at once, an answer's time sooner
+    assert not g.on_open(ts[0], {})  # once
+    later = g.acquire(40, 128)
+    assert not later.wave and not g.on_open(later, {})
+    g.on_success(ts[0])
+    assert g.ceiling == 256  # the first answer gives no second x8
+
+
+def _limits(rpm: int, rpm_left: int, otpm: int, otpm_left: int) -> dict[str, str]:
+    return {
+        "anthropic-ratelimit-requests-limit": str(rpm),
+        "anthropic-ratelimit-requests-remaining": str(rpm_left),
+        "anthropic-ratelimit-requests-reset": "2023-11-14T22:13:21Z",
+        "anthropic-ratelimit-output-tokens-limit": str(otpm),
+        "anthropic-ratelimit-output-tokens-remaining": str(otpm_left),
+        "anthropic-ratelimit-output-tokens-reset": "2023-11-14T22:13:21Z",
+    }
+
+
+def test_the_first_waves_headers_end_the_warm_up_when_every_budget_has_room_for_the_next_wave():
+    clock = FakeClock()
+    g = make(clock, initial_concurrency=32, warmup=1.0, learn=True)
+    ts = [g.acquire(40, 128) for _ in range(12)]  # 12 requests, 1,536 output tokens reserved
+    # the next wave: 256 calls, 21x the first; tier 4 has room for that in every budget
+    assert g.on_open(ts[0], _limits(4000, 3988, 400_000, 398_000))
+    assert not g.warming and g.ceiling == 256
+    assert g.requests.limit == 4000 and g.output_tokens.limit == 400_000  # learnt before the next call
+    assert ts[0].observed is True  # read when they were written, not again at the call's end
+
+
+@pytest.mark.parametrize(
+    ("rpm", "rpm_left", "otpm", "otpm_left"),
+    [
+        (50, 38, 400_000, 398_000),  # tier 1's requests: 38 left, the next wave would be 256
+        (4000, 3988, 30_000, 2_000),  # a 2,500-token output bucket
+    ],
+)
+def test_a_tight_budget_in_the_first_headers_leaves_the_warm_up_to_the_first_answer(rpm, rpm_left, otpm, otpm_left):
+    clock = FakeClock()
+    g = make(clock, initial_concurrency=32, warmup=1.0, learn=True)
+    ts = [g.acquire(40, 128) for _ in range(12)]
+    assert not g.on_open(ts[0], _limits(rpm, rpm_left, otpm, otpm_left))
+    assert g.warming and g.ceiling == 32 and g.free_slots() == 0  # as without the headers
+    assert ts[0].observed is False and g.requests.limit is None  # not read: stale at the call's end
+    clock.advance(0.3)
+    g.on_success(ts[0], 40, 60, _limits(rpm, rpm_left, otpm, otpm_left))
+    assert g.warming and g.requests.limit is None  # its answer does not end the warm-up
+    g.on_success(ts[1], 40, 60, _limits(rpm, rpm_left - 1, otpm, otpm_left))
+    assert not g.warming and g.ceiling == 256 and g.requests.limit == rpm  # the next answer's headers
+
+
 def test_the_warm_up_gain_respects_max_concurrency():
     clock = FakeClock()
     g = make(clock, initial_concurrency=32, max_concurrency=50, warmup=1.0)
@@ -346,10 +406,11 @@ async def test_with_no_limits_the_first_wave_goes_at_once_then_the_ceiling_jumps
 
         outcomes = await engine.run_ordered(calls())
     assert [o.status for o in outcomes] == ["succeeded"] * 100
-    # twelve calls in flight before any answer (not one), then many more at once after the
-    # first answer (x8), before the first wave is all back
-    assert (11, 0, True) in seen and not any(n >= 12 for n, done, _ in seen if done == 0)
-    assert sum(1 for _, done, _ in seen if done < 12) >= 60
+    # twelve calls in flight while warming (not one), no more; the first wave is streamed, so
+    # its first headers end the warm-up (x8) long before its first answer (ttft 0.3 s): many
+    # more go out before any answer
+    assert (11, 0, True) in seen and not any(n >= 12 for n, _, warming in seen if warming)
+    assert sum(1 for _, done, _ in seen if done == 0) >= 60
     assert sim.stats()["by_status"].get("429", 0) == 0
 
 
