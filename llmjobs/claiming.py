@@ -66,9 +66,10 @@ class Feeding:
 
     async def _calls(self) -> AsyncGenerator[Call, None]:
         """The calls of the items claimed, chunk by chunk. The first claim is small
-        (``FIRST_CLAIM``: the first calls start sooner); while a chunk is handed out, the next
-        one is already claimed on the writer thread (one claim ahead), so the engine never
-        waits for a claim. A chunk claimed ahead and never sent is held like any other:
+        (``FIRST_CLAIM``: the first calls start sooner); while the last quarter of a chunk is
+        handed out, the next one is already claimed on the writer thread (one claim ahead),
+        so the engine never waits for a claim, and a worker holds little more than one
+        chunk (on PostgreSQL, other workers share the job). A chunk claimed ahead and never sent is held like any other:
         released (or cancelled with the job) when the run ends, or taken over once its
         lease lapses after a crash."""
         claim = self._db(self._claim)
@@ -100,9 +101,14 @@ class Feeding:
                     delay = (expiry - timezone.now()).total_seconds() + 0.05
                     await asyncio.sleep(min(max(delay, 0.05), self.lease.total_seconds()))
                     continue
-                if self.limit is None or claimed < self.limit:  # the next chunk, claimed while this one is sent
-                    ahead = asyncio.ensure_future(claim(self._claim_most(claimed)))
-                for item_id, params in batch:
+                more = self.limit is None or claimed < self.limit
+                # the next chunk is claimed while this one is sent, once a quarter of it (or
+                # FIRST_CLAIM items) is left: the engine never waits for a claim, and a worker
+                # holds little more than a chunk (the others sharing the job get the rest)
+                ahead_at = max(len(batch) // 4, min(FIRST_CLAIM, len(batch)))
+                for sent, (item_id, params) in enumerate(batch):
+                    if more and ahead is None and len(batch) - sent <= ahead_at:
+                        ahead = asyncio.ensure_future(claim(self._claim_most(claimed)))
                     while self._writes_stalled() and not self._stopping:
                         await asyncio.sleep(0.05)  # backpressure: nothing new while answers can't be stored
                     if self._stopping or not await self._within_budget(item_id, params):
