@@ -56,6 +56,34 @@ def _drop_database_templates():
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's test databases, and before they are dropped: on PostgreSQL, any
+    connection still open to them (a test's server, filler or loader thread whose
+    connection was not yet collected) is closed and named on stderr, instead of the
+    DROP DATABASE failing with "is being accessed by other users" at the session's end."""
+    yield
+    import sys
+
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            if conn.vendor != "postgresql":
+                continue
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pid, application_name, state, left(query, 80), pg_terminate_backend(pid) "
+                    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                for pid, app, state, query, _ in cursor.fetchall():
+                    print(
+                        f"tests: closed a stray connection to the test database: pid {pid} {app!r} {state}: {query}",
+                        file=sys.stderr,
+                    )
+        connections.close_all()
+
+
+@pytest.fixture(scope="session")
 def simulator():
     with SimulatorProcess() as server:
         yield server
