@@ -60,6 +60,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_listening(proc: subprocess.Popen, port: int, timeout: float = 30.0) -> bool:
+    """Wait until something accepts connections on ``port``; False if ``proc`` exited first
+    or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def stop_process_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group ``proc`` leads (started with ``start_new_session``),
+    and SIGKILL it if it has not exited 10 s later."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @dataclass
 class LiveApp:
     base_url: str
@@ -138,25 +165,12 @@ def live_app(simulator):
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"manage.py serve did not start:\n{log.read()}")
-                time.sleep(0.05)
+        if not wait_until_listening(proc, port):
+            log.seek(0)
+            pytest.fail(f"manage.py serve did not start:\n{log.read()}")
         yield app
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, signal.SIGINT)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .conftest import ROOT, free_port
+from .conftest import ROOT, free_port, stop_process_group, wait_until_listening
 
 
 def _start_app(env: dict[str, str], port: int) -> subprocess.Popen:
@@ -28,16 +26,10 @@ def _start_app(env: dict[str, str], port: int) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"uvicorn did not start:\n{proc.communicate()[1]}")
-            time.sleep(0.05)
+    if not wait_until_listening(proc, port):
+        stop_process_group(proc, signal.SIGKILL)
+        pytest.fail(f"uvicorn did not start:\n{proc.communicate()[1]}")
+    return proc
 
 
 @pytest.fixture
@@ -51,12 +43,7 @@ def two_apps(live_app) -> Iterator[list[int]]:
         yield ports
     finally:
         for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_process_group(proc, signal.SIGTERM)
 
 
 def _get(port: int, token: str) -> tuple[int, dict[str, str]]:
