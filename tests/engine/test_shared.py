@@ -7,6 +7,7 @@ import asyncio
 import logging
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -192,6 +193,23 @@ def test_a_run_that_fell_back_rejoins_its_share_when_the_exchange_works_again(ca
     assert not shared.due(clock.t + 0.2) and shared.due(clock.t + 0.31)  # the usual interval again
 
 
+def run_until(make: Callable[[], SharedLimits], exchanged: list[LocalState], n: int) -> SharedLimits:
+    """``make()`` on a fresh loop, its ``run()`` until ``exchanged`` holds ``n`` states, then
+    cancelled (the engine run ended); the run swallows nothing but that cancel."""
+
+    async def main() -> SharedLimits:
+        shared = make()
+        task = asyncio.create_task(shared.run())
+        while len(exchanged) < n:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return shared
+
+    return asyncio.run(main())
+
+
 def test_run_keeps_trying_after_falling_back_and_leaves_the_row_after_rejoining():
     row = Row()
     inner = row.exchange_for(1)
@@ -203,17 +221,9 @@ def test_run_keeps_trying_after_falling_back_and_leaves_the_row_after_rejoining(
             raise RuntimeError("server closed the connection unexpectedly")
         return inner(state)
 
-    async def main() -> SharedLimits:
-        shared = SharedLimits(Governor(), exchange, interval=0.0, poll=0.001, rejoin_interval=0.01)
-        task = asyncio.create_task(shared.run())
-        while len(calls) < 6:
-            await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return shared
-
-    shared = asyncio.run(main())
+    shared = run_until(
+        lambda: SharedLimits(Governor(), exchange, interval=0.0, poll=0.001, rejoin_interval=0.01), calls, 6
+    )
     assert not shared.fell_back and shared.exchanges >= 2
     assert calls[-1].leaving and row.members == {}  # rejoined, then left the row at the end
 
@@ -237,16 +247,7 @@ def test_run_exchanges_then_leaves_when_cancelled():
         seen.append(state)
         return inner(state)
 
-    async def main() -> None:
-        gov = Governor()
-        task = asyncio.create_task(SharedLimits(gov, exchange, interval=0.0, poll=0.001).run())
-        while len(seen) < 3:
-            await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(main())
+    run_until(lambda: SharedLimits(Governor(), exchange, interval=0.0, poll=0.001), seen, 3)
     assert seen[-1].leaving and not any(s.leaving for s in seen[:-1])
     assert row.members == {}
 
@@ -258,16 +259,9 @@ def test_run_falls_back_keeps_going_and_never_raises():
         calls.append(state)
         raise ConnectionError("database down")
 
-    async def main() -> SharedLimits:
-        shared = SharedLimits(Governor(), exchange, interval=0.0, poll=0.001, rejoin_interval=0.05)
-        task = asyncio.create_task(shared.run())
-        while len(calls) < 4:  # the three failures, then a try to rejoin
-            await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return shared
-
-    shared = asyncio.run(main())
+    # the three failures, then a try to rejoin
+    shared = run_until(
+        lambda: SharedLimits(Governor(), exchange, interval=0.0, poll=0.001, rejoin_interval=0.05), calls, 4
+    )
     assert shared.fell_back and shared.gov.share in (None, 1.0)
     assert not any(s.leaving for s in calls)  # no leave after a fall-back: the row goes stale on its own
