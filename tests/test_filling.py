@@ -230,16 +230,7 @@ call_command("submit_job", sys.argv[1], "--template", "Summarize: {text}", "--ma
 def test_a_submitter_killed_mid_insert_leaves_a_job_that_ends_with_a_reason(sim, tmp_path):
     site = Site(tmp_path, sim)
     try:
-        docs = Path(tmp_path, "docs.txt")
-        docs.write_text("".join(f"Doc {i:05d} says hello\n" for i in range(3000)))
-        proc = subprocess.Popen(
-            [sys.executable, "-c", SUBMITTER, str(docs)],
-            cwd=Path(__file__).resolve().parent.parent,
-            env=site.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _start_submitter(SUBMITTER, tmp_path, site.env)
         try:
             for _ in range(1200):  # bounded: ~60 s
                 line = proc.stdout.readline() if proc.stdout else ""
@@ -251,15 +242,7 @@ def test_a_submitter_killed_mid_insert_leaves_a_job_that_ends_with_a_reason(sim,
             os.kill(proc.pid, signal.SIGKILL)
             proc.communicate()
         # A new runner runs what was inserted, waits for the rest, sees the lease lapse (4 s): cancelled.
-        result = site.manage("process_job", str(job_id), "--no-progress", check=False)
-        assert result.returncode == 0, result.stderr
-        assert f"job {job_id}: cancelled" in result.stdout
-        status = site.status(job_id)
-        assert "last error: Submission cut short: only " in status and " of 3000 item(s) were inserted" in status
-        rows = site.export(job_id)
-        assert 20 <= len(rows) < 3000
-        assert {r["status"] for r in rows} <= {"succeeded", "cancelled"}  # none pending or running: nothing hangs
-        assert f"items:     {len(rows)} total" in status
+        _runs_cut_short(site, job_id, at_least=20)
     finally:
         site.close()
 
@@ -289,16 +272,7 @@ def test_a_web_process_killed_mid_insert_leaves_a_job_that_ends_with_a_reason(si
     lapse, and the job ends cancelled with the reason; nothing stays pending."""
     site = Site(tmp_path, sim)
     try:
-        docs = Path(tmp_path, "docs.txt")
-        docs.write_text("".join(f"Doc {i:05d} says hello\n" for i in range(3000)))
-        proc = subprocess.Popen(
-            [sys.executable, "-c", WEB_SUBMITTER, str(docs)],
-            cwd=Path(__file__).resolve().parent.parent,
-            env={**site.env, "ALLOWED_HOSTS": "localhost"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _start_submitter(WEB_SUBMITTER, tmp_path, {**site.env, "ALLOWED_HOSTS": "localhost"})
         try:
             line = proc.stdout.readline() if proc.stdout else ""  # the response: 302 to the job page
             status, location = line.split()
@@ -313,18 +287,40 @@ def test_a_web_process_killed_mid_insert_leaves_a_job_that_ends_with_a_reason(si
             proc.communicate()
         status = site.status(job_id)
         assert "status:    queued" in status and " of 3000" in status  # queued with items still arriving
-        result = site.manage("process_job", str(job_id), "--no-progress", check=False)
-        assert result.returncode == 0, result.stderr
-        assert f"job {job_id}: cancelled" in result.stdout
-        status = site.status(job_id)
-        assert "last error: Submission cut short: only " in status and " of 3000 item(s) were inserted" in status
+        status = _runs_cut_short(site, job_id, at_least=40)
         assert "the submitting process stopped" in status
-        rows = site.export(job_id)
-        assert 40 <= len(rows) < 3000
-        assert {r["status"] for r in rows} <= {"succeeded", "cancelled"}  # none pending or running
-        assert f"items:     {len(rows)} total" in status
     finally:
         site.close()
+
+
+def _start_submitter(script: str, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
+    """``script`` in a fresh interpreter, submitting a file of 3,000 documents (its argv[1])."""
+    docs = Path(tmp_path, "docs.txt")
+    docs.write_text("".join(f"Doc {i:05d} says hello\n" for i in range(3000)))
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(docs)],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _runs_cut_short(site: Site, job_id: int, *, at_least: int) -> str:
+    """``process_job`` on a job whose submitter died mid-insert: it runs what is there and ends
+    the job cancelled, cut short with the reason; no item stays pending or running. Returns
+    ``job_status``'s text."""
+    result = site.manage("process_job", str(job_id), "--no-progress", check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"job {job_id}: cancelled" in result.stdout
+    status = site.status(job_id)
+    assert "last error: Submission cut short: only " in status and " of 3000 item(s) were inserted" in status
+    rows = site.export(job_id)
+    assert at_least <= len(rows) < 3000
+    assert {r["status"] for r in rows} <= {"succeeded", "cancelled"}  # none pending or running: nothing hangs
+    assert f"items:     {len(rows)} total" in status
+    return status
 
 
 def _inserted(site: Site, job_id: int) -> int:
